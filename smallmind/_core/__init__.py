@@ -1,0 +1,1 @@
+"""Compiled kernels. Import ``smallmind`` (which checks the CPU) before these modules."""

@@ -1,0 +1,23 @@
+# Causal attention over a KV cache, and rotary position embeddings.
+#
+# KV cache layout for one layer: k and v are (n_kv_head, capacity, head_dim) float32,
+# so one head's keys are contiguous; `head_stride` = capacity * head_dim.
+# q is (n_q, n_head * head_dim) with rows ldq floats apart; out likewise with ldo.
+# Query row i sits at position pos0 + i and attends to cache slots
+# [max(0, pos0 + i - window + 1), pos0 + i] (window <= 0: no window).
+# Query head h reads KV head h // (n_head // n_kv_head) (grouped-query attention).
+# scratch: at least attention_scratch_floats(capacity, n_threads) floats.
+cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
+                    const float* k, const float* v, Py_ssize_t head_stride, Py_ssize_t pos0,
+                    int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,
+                    float* out, Py_ssize_t ldo, float* scratch, int n_threads) noexcept nogil
+cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noexcept nogil
+
+# Rotate x in place: n_rows rows (ldx floats apart) of n_heads heads of head_dim values,
+# row i at position pos0 + i * pos_step (pos_step 0 rotates every row by the same angle,
+# which is how a shifted KV cache re-positions its keys). The first n_rot dims of each
+# head rotate with frequencies inv_freq[0 : n_rot/2]: angle = position * inv_freq[j].
+# neox=False: pairs (2j, 2j+1) (GGUF "llama"); neox=True: pairs (j, j + n_rot/2).
+cdef void rope(float* x, Py_ssize_t n_rows, Py_ssize_t ldx, int n_heads, int head_dim,
+               int n_rot, double pos0, double pos_step, const float* inv_freq,
+               bint neox) noexcept nogil

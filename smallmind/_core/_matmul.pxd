@@ -1,0 +1,29 @@
+# Matrix products against a weight stored in any supported GGML type.
+#
+# A weight is rows x cols (out_features x in_features); each row is `row_bytes` bytes
+# of `type` blocks (GGML type ids, see smallmind.tensors.GGMLType).
+
+ctypedef struct WeightView:
+    int type
+    const char* data
+    Py_ssize_t rows
+    Py_ssize_t cols
+    Py_ssize_t row_bytes
+
+cdef class Weight:
+    cdef WeightView view
+    cdef readonly object data      # keeps the storage (often a memory map view) alive
+    cdef readonly tuple shape
+    cdef readonly int type
+
+# y[t, r] (+)= sum_c W[r, c] * x[t, c] (+ bias[r]) for t < n, r < rows.
+# x rows are ldx floats apart, y rows ldy floats apart; bias may be NULL.
+# accumulate: add into y instead of overwriting it (fuses the residual add).
+# scratch: at least matmul_scratch_bytes(w, n) bytes (for activations quantised on the
+# fly), or NULL to let the kernel allocate. n_threads <= 1 runs on the calling thread.
+cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t ldx,
+                 float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
+                 int n_threads, void* scratch) noexcept nogil
+cdef Py_ssize_t matmul_scratch_bytes(const WeightView* w, Py_ssize_t n) noexcept nogil
+# Dequantise row `row` of w into out[0:cols] (embedding lookup).
+cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogil

@@ -1,0 +1,49 @@
+"""Exceptions raised by smallmind. Every one derives from :class:`SmallMindError`."""
+from __future__ import annotations
+
+
+class SmallMindError(Exception):
+    """Base class of every error smallmind raises on purpose."""
+
+
+class ModelFormatError(SmallMindError, ValueError):
+    """A model file is malformed or uses something smallmind does not support.
+
+    The message names the file and, where it applies, the tensor or metadata key,
+    the byte offset and the offending value.
+    """
+
+    def __init__(self, message: str, *, path: object = None, key: str | None = None,
+                 offset: int | None = None):
+        parts = []
+        if path is not None:
+            parts.append(str(path))
+        if key is not None:
+            parts.append(key)
+        if offset is not None:
+            parts.append(f"offset {offset}")
+        prefix = ": ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path = path
+        self.key = key
+        self.offset = offset
+
+
+class UnsupportedModelError(ModelFormatError):
+    """The file is well formed but uses an architecture or tensor type smallmind lacks."""
+
+
+class TokenizerError(SmallMindError, ValueError):
+    """A tokenizer file is malformed, or a token id is outside the vocabulary."""
+
+
+class ContextOverflowError(SmallMindError):
+    """The sequence would grow past the model's context window."""
+
+
+class ShapeError(SmallMindError, ValueError):
+    """Arrays handed to a kernel have shapes, strides or dtypes that do not fit."""
+
+
+class CPUFeatureError(SmallMindError, ImportError):
+    """This CPU lacks an instruction set the compiled kernels were built for."""
