@@ -1,0 +1,249 @@
+"""Matrix products against weights stored in GGML formats (F32, F16, BF16, Q4_0, Q4_1,
+Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K).
+
+A :class:`Weight` wraps the raw storage of a ``rows x cols`` matrix (``out_features x
+in_features``), usually a read-only view into a memory-mapped model file, and never
+copies or dequantises it. ``y[t, r] (+)= dot(W[r, :], x[t, :]) (+ bias[r])``.
+
+The kernels live in C headers next to this file (``_matmul_impl.h`` and friends):
+quantised weights are multiplied with integer dot products against activations that
+are quantised to 8 bits per block on the fly (relative error ~1e-2 of
+``|w| |x|``), float weights with FMA. AVX-512 (VNNI) kernels are chosen at run time
+when the CPU has them; otherwise AVX2.
+"""
+import numpy as np
+
+from smallmind.errors import ShapeError, UnsupportedModelError
+from smallmind.tensors import GGMLType
+
+cdef extern from "_matmul_impl.h" nogil:
+    int smm_block_elems(int type)
+    int smm_block_bytes(int type)
+    int smm_isa()
+    int smm_set_isa(int level)
+    Py_ssize_t smm_scratch_bytes(int type, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n)
+    void smm_matmul(int type, const unsigned char* w, Py_ssize_t rows, Py_ssize_t cols,
+                    Py_ssize_t row_bytes, const float* x, Py_ssize_t n, Py_ssize_t ldx,
+                    float* y, Py_ssize_t ldy, const float* bias, int accumulate, int n_threads,
+                    void* scratch)
+    void smm_get_row(int type, const unsigned char* w, Py_ssize_t cols, Py_ssize_t row_bytes,
+                     Py_ssize_t row, float* out)
+
+# Weight storage types the kernels multiply, by GGML type id.
+SUPPORTED_TYPES = tuple(t for t in GGMLType if smm_block_elems(int(t)) > 0)
+
+smm_isa()  # probe the CPU once at import, not inside the first threaded call
+
+
+cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t ldx,
+                 float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
+                 int n_threads, void* scratch) noexcept nogil:
+    smm_matmul(w.type, <const unsigned char*>w.data, w.rows, w.cols, w.row_bytes, x, n, ldx,
+               y, ldy, bias, accumulate, n_threads, scratch)
+
+
+cdef Py_ssize_t matmul_scratch_bytes(const WeightView* w, Py_ssize_t n) noexcept nogil:
+    return smm_scratch_bytes(w.type, w.rows, w.cols, n)
+
+
+cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogil:
+    smm_get_row(w.type, <const unsigned char*>w.data, w.cols, w.row_bytes, row, out)
+
+
+def _type_name(int type):
+    try:
+        return GGMLType(type).name
+    except ValueError:
+        return f"GGML type {type}"
+
+
+# dtypes accepted for the storage of each float type besides raw uint8 bytes
+_FLOAT_DTYPES = {
+    int(GGMLType.F32): (np.dtype(np.float32),),
+    int(GGMLType.F16): (np.dtype(np.float16), np.dtype(np.uint16)),
+    int(GGMLType.BF16): (np.dtype(np.uint16),),
+}
+
+
+cdef class Weight:
+    """A ``rows x cols`` weight matrix in GGML storage ``type`` (see GGMLType).
+
+    ``data`` holds the raw storage: float32 ``(rows, cols)`` for F32, float16/uint16 for
+    F16, uint16 for BF16, or uint8 blocks (flat, or ``(rows, row_bytes)``) for quantised
+    types; uint8 bytes are accepted for every type. It must be C-contiguous and may be
+    read-only; it is referenced, never copied.
+    """
+
+    def __cinit__(self, int type, shape, data):
+        cdef int block = smm_block_elems(type)
+        if block == 0:
+            supported = ", ".join(t.name for t in SUPPORTED_TYPES)
+            raise UnsupportedModelError(
+                f"weight type {_type_name(type)} is not supported by the matmul kernels "
+                f"(supported: {supported})")
+        try:
+            rows, cols = (int(v) for v in shape)
+        except (TypeError, ValueError):
+            raise ShapeError(f"shape must be a (rows, cols) pair of ints, got {shape!r}") from None
+        if rows <= 0 or cols <= 0:
+            raise ShapeError(f"shape must be positive, got {(rows, cols)}")
+        if cols % block:
+            raise ShapeError(f"{_type_name(type)} needs cols to be a multiple of {block}, got {cols}")
+        cdef Py_ssize_t row_bytes = cols // block * smm_block_bytes(type)
+        if not isinstance(data, np.ndarray):
+            raise ShapeError(f"data must be a numpy array, got {data.__class__.__name__}")
+        arr = <object>data
+        if not arr.flags.c_contiguous:
+            raise ShapeError("data must be C-contiguous")
+        allowed = _FLOAT_DTYPES.get(type, ()) + (np.dtype(np.uint8),)
+        if arr.dtype not in allowed:
+            raise ShapeError(f"data for {_type_name(type)} must have dtype "
+                             f"{' or '.join(str(d) for d in allowed)}, got {arr.dtype}")
+        if arr.nbytes != rows * row_bytes:
+            raise ShapeError(f"data has {arr.nbytes} bytes, a {rows}x{cols} {_type_name(type)} "
+                             f"weight needs {rows * row_bytes}")
+        if arr.ndim == 2 and arr.shape[0] != rows:
+            raise ShapeError(f"data has shape {arr.shape}, expected {rows} rows")
+        if arr.ndim > 2:
+            raise ShapeError(f"data must be 1-D or 2-D, got shape {arr.shape}")
+        cdef const unsigned char[::1] raw = arr.reshape(-1).view(np.uint8)
+        self.data = data
+        self.shape = (rows, cols)
+        self.type = type
+        self.view.type = type
+        self.view.data = <const char*>&raw[0]
+        self.view.rows = rows
+        self.view.cols = cols
+        self.view.row_bytes = row_bytes
+
+    @property
+    def nbytes(self):
+        """Bytes of storage (rows * row_bytes)."""
+        return self.view.rows * self.view.row_bytes
+
+    @property
+    def row_bytes(self):
+        return self.view.row_bytes
+
+    def __repr__(self):
+        return f"Weight({_type_name(self.type)}, shape={self.shape})"
+
+    def scratch_bytes(self, Py_ssize_t n):
+        """Scratch bytes matmul needs for n activation rows."""
+        return smm_scratch_bytes(self.view.type, self.view.rows, self.view.cols, n)
+
+    def matmul(self, x, out=None, bias=None, bint accumulate=False, int n_threads=1):
+        """``out[t, r] (+)= dot(W[r], x[t]) (+ bias[r])`` for x of shape (cols,) or (n, cols).
+
+        Returns ``out`` (allocated when None; required when ``accumulate``), of shape
+        (rows,) or (n, rows). 2-D x and out may have padded rows (inner stride 1).
+        """
+        cdef Py_ssize_t rows = self.view.rows, cols = self.view.cols
+        if not isinstance(x, np.ndarray) or (<object>x).dtype != np.float32:
+            raise ShapeError(f"x must be a float32 numpy array, got "
+                             f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.ndim not in (1, 2) or x.shape[x.ndim - 1] != cols:
+            raise ShapeError(f"x must have shape ({cols},) or (n, {cols}), got {x.shape}")
+        cdef bint vector = x.ndim == 1
+        x2 = x.reshape(1, cols) if vector else x
+        cdef Py_ssize_t n = x2.shape[0]
+        cdef tuple expected = (rows,)
+        if not vector:
+            expected = (n, rows)
+        if x2.strides[1] != 4 or x2.strides[0] % 4 or (n > 1 and x2.strides[0] < 4 * cols):
+            raise ShapeError("x rows must be contiguous and must not overlap")
+        if out is None:
+            if accumulate:
+                raise ShapeError("accumulate=True needs out (the array to add into)")
+            out = np.empty(expected, dtype=np.float32)
+        elif not isinstance(out, np.ndarray) or out.dtype != np.float32:
+            raise ShapeError("out must be a float32 numpy array")
+        if out.shape != expected:
+            raise ShapeError(f"out must have shape {expected}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ShapeError("out must be writable")
+        y2 = out.reshape(1, rows) if vector else out
+        if y2.strides[1] != 4 or y2.strides[0] % 4 or (n > 1 and y2.strides[0] < 4 * rows):
+            raise ShapeError("out rows must be contiguous and must not overlap")
+        if np.may_share_memory(out, x):
+            raise ShapeError("out must not overlap x")
+        cdef const float[::1] b
+        cdef const float* bias_ptr = NULL
+        if bias is not None:
+            if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (rows,):
+                raise ShapeError(f"bias must be a float32 array of shape ({rows},)")
+            if not bias.flags.c_contiguous:
+                raise ShapeError("bias must be contiguous")
+            b = bias
+            bias_ptr = &b[0]
+        cdef const float[:, :] xv = x2
+        cdef float[:, :] yv = y2
+        cdef Py_ssize_t ldx = xv.strides[0] // 4
+        cdef Py_ssize_t ldy = yv.strides[0] // 4
+        with nogil:
+            matmul(&self.view, &xv[0, 0], n, ldx, &yv[0, 0], ldy, bias_ptr, accumulate, n_threads, NULL)
+        return out
+
+    def get_row(self, Py_ssize_t i, out=None):
+        """Row i as float32 (an embedding lookup); written into ``out`` if given."""
+        cdef Py_ssize_t rows = self.view.rows
+        if i < 0:
+            i += rows
+        if i < 0 or i >= rows:
+            raise ShapeError(f"row {i} is out of range for a weight with {rows} rows")
+        if out is None:
+            out = np.empty(self.view.cols, dtype=np.float32)
+        elif (not isinstance(out, np.ndarray) or out.dtype != np.float32
+              or out.shape != (self.view.cols,) or not out.flags.c_contiguous):
+            raise ShapeError(f"out must be a contiguous float32 array of shape ({self.view.cols},)")
+        cdef float[::1] o = out
+        with nogil:
+            get_row(&self.view, i, &o[0])
+        return out
+
+    def dequantize(self):
+        """The whole matrix as float32 (rows, cols): for tests and debugging only."""
+        out = np.empty(self.shape, dtype=np.float32)
+        cdef float[:, ::1] o = out
+        cdef Py_ssize_t r
+        with nogil:
+            for r in range(self.view.rows):
+                get_row(&self.view, r, &o[r, 0])
+        return out
+
+
+def _isa():
+    """Instruction set the kernels use now: 1 = AVX2, 2 = AVX-512 (VNNI)."""
+    return smm_isa()
+
+
+def _set_isa(int level):
+    """Use at most `level` (1 = AVX2, 2 = AVX-512); returns the level now active.
+
+    For tests and benchmarks, to exercise the AVX2 kernels on an AVX-512 machine. Not
+    thread-safe against concurrent matmuls.
+    """
+    return smm_set_isa(level)
+
+
+def _bench(Weight w, x, out, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
+    """Seconds for `iters` back-to-back matmuls through the cdef path (no Python per call).
+
+    cpu_time: measure the calling thread's CPU time instead of wall time (robust on a
+    busy machine, meaningful for n_threads=1 only).
+    """
+    import time
+    cdef const float[:, ::1] xv = x
+    cdef float[:, ::1] yv = out
+    cdef Py_ssize_t n = xv.shape[0], i
+    if xv.shape[1] != w.view.cols or yv.shape[0] != n or yv.shape[1] != w.view.rows:
+        raise ShapeError("x must be (n, cols) and out (n, rows), both C-contiguous")
+    scratch = np.empty(max(w.scratch_bytes(n), 1), dtype=np.uint8)
+    cdef unsigned char[::1] s = scratch
+    clock = time.thread_time if cpu_time else time.perf_counter
+    t0 = clock()
+    with nogil:
+        for i in range(iters):
+            matmul(&w.view, &xv[0, 0], n, xv.shape[1], &yv[0, 0], yv.shape[1], NULL, False,
+                   n_threads, &s[0])
+    return clock() - t0

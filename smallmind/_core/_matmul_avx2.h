@@ -1,0 +1,522 @@
+/*
+ * AVX2 + FMA kernels (the baseline every supported CPU runs).
+ *
+ * Quantised weights: the activations are quantised to int8 per block (see _quant.h) and
+ * every block's dot product is an integer one: _mm256_maddubs_epi16 multiplies the
+ * unsigned weight codes by the signed activation codes and adds adjacent pairs into
+ * int16 (no saturation: |pair| <= 2*63*127), _mm256_madd_epi16 widens to int32, and the
+ * per-block int32 sums are scaled in float by d_weight*d_activation. Q8_0 weights are
+ * signed, so they use the sign trick maddubs(|w|, sign(x, w)).
+ *
+ * Each kernel computes a tile of R weight rows x C activation rows so that a weight
+ * block, once unpacked, serves C activations and an activation block serves R rows:
+ * R=4, C=1 for decoding (one token, rows sharing the activation loads), R=2, C=4 for
+ * prompt processing.
+ */
+#ifndef SMALLMIND_MATMUL_AVX2_H
+#define SMALLMIND_MATMUL_AVX2_H
+
+#include "_quant.h"
+
+#define SMM_INLINE static inline __attribute__((always_inline))
+
+/* Horizontal sums of four 8-lane vectors -> one 4-lane vector (a, b, c, d). */
+SMM_INLINE __m128 smm_hsum4x8(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    __m256 ab = _mm256_hadd_ps(a, b);
+    __m256 cd = _mm256_hadd_ps(c, d);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+SMM_INLINE float smm_hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* y = (accumulate ? y : 0) + v + bias */
+SMM_INLINE void smm_store1(float* y, float v, const float* bias, ptrdiff_t r, int accumulate)
+{
+    if (bias) v += bias[r];
+    *y = accumulate ? *y + v : v;
+}
+
+/* 16 packed nibbles -> 32 bytes in element order (low nibbles, then high nibbles).
+ * The broadcast load fills both 128-bit halves; the upper half is shifted right by 4. */
+SMM_INLINE __m256i smm_unpack_nibbles(const uint8_t* qs)
+{
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)qs));
+    v = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+/* Byte j = 0xFF where bit j of `bits` is set, else 0. */
+SMM_INLINE __m256i smm_bits_to_bytes(uint32_t bits)
+{
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                             0x0101010101010101LL, 0);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
+    v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL));
+    return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
+}
+
+/* One 32-element block of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 row: its codes (unsigned, or
+ * signed for Q8_0), scale d and, for the types with a min, m. */
+SMM_INLINE __m256i smm_w32_avx2(const int type, const uint8_t* b, float* d, float* m)
+{
+    *d = smm_f16(b);
+    switch (type) {
+    case SMM_Q4_0:
+        return smm_unpack_nibbles(b + 2);
+    case SMM_Q4_1:
+        *m = smm_f16(b + 2);
+        return smm_unpack_nibbles(b + 4);
+    case SMM_Q5_0:
+        return _mm256_or_si256(smm_unpack_nibbles(b + 6),
+                               _mm256_and_si256(smm_bits_to_bytes(smm_ld32(b + 2)), _mm256_set1_epi8(0x10)));
+    case SMM_Q5_1:
+        *m = smm_f16(b + 2);
+        return _mm256_or_si256(smm_unpack_nibbles(b + 8),
+                               _mm256_and_si256(smm_bits_to_bytes(smm_ld32(b + 4)), _mm256_set1_epi8(0x10)));
+    default: /* SMM_Q8_0 */
+        return _mm256_loadu_si256((const __m256i*)(b + 2));
+    }
+}
+
+/* Pointers into one quantised activation row (Q32 layout). */
+typedef struct {
+    const int8_t* q;
+    const float* d;
+    const float* s;
+    const int32_t* sumq;
+} smm_act32;
+
+SMM_INLINE smm_act32 smm_act32_at(const uint8_t* row, ptrdiff_t cols)
+{
+    smm_act32 a;
+    ptrdiff_t nb = cols / 32;
+    a.q = (const int8_t*)row;
+    a.d = (const float*)(row + smm_act32_qbytes(cols));
+    a.s = a.d + nb;
+    a.sumq = (const int32_t*)(a.s + nb);
+    return a;
+}
+
+/*
+ * Tile of R weight rows (w + r*wstride) x C activation rows (act + c*astride) over nb
+ * blocks: out[r][c] = dot(W[r], x[c]). Q4_0/Q5_0 store codes with an offset of 8/16:
+ * sum((q-8)*x) = sum(q*x) - 8*sum(x), folded into the int32 lanes (8 lanes, so each
+ * lane subtracts sumq or 2*sumq). Q4_1/Q5_1 add m*d_x*sum(x) in float.
+ */
+SMM_INLINE void smm_q32_tile_avx2(const int type, const int R, const int C,
+                                  const uint8_t* w, ptrdiff_t wstride,
+                                  const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
+                                  float out[4][4])
+{
+    const ptrdiff_t nb = cols / 32;
+    const int bb = smm_block_bytes(type);
+    const int has_min = type == SMM_Q4_1 || type == SMM_Q5_1;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4][4];
+    float off[4][4];
+    smm_act32 a[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; c++) a[c] = smm_act32_at(act + c * astride, cols);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            off[r][c] = 0.0f;
+        }
+
+    for (ptrdiff_t b = 0; b < nb; b++) {
+        __m256i wq[4], wabs[4];
+        float dw[4], mw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            wq[r] = smm_w32_avx2(type, w + r * wstride + b * bb, &dw[r], &mw[r]);
+            if (type == SMM_Q8_0) wabs[r] = _mm256_sign_epi8(wq[r], wq[r]);
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i*)(a[c].q + 32 * b));
+            const float dx = a[c].d[b];
+            __m256i corr = _mm256_setzero_si256();
+            if (type == SMM_Q4_0) corr = _mm256_set1_epi32(a[c].sumq[b]);
+            if (type == SMM_Q5_0) corr = _mm256_set1_epi32(2 * a[c].sumq[b]);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m256i p16;
+                if (type == SMM_Q8_0)
+                    p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(xv, wq[r]));
+                else
+                    p16 = _mm256_maddubs_epi16(wq[r], xv);
+                __m256i p32 = _mm256_madd_epi16(p16, ones);
+                if (type == SMM_Q4_0 || type == SMM_Q5_0) p32 = _mm256_sub_epi32(p32, corr);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dw[r] * dx), acc[r][c]);
+                if (has_min) off[r][c] += mw[r] * a[c].s[b];
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) out[r][c] = smm_hsum8(acc[r][c]) + off[r][c];
+}
+
+/* ------------------------------------------------------------------------------------
+ * K-quants (256-element blocks) against QK activations.
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    const int8_t* q;
+    const float* d;
+    const int16_t* bsum;
+} smm_actk;
+
+SMM_INLINE smm_actk smm_actk_at(const uint8_t* row, ptrdiff_t cols)
+{
+    smm_actk a;
+    a.q = (const int8_t*)row;
+    a.d = (const float*)(row + cols);
+    a.bsum = (const int16_t*)(a.d + cols / 256);
+    return a;
+}
+
+/* Per-block constants of one K-quant weight block. */
+typedef struct {
+    float d, dmin;
+    int16_t sc[16];   /* Q4_K/Q5_K: 8 sub-block scales; Q6_K: 16 signed scales */
+    int16_t mins[16]; /* Q4_K/Q5_K: min of sub-block j at [2j] and [2j+1] (one per 16) */
+} smm_kblock;
+
+SMM_INLINE void smm_kblock_decode(const int type, const uint8_t* b, smm_kblock* k)
+{
+    if (type == SMM_Q4_K || type == SMM_Q5_K) {
+        k->d = smm_f16(b);
+        k->dmin = smm_f16(b + 2);
+        for (int j = 0; j < 8; j++) {
+            int s, m;
+            smm_k_scale_min(b + 4, j, &s, &m);
+            k->sc[j] = (int16_t)s;
+            k->mins[2 * j] = k->mins[2 * j + 1] = (int16_t)m;
+        }
+    } else if (type == SMM_Q6_K) {
+        k->d = smm_f16(b + 208);
+        for (int j = 0; j < 16; j++) k->sc[j] = (int8_t)b[192 + j];
+    } else { /* Q8_K */
+        memcpy(&k->d, b, 4);
+    }
+}
+
+/* Codes of sub-block s (elements 32s..32s+32) of a K block, as unsigned bytes (signed
+ * for Q8_K), and the int16 multipliers madd applies to the 16 pair sums. */
+SMM_INLINE __m256i smm_ksub_avx2(const int type, const uint8_t* b, const int s, const smm_kblock* k,
+                                 __m256i* scale)
+{
+    if (type == SMM_Q4_K || type == SMM_Q5_K) {
+        const uint8_t* qs = b + (type == SMM_Q5_K ? 48 : 16) + 32 * (s / 2);
+        __m256i v = _mm256_loadu_si256((const __m256i*)qs);
+        if (s & 1) v = _mm256_srli_epi16(v, 4);
+        v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+        if (type == SMM_Q5_K) {
+            __m256i h = _mm256_loadu_si256((const __m256i*)(b + 16));
+            h = s <= 4 ? _mm256_slli_epi16(h, 4 - s) : _mm256_srli_epi16(h, s - 4);
+            v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+        }
+        *scale = _mm256_set1_epi16(k->sc[s]);
+        return v;
+    } else if (type == SMM_Q6_K) {
+        const int h = s / 4, kk = s % 4;
+        __m256i lo = _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32 * (kk & 1)));
+        if (kk >= 2) lo = _mm256_srli_epi16(lo, 4);
+        lo = _mm256_and_si256(lo, _mm256_set1_epi8(0x0F));
+        __m256i hi = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h));
+        /* the 2 bits at 2kk, moved to bits 4-5 */
+        hi = 2 * kk <= 4 ? _mm256_slli_epi16(hi, 4 - 2 * kk) : _mm256_srli_epi16(hi, 2 * kk - 4);
+        hi = _mm256_and_si256(hi, _mm256_set1_epi8(0x30));
+        *scale = _mm256_set_m128i(_mm_set1_epi16(k->sc[2 * s + 1]), _mm_set1_epi16(k->sc[2 * s]));
+        return _mm256_or_si256(lo, hi);
+    } else {
+        *scale = _mm256_set1_epi16(1);
+        return _mm256_loadu_si256((const __m256i*)(b + 4 + 32 * s));
+    }
+}
+
+SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
+                                 const uint8_t* w, ptrdiff_t wstride,
+                                 const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
+                                 float out[4][4])
+{
+    const ptrdiff_t nb = cols / 256;
+    const int bb = smm_block_bytes(type);
+    __m256 acc[4][4];
+    smm_actk a[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; c++) a[c] = smm_actk_at(act + c * astride, cols);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+
+    for (ptrdiff_t b = 0; b < nb; b++) {
+        smm_kblock kb[4];
+        __m256i isum[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) smm_kblock_decode(type, w + r * wstride + b * bb, &kb[r]);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int s = 0; s < 8; s++) {
+            __m256i wq[4], sc[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                wq[r] = smm_ksub_avx2(type, w + r * wstride + b * bb, s, &kb[r], &sc[r]);
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i*)(a[c].q + 256 * b + 32 * s));
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    __m256i p16;
+                    if (type == SMM_Q8_K)
+                        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(xv, wq[r]));
+                    else
+                        p16 = _mm256_maddubs_epi16(wq[r], xv);
+                    isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(p16, sc[r]));
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i*)(a[c].bsum + 16 * b));
+            const float dx = a[c].d[b];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m256i is = isum[r][c];
+                if (type == SMM_Q6_K) {
+                    /* codes carry +32: subtract 32 * sum_i sc_i * bsum_i */
+                    __m256i sc16 = _mm256_loadu_si256((const __m256i*)kb[r].sc);
+                    is = _mm256_sub_epi32(is, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
+                }
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(kb[r].d * dx), acc[r][c]);
+                if (type == SMM_Q4_K || type == SMM_Q5_K) {
+                    __m256i m16 = _mm256_loadu_si256((const __m256i*)kb[r].mins);
+                    __m256 mn = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m16));
+                    acc[r][c] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(kb[r].dmin * dx), acc[r][c]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) out[r][c] = smm_hsum8(acc[r][c]);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Float weights (F32, F16, BF16).
+ * ---------------------------------------------------------------------------------- */
+
+/* 8 consecutive weights of a row starting at element k, as float32. */
+SMM_INLINE __m256 smm_ldw8(const int type, const uint8_t* row, ptrdiff_t k)
+{
+    if (type == SMM_F32) return _mm256_loadu_ps((const float*)row + k);
+    __m128i h = _mm_loadu_si128((const __m128i*)(row + 2 * k));
+    if (type == SMM_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+SMM_INLINE float smm_ldw1(const int type, const uint8_t* row, ptrdiff_t k)
+{
+    if (type == SMM_F32) {
+        float v;
+        memcpy(&v, row + 4 * k, 4);
+        return v;
+    }
+    if (type == SMM_F16) return smm_f16(row + 2 * k);
+    return smm_bf16_bits(smm_ld16(row + 2 * k));
+}
+
+/*
+ * Rows [r0, r0+4) (clamped: a duplicate of the last row stands in for missing ones,
+ * its results discarded) against activation rows t = 0..n-1. The four weight rows
+ * stay in L1 while the n activations stream past, so W is read from memory once.
+ */
+SMM_INLINE void smm_float_rows4_avx2(const int type, const uint8_t* w, ptrdiff_t wstride, int nvalid,
+                                     ptrdiff_t cols, const float* x, ptrdiff_t n, ptrdiff_t ldx,
+                                     float* y, ptrdiff_t ldy, const float* bias, ptrdiff_t r0, int accumulate)
+{
+    const uint8_t* w0 = w;
+    const uint8_t* w1 = w + (nvalid > 1 ? 1 : 0) * wstride;
+    const uint8_t* w2 = w + (nvalid > 2 ? 2 : 0) * wstride;
+    const uint8_t* w3 = w + (nvalid > 3 ? 3 : 0) * wstride;
+    for (ptrdiff_t t = 0; t < n; t++) {
+        const float* xt = x + t * ldx;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+        ptrdiff_t k = 0;
+        for (; k + 16 <= cols; k += 16) {
+            __m256 xa = _mm256_loadu_ps(xt + k), xb = _mm256_loadu_ps(xt + k + 8);
+            a0 = _mm256_fmadd_ps(smm_ldw8(type, w0, k), xa, a0);
+            a1 = _mm256_fmadd_ps(smm_ldw8(type, w1, k), xa, a1);
+            a2 = _mm256_fmadd_ps(smm_ldw8(type, w2, k), xa, a2);
+            a3 = _mm256_fmadd_ps(smm_ldw8(type, w3, k), xa, a3);
+            b0 = _mm256_fmadd_ps(smm_ldw8(type, w0, k + 8), xb, b0);
+            b1 = _mm256_fmadd_ps(smm_ldw8(type, w1, k + 8), xb, b1);
+            b2 = _mm256_fmadd_ps(smm_ldw8(type, w2, k + 8), xb, b2);
+            b3 = _mm256_fmadd_ps(smm_ldw8(type, w3, k + 8), xb, b3);
+        }
+        if (k + 8 <= cols) {
+            __m256 xa = _mm256_loadu_ps(xt + k);
+            a0 = _mm256_fmadd_ps(smm_ldw8(type, w0, k), xa, a0);
+            a1 = _mm256_fmadd_ps(smm_ldw8(type, w1, k), xa, a1);
+            a2 = _mm256_fmadd_ps(smm_ldw8(type, w2, k), xa, a2);
+            a3 = _mm256_fmadd_ps(smm_ldw8(type, w3, k), xa, a3);
+            k += 8;
+        }
+        __m128 s = smm_hsum4x8(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1),
+                               _mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3));
+        float res[4];
+        _mm_storeu_ps(res, s);
+        for (; k < cols; k++) {
+            float xk = xt[k];
+            res[0] += smm_ldw1(type, w0, k) * xk;
+            res[1] += smm_ldw1(type, w1, k) * xk;
+            res[2] += smm_ldw1(type, w2, k) * xk;
+            res[3] += smm_ldw1(type, w3, k) * xk;
+        }
+        float* yt = y + t * ldy + r0;
+        for (int r = 0; r < nvalid; r++) smm_store1(yt + r, res[r], bias, r0 + r, accumulate);
+    }
+}
+
+/* ------------------------------------------------------------------------------------
+ * Packed float GEMM (n >= SMM_GEMM_MIN_N): Y[n x rows] (+)= X[n x cols] W^T.
+ * W panels of NR rows are packed k-major (Bp[k*NR + j] = W[r0+j][k0+k], converting
+ * f16/bf16 on the way) so the micro-kernel reads NR consecutive weights per k; X tiles
+ * of MR rows are packed k-major (Ap[k*MR + i]) so it broadcasts MR activations per k.
+ * ---------------------------------------------------------------------------------- */
+
+SMM_INLINE void smm_transpose8(__m256* r)
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* Pack weight rows [r0, r0+nr) (nr <= NR, the rest zero), columns [k0, k0+kc). */
+SMM_INLINE void smm_pack_w(const int type, const uint8_t* w, ptrdiff_t wstride, int nr, const int NR,
+                           ptrdiff_t k0, ptrdiff_t kc, float* Bp)
+{
+    for (int jg = 0; jg < NR; jg += 8) {
+        if (jg + 8 <= nr) {
+            const uint8_t* rows[8];
+            for (int i = 0; i < 8; i++) rows[i] = w + (jg + i) * wstride;
+            ptrdiff_t k = 0;
+            for (; k + 8 <= kc; k += 8) {
+                __m256 v[8];
+                for (int i = 0; i < 8; i++) v[i] = smm_ldw8(type, rows[i], k0 + k);
+                smm_transpose8(v);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(Bp + (k + i) * NR + jg, v[i]);
+            }
+            for (; k < kc; k++)
+                for (int i = 0; i < 8; i++) Bp[k * NR + jg + i] = smm_ldw1(type, rows[i], k0 + k);
+        } else {
+            for (ptrdiff_t k = 0; k < kc; k++)
+                for (int i = 0; i < 8; i++)
+                    Bp[k * NR + jg + i] = jg + i < nr ? smm_ldw1(type, w + (jg + i) * wstride, k0 + k) : 0.0f;
+        }
+    }
+}
+
+/* Pack activation rows [0, mr) (mr <= MR, MR in {4, 8}; missing rows zero), all cols. */
+static void smm_pack_x(const float* x, ptrdiff_t ldx, int mr, const int MR, ptrdiff_t cols, float* Ap)
+{
+    const float* rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = x + (i < mr ? i : 0) * ldx;
+    ptrdiff_t k = 0;
+    for (; k + 8 <= cols; k += 8) {
+        __m256 v[8];
+        for (int i = 0; i < 8; i++)
+            v[i] = i < mr && i < MR ? _mm256_loadu_ps(rows[i] + k) : _mm256_setzero_ps();
+        smm_transpose8(v);
+        if (MR == 8) {
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(Ap + (k + i) * 8, v[i]);
+        } else {
+            for (int i = 0; i < 8; i++) _mm_storeu_ps(Ap + (k + i) * 4, _mm256_castps256_ps128(v[i]));
+        }
+    }
+    for (; k < cols; k++)
+        for (int i = 0; i < MR; i++) Ap[k * MR + i] = i < mr ? rows[i][k] : 0.0f;
+}
+
+/* Writes a finished MR x NR tile held in tmp[MR][NR] into C (partial tiles, bias). */
+SMM_INLINE void smm_tile_out(const float* tmp, const int NR, float* C, ptrdiff_t ldc, int mr, int nr,
+                             int load_c, const float* bias)
+{
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) {
+            float v = tmp[i * NR + j] + (bias ? bias[j] : 0.0f);
+            C[i * ldc + j] = load_c ? C[i * ldc + j] + v : v;
+        }
+}
+
+/* 4 x 24 micro-kernel: 12 accumulators + 3 weight vectors + 1 broadcast = 16 ymm. */
+static void smm_gemm_ukr_avx2(ptrdiff_t kc, const float* Ap, const float* Bp, float* C, ptrdiff_t ldc,
+                              int mr, int nr, int load_c, const float* bias)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c12 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c22 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c32 = _mm256_setzero_ps();
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8), b2 = _mm256_loadu_ps(Bp + 16);
+        __m256 a = _mm256_broadcast_ss(Ap);
+        c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01); c02 = _mm256_fmadd_ps(a, b2, c02);
+        a = _mm256_broadcast_ss(Ap + 1);
+        c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11); c12 = _mm256_fmadd_ps(a, b2, c12);
+        a = _mm256_broadcast_ss(Ap + 2);
+        c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21); c22 = _mm256_fmadd_ps(a, b2, c22);
+        a = _mm256_broadcast_ss(Ap + 3);
+        c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31); c32 = _mm256_fmadd_ps(a, b2, c32);
+        Ap += 4;
+        Bp += 24;
+    }
+    __m256 acc[12] = {c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32};
+    if (mr == 4 && nr == 24) {
+        __m256 bv[3];
+        for (int j = 0; j < 3; j++) bv[j] = bias ? _mm256_loadu_ps(bias + 8 * j) : _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 3; j++) {
+                __m256 v = _mm256_add_ps(acc[3 * i + j], bv[j]);
+                if (load_c) v = _mm256_add_ps(v, _mm256_loadu_ps(C + i * ldc + 8 * j));
+                _mm256_storeu_ps(C + i * ldc + 8 * j, v);
+            }
+    } else {
+        float tmp[4 * 24];
+        for (int i = 0; i < 12; i++) _mm256_storeu_ps(tmp + 8 * i, acc[i]);
+        smm_tile_out(tmp, 24, C, ldc, mr, nr, load_c, bias);
+    }
+}
+
+#endif

@@ -1,0 +1,317 @@
+/*
+ * Matrix products y[t, r] (+)= dot(W[r, :], x[t, :]) (+ bias[r]) for every weight type,
+ * threading and scratch management. Called by _matmul.pyx without the GIL.
+ *
+ * Strategy per weight family:
+ *   float (F32/F16/BF16), n < SMM_GEMM_MIN_N: 4 weight rows at a time against every
+ *       activation row (W read from memory once; memory bound for decoding).
+ *   float, n >= SMM_GEMM_MIN_N: packed GEMM with a register-blocked micro-kernel
+ *       (AVX2 4x24, AVX-512 8x48).
+ *   quantised: activations quantised to int8 blocks into scratch, then integer dot
+ *       products over tiles of weight rows x activation rows.
+ * Threads split the weight rows; n_threads <= 1 (or a small matrix) never enters OpenMP.
+ */
+#ifndef SMALLMIND_MATMUL_IMPL_H
+#define SMALLMIND_MATMUL_IMPL_H
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "_simd_dispatch.h"
+#include "_quant.h"
+#include "_matmul_avx2.h"
+#include "_matmul_avx512.h"
+
+/* Below this many weight elements a second thread costs more than it saves. */
+#define SMM_MIN_PARALLEL_ELEMS 65536
+/* Activation rows from which the packed float GEMM beats the row-at-a-time kernel. */
+#define SMM_GEMM_MIN_N 8
+/* Activation rows packed at once by the float GEMM (a multiple of both MRs). */
+#define SMM_GEMM_MC 192
+
+typedef struct {
+    int type;
+    const uint8_t* w;
+    ptrdiff_t rows, cols, row_bytes;
+    const float* x;
+    ptrdiff_t n, ldx;
+    float* y;
+    ptrdiff_t ldy;
+    const float* bias;
+    int accumulate;
+    uint8_t* scratch; /* 64-byte aligned */
+    int isa;
+} smm_job;
+
+/* Stores out[i][c] into y[t + c, r + i] for i < R, c < C. */
+static inline __attribute__((always_inline)) void smm_store_tile(const smm_job* j, float out[4][4], ptrdiff_t r,
+                                                                 ptrdiff_t t, int R, int C)
+{
+    for (int c = 0; c < C; c++) {
+        float* yt = j->y + (t + c) * j->ldy + r;
+        for (int i = 0; i < R; i++) smm_store1(yt + i, out[i][c], j->bias, r + i, j->accumulate);
+    }
+}
+
+#include "_matmul_q512.h"
+
+/* Contiguous share [*u0, *u1) of `units` for thread tid of nth. */
+static inline void smm_split(ptrdiff_t units, int tid, int nth, ptrdiff_t* u0, ptrdiff_t* u1)
+{
+    ptrdiff_t base = units / nth, extra = units % nth;
+    *u0 = tid * base + (tid < extra ? tid : extra);
+    *u1 = *u0 + base + (tid < extra ? 1 : 0);
+}
+
+static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t n)
+{
+    (void)rows;
+    int fam = smm_family(type);
+    if (n <= 0 || cols <= 0) return 0;
+    if (fam == SMM_FAMILY_FLOAT) {
+        if (n < SMM_GEMM_MIN_N) return 0;
+        ptrdiff_t mc = n < SMM_GEMM_MC ? (n + 7) / 8 * 8 : SMM_GEMM_MC;
+        return mc * cols * 4 + 64;
+    }
+    return n * smm_act_stride(fam, cols) + 64;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Float weights
+ * ---------------------------------------------------------------------------------- */
+
+static void smm_float_small_worker(const smm_job* j, int tid, int nth)
+{
+    ptrdiff_t g0, g1;
+    smm_split((j->rows + 3) / 4, tid, nth, &g0, &g1);
+    for (ptrdiff_t g = g0; g < g1; g++) {
+        ptrdiff_t r = 4 * g;
+        int nvalid = (int)(j->rows - r < 4 ? j->rows - r : 4);
+        const uint8_t* w = j->w + r * j->row_bytes;
+        switch (j->type) {
+        case SMM_F32:
+            smm_float_rows4_avx2(SMM_F32, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
+                                 j->bias, r, j->accumulate);
+            break;
+        case SMM_F16:
+            smm_float_rows4_avx2(SMM_F16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
+                                 j->bias, r, j->accumulate);
+            break;
+        default:
+            smm_float_rows4_avx2(SMM_BF16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
+                                 j->bias, r, j->accumulate);
+            break;
+        }
+    }
+}
+
+typedef void (*smm_ukr_fn)(ptrdiff_t, const float*, const float*, float*, ptrdiff_t, int, int, int,
+                           const float*);
+
+static void smm_pack_w_any(int type, const uint8_t* w, ptrdiff_t wstride, int nr, int NR, ptrdiff_t k0,
+                           ptrdiff_t kc, float* Bp)
+{
+    if (type == SMM_F32) smm_pack_w(SMM_F32, w, wstride, nr, NR, k0, kc, Bp);
+    else if (type == SMM_F16) smm_pack_w(SMM_F16, w, wstride, nr, NR, k0, kc, Bp);
+    else smm_pack_w(SMM_BF16, w, wstride, nr, NR, k0, kc, Bp);
+}
+
+static void smm_float_gemm_worker(const smm_job* j, int tid, int nth)
+{
+    const int avx512 = j->isa >= SMM_ISA_AVX512;
+    const int MR = avx512 ? 8 : 4, NR = avx512 ? 48 : 24;
+    const ptrdiff_t KC = avx512 ? 128 : 256;
+    const smm_ukr_fn ukr = avx512 ? smm_gemm_ukr_avx512 : smm_gemm_ukr_avx2;
+    const ptrdiff_t cols = j->cols;
+    float* Ap = (float*)j->scratch;
+    float Bp[256 * 48] __attribute__((aligned(64))); /* KC*NR floats for either ISA */
+    ptrdiff_t p0, p1;
+    smm_split((j->rows + NR - 1) / NR, tid, nth, &p0, &p1);
+
+    for (ptrdiff_t t0 = 0; t0 < j->n; t0 += SMM_GEMM_MC) {
+        ptrdiff_t mc = j->n - t0 < SMM_GEMM_MC ? j->n - t0 : SMM_GEMM_MC;
+        ptrdiff_t ntiles = (mc + MR - 1) / MR;
+        if (nth > 1) {
+#pragma omp barrier
+        }
+        for (ptrdiff_t tile = tid; tile < ntiles; tile += nth) {
+            ptrdiff_t t = t0 + tile * MR;
+            int mr = (int)(j->n - t < MR ? j->n - t : MR);
+            smm_pack_x(j->x + t * j->ldx, j->ldx, mr, MR, cols, Ap + tile * MR * cols);
+        }
+        if (nth > 1) {
+#pragma omp barrier
+        }
+        for (ptrdiff_t p = p0; p < p1; p++) {
+            ptrdiff_t r = p * NR;
+            int nr = (int)(j->rows - r < NR ? j->rows - r : NR);
+            const uint8_t* w = j->w + r * j->row_bytes;
+            for (ptrdiff_t k0 = 0; k0 < cols; k0 += KC) {
+                ptrdiff_t kc = cols - k0 < KC ? cols - k0 : KC;
+                int load_c = k0 > 0 || j->accumulate;
+                const float* bias = (k0 + kc == cols && j->bias) ? j->bias + r : NULL;
+                smm_pack_w_any(j->type, w, j->row_bytes, nr, NR, k0, kc, Bp);
+                for (ptrdiff_t tile = 0; tile < ntiles; tile++) {
+                    ptrdiff_t t = t0 + tile * MR;
+                    int mr = (int)(j->n - t < MR ? j->n - t : MR);
+                    ukr(kc, Ap + tile * MR * cols + k0 * MR, Bp, j->y + t * j->ldy + r, j->ldy, mr, nr, load_c,
+                        bias);
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------
+ * Quantised weights
+ * ---------------------------------------------------------------------------------- */
+
+/* One tile, R weight rows x C activation rows, with the AVX2 kernels. */
+#define SMM_TILE_CASES(FN, T, w, ws, a, as, cols, out) \
+    switch (R * 8 + C) {                                        \
+    case 4 * 8 + 1: FN(T, 4, 1, w, ws, a, as, cols, out); break; \
+    case 2 * 8 + 4: FN(T, 2, 4, w, ws, a, as, cols, out); break; \
+    case 2 * 8 + 1: FN(T, 2, 1, w, ws, a, as, cols, out); break; \
+    case 1 * 8 + 4: FN(T, 1, 4, w, ws, a, as, cols, out); break; \
+    default: FN(T, 1, 1, w, ws, a, as, cols, out); break;        \
+    }
+
+static void smm_q_tile_avx2(int type, int R, int C, const uint8_t* w, ptrdiff_t ws, const uint8_t* a,
+                            ptrdiff_t as, ptrdiff_t cols, float out[4][4])
+{
+    switch (type) {
+    case SMM_Q4_0: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q4_0, w, ws, a, as, cols, out); break;
+    case SMM_Q4_1: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q4_1, w, ws, a, as, cols, out); break;
+    case SMM_Q5_0: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q5_0, w, ws, a, as, cols, out); break;
+    case SMM_Q5_1: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q5_1, w, ws, a, as, cols, out); break;
+    case SMM_Q8_0: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q8_0, w, ws, a, as, cols, out); break;
+    case SMM_Q4_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q4_K, w, ws, a, as, cols, out); break;
+    case SMM_Q5_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q5_K, w, ws, a, as, cols, out); break;
+    case SMM_Q6_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q6_K, w, ws, a, as, cols, out); break;
+    case SMM_Q8_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q8_K, w, ws, a, as, cols, out); break;
+    }
+}
+
+static void smm_q_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t, const uint8_t* act,
+                       ptrdiff_t astride)
+{
+    float out[4][4];
+    smm_q_tile_avx2(j->type, R, C, j->w + r * j->row_bytes, j->row_bytes, act + t * astride, astride, j->cols, out);
+    smm_store_tile(j, out, r, t, R, C);
+}
+
+static void smm_quant_worker(const smm_job* j, int tid, int nth)
+{
+    const ptrdiff_t astride = smm_act_stride(smm_family(j->type), j->cols);
+    const uint8_t* act = j->scratch;
+    ptrdiff_t g0, g1;
+    smm_split((j->rows + 3) / 4, tid, nth, &g0, &g1);
+    ptrdiff_t r0 = g0 * 4, r1 = g1 * 4 < j->rows ? g1 * 4 : j->rows;
+    if (j->isa >= SMM_ISA_AVX512 && smm_q_range_avx512(j, r0, r1, act, astride)) return;
+    if (j->n == 1) {
+        ptrdiff_t r = r0;
+        for (; r + 4 <= r1; r += 4) smm_q_tile(j, 4, 1, r, 0, act, astride);
+        for (; r < r1; r++) smm_q_tile(j, 1, 1, r, 0, act, astride);
+        return;
+    }
+    ptrdiff_t r = r0;
+    for (; r + 2 <= r1; r += 2) {
+        ptrdiff_t t = 0;
+        for (; t + 4 <= j->n; t += 4) smm_q_tile(j, 2, 4, r, t, act, astride);
+        for (; t < j->n; t++) smm_q_tile(j, 2, 1, r, t, act, astride);
+    }
+    for (; r < r1; r++) {
+        ptrdiff_t t = 0;
+        for (; t + 4 <= j->n; t += 4) smm_q_tile(j, 1, 4, r, t, act, astride);
+        for (; t < j->n; t++) smm_q_tile(j, 1, 1, r, t, act, astride);
+    }
+}
+
+/* ------------------------------------------------------------------------------------
+ * Entry point
+ * ---------------------------------------------------------------------------------- */
+
+static void smm_run(const smm_job* j, int nt, void (*fn)(const smm_job*, int, int))
+{
+    if (nt <= 1) {
+        fn(j, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    fn(j, omp_get_thread_num(), omp_get_num_threads());
+}
+
+static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t row_bytes,
+                       const float* x, ptrdiff_t n, ptrdiff_t ldx, float* y, ptrdiff_t ldy, const float* bias,
+                       int accumulate, int n_threads, void* scratch)
+{
+    if (rows <= 0 || n <= 0) return;
+    if (cols <= 0) { /* empty dot products */
+        for (ptrdiff_t t = 0; t < n; t++)
+            for (ptrdiff_t r = 0; r < rows; r++) smm_store1(y + t * ldy + r, 0.0f, bias, r, accumulate);
+        return;
+    }
+    smm_job j;
+    j.type = type;
+    j.w = w;
+    j.rows = rows;
+    j.cols = cols;
+    j.row_bytes = row_bytes;
+    j.x = x;
+    j.n = n;
+    j.ldx = ldx;
+    j.y = y;
+    j.ldy = ldy;
+    j.bias = bias;
+    j.accumulate = accumulate;
+    j.isa = smm_isa();
+
+    int nt = n_threads;
+    if (nt > 1 && rows * cols < SMM_MIN_PARALLEL_ELEMS) nt = 1;
+
+    ptrdiff_t need = smm_scratch_bytes(type, rows, cols, n);
+    void* owned = NULL;
+    if (need > 0 && scratch == NULL) {
+        owned = malloc((size_t)need);
+        if (owned == NULL) { /* no way to raise from here: make the failure loud */
+            for (ptrdiff_t t = 0; t < n; t++)
+                for (ptrdiff_t r = 0; r < rows; r++) y[t * ldy + r] = NAN;
+            return;
+        }
+        scratch = owned;
+    }
+    j.scratch = (uint8_t*)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+
+    int fam = smm_family(type);
+    if (fam == SMM_FAMILY_FLOAT) {
+        if (n < SMM_GEMM_MIN_N) {
+            ptrdiff_t groups = (rows + 3) / 4;
+            if (nt > groups) nt = (int)groups;
+            smm_run(&j, nt, smm_float_small_worker);
+        } else {
+            ptrdiff_t panels = (rows + 23) / 24;
+            if (nt > panels) nt = (int)panels;
+            smm_run(&j, nt, smm_float_gemm_worker);
+        }
+    } else {
+        ptrdiff_t astride = smm_act_stride(fam, cols);
+        for (ptrdiff_t t = 0; t < n; t++) {
+            if (fam == SMM_FAMILY_Q32)
+                smm_quantize_act_q32(x + t * ldx, cols, j.scratch + t * astride, j.isa >= SMM_ISA_AVX512);
+            else smm_quantize_act_qk(x + t * ldx, cols, j.scratch + t * astride);
+        }
+        ptrdiff_t groups = (rows + 3) / 4;
+        if (nt > groups) nt = (int)groups;
+        smm_run(&j, nt, smm_quant_worker);
+    }
+    free(owned);
+}
+
+/* Row `row` of the weight as float32. */
+static void smm_get_row(int type, const uint8_t* w, ptrdiff_t cols, ptrdiff_t row_bytes, ptrdiff_t row, float* out)
+{
+    smm_dequant_row(type, w + row * row_bytes, cols, out);
+}
+
+#endif

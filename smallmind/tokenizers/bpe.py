@@ -1,0 +1,182 @@
+"""Byte-level BPE (GGUF ``tokenizer.ggml.model = "gpt2"``), as llama.cpp runs it.
+
+Text -> special tokens split out -> pre-tokenizer words -> each word's UTF-8 bytes
+spelled with GPT-2's byte-to-character table -> ranked merges inside the word (lowest
+rank first, leftmost on ties) -> vocabulary ids. Words repeat, so their ids are cached.
+"""
+from __future__ import annotations
+
+from heapq import heapify, heappop, heappush
+from typing import Sequence
+
+from ..errors import TokenizerError
+from ._pretokenize import PreTokenizer, pre_tokenizer
+from ._vocab import VocabTokenizer
+
+__all__ = ["BPETokenizer", "bytes_to_unicode"]
+
+#: Past this many characters a word is merged with a heap instead of rescanning all pairs.
+_SHORT_WORD = 48
+#: Rank of "no such merge": above every real rank.
+_NO_MERGE = float("inf")
+_CACHE_LIMIT = 1 << 18
+
+
+def bytes_to_unicode() -> list[str]:
+    """GPT-2's printable stand-in for each byte value: printable Latin-1 bytes keep their
+    own character, the other 68 map in order to U+0100 onwards."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = [""] * 256
+    extra = 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(0x100 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_CHARS = bytes_to_unicode()
+#: For ``str.translate`` on text decoded as Latin-1 (one character per byte).
+_LATIN1_TO_GPT2 = {b: ch for b, ch in enumerate(_BYTE_CHARS)}
+_GPT2_TO_BYTE = {ch: b for b, ch in enumerate(_BYTE_CHARS)}
+
+
+class BPETokenizer(VocabTokenizer):
+    """llama.cpp's byte-level BPE tokenizer.
+
+    ``tokens``/``token_types`` are the vocabulary (GGUF ``tokenizer.ggml.tokens`` and
+    ``token_type``), ``merges`` the ranked ``"left right"`` pairs, ``pre`` the
+    pre-tokenizer name (``tokenizer.ggml.pre``).
+    """
+
+    def __init__(self, tokens: Sequence[str], merges: Sequence[str],
+                 token_types: Sequence[int] | None = None, *, pre: str = "default",
+                 bos_id: int | None = None, eos_id: int | None = None,
+                 unk_id: int | None = None, pad_id: int | None = None,
+                 eot_id: int | None = None, eom_id: int | None = None,
+                 add_bos: bool | None = None, add_eos: bool = False,
+                 fim_ids: dict[str, int | None] | None = None):
+        self._pre: PreTokenizer = pre_tokenizer(pre)
+        if add_bos is None:
+            add_bos = self._pre.add_bos
+        super().__init__(tokens, token_types, bos_id=bos_id, eos_id=eos_id, unk_id=unk_id,
+                         pad_id=pad_id, eot_id=eot_id, eom_id=eom_id, add_bos=add_bos,
+                         add_eos=add_eos, add_space_prefix=False, fim_ids=fim_ids)
+        self.pre = self._pre.name
+        ranks: dict[tuple[str, str], int] = {}
+        for rank, merge in enumerate(merges):
+            if not isinstance(merge, str):
+                raise TokenizerError(f"merge {rank} is {type(merge).__name__}, not str")
+            # llama.cpp splits at the first space after the first character, so a
+            # merge of a space-led piece still parses.
+            cut = merge.find(" ", 1)
+            if cut == -1:
+                continue
+            ranks.setdefault((merge[:cut], merge[cut + 1:]), rank)
+        self._ranks = ranks
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def _normal_token_bytes(self, text: str) -> bytes:
+        to_byte = _GPT2_TO_BYTE
+        if all(ch in to_byte for ch in text):
+            return bytes(to_byte[ch] for ch in text)
+        # Not a byte-level piece: keep the characters themselves.
+        return b"".join(bytes([to_byte[ch]]) if ch in to_byte
+                        else ch.encode("utf-8", "surrogateescape") for ch in text)
+
+    def _encode_text(self, text: str, after_special: bool, out: list[int]) -> None:
+        cache = self._cache
+        for word in self._pre.split(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._encode_word(word)
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[word] = ids
+            out.extend(ids)
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
+        spelled = word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_GPT2)
+        lookup = self._token_to_id
+        if self._pre.ignore_merges and spelled in lookup:
+            return (lookup[spelled],)
+        symbols = _merge_short(spelled, self._ranks) if len(spelled) <= _SHORT_WORD \
+            else _merge_heap(spelled, self._ranks)
+        ids: list[int] = []
+        for symbol in symbols:
+            token_id = lookup.get(symbol)
+            if token_id is not None:
+                ids.append(token_id)
+                continue
+            # llama.cpp's fallback: each UTF-8 byte of the piece looked up on its own,
+            # dropped when the vocabulary lacks it.
+            for b in symbol.encode("utf-8"):
+                token_id = lookup.get(chr(b)) if b < 0x80 else None
+                if token_id is not None:
+                    ids.append(token_id)
+        return tuple(ids)
+
+
+def _merge_short(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply the lowest-ranked adjacent merge (leftmost on ties) until none applies.
+
+    One rank per adjacent pair, refreshed only where a merge changed a neighbour;
+    ``min`` and ``index`` (leftmost) run at C speed."""
+    symbols = list(word)
+    if len(symbols) < 2:
+        return symbols
+    get = ranks.get
+    pairs = [get((symbols[i], symbols[i + 1]), _NO_MERGE) for i in range(len(symbols) - 1)]
+    while pairs:
+        best = min(pairs)
+        if best == _NO_MERGE:
+            break
+        i = pairs.index(best)
+        merged = symbols[i] + symbols.pop(i + 1)
+        symbols[i] = merged
+        del pairs[i]
+        if i:
+            pairs[i - 1] = get((symbols[i - 1], merged), _NO_MERGE)
+        if i < len(pairs):
+            pairs[i] = get((merged, symbols[i + 1]), _NO_MERGE)
+    return symbols
+
+
+def _merge_heap(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Same result as :func:`_merge_short` in O(n log n): a heap of candidate pairs keyed
+    by (rank, left position); entries made stale by earlier merges are skipped."""
+    symbols: list[str | None] = list(word)
+    n = len(symbols)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    get = ranks.get
+    heap = []
+    for i in range(n - 1):
+        rank = get((symbols[i], symbols[i + 1]))  # type: ignore[arg-type]
+        if rank is not None:
+            heap.append((rank, i, i + 1, symbols[i], symbols[i + 1]))
+    heapify(heap)
+    while heap:
+        _, left, right, left_text, right_text = heappop(heap)
+        if symbols[left] != left_text or symbols[right] != right_text or nxt[left] != right:
+            continue
+        merged = left_text + right_text  # type: ignore[operator]
+        symbols[left] = merged
+        symbols[right] = None
+        after = nxt[right]
+        nxt[left] = after
+        if after != -1:
+            prv[after] = left
+        before = prv[left]
+        if before != -1:
+            rank = get((symbols[before], merged))  # type: ignore[arg-type]
+            if rank is not None:
+                heappush(heap, (rank, before, left, symbols[before], merged))
+        if after != -1:
+            rank = get((merged, symbols[after]))  # type: ignore[arg-type]
+            if rank is not None:
+                heappush(heap, (rank, left, after, merged, symbols[after]))
+    return [s for s in symbols if s is not None]

@@ -1,0 +1,195 @@
+"""SentencePiece-style tokenizer (GGUF ``tokenizer.ggml.model = "llama"``), as llama.cpp
+runs it (``llm_tokenizer_spm``).
+
+Each stretch of plain text gets a leading space when ``add_space_prefix`` (at the start
+and after every special token), has its spaces written as ``▁`` (U+2581), and is split
+into characters; then the adjacent pair whose joined text is a vocabulary piece with the
+highest score is merged, leftmost on ties, until no pair is a piece. Characters left
+over that are not pieces become byte tokens ``<0xXX>`` (or the unknown token).
+
+Merges only ever join text that some piece contains, so the text can be cut wherever no
+piece spans the cut: before a ``▁`` whose left neighbour never precedes a ``▁`` inside a
+piece. Those words are merged independently (giving the same result as merging the
+whole text) and cached.
+"""
+from __future__ import annotations
+
+import re
+from heapq import heapify, heappop, heappush
+from typing import Sequence
+
+from ..errors import TokenizerError
+from ._vocab import VocabTokenizer, _parse_byte_token
+
+__all__ = ["SentencePieceTokenizer"]
+
+SPACE = "\u2581"
+_SHORT_WORD = 48
+#: Stands for "not a piece" among pair scores: below every real score (see _clean_score).
+_NO_PIECE = float("-inf")
+_LOWEST_SCORE = -3.4e38
+_CACHE_LIMIT = 1 << 18
+
+
+def _clean_score(value: float) -> float:
+    """A score usable in comparisons: NaN and -inf become the lowest float32."""
+    value = float(value)
+    return value if value > _LOWEST_SCORE else _LOWEST_SCORE
+
+
+def word_splitter(pieces: Sequence[str], space: str) -> re.Pattern[str]:
+    """A regex whose ``split`` cuts text before each ``space`` that no piece reaches
+    across: one whose left neighbour never comes right before ``space`` inside a piece."""
+    glue = set()
+    for piece in pieces:
+        start = piece.find(space, 1)
+        while start != -1:
+            glue.add(piece[start - 1])
+            start = piece.find(space, start + 1)
+    space_re = re.escape(space)
+    if not glue:
+        return re.compile(f"(?={space_re})")
+    glue_class = "".join(re.escape(ch) for ch in sorted(glue))
+    return re.compile(f"(?<![{glue_class}])(?={space_re})")
+
+
+class SentencePieceTokenizer(VocabTokenizer):
+    """llama.cpp's SPM tokenizer over a scored vocabulary (Llama 2, Gemma...)."""
+
+    def __init__(self, tokens: Sequence[str], scores: Sequence[float] | None = None,
+                 token_types: Sequence[int] | None = None, *,
+                 bos_id: int | None = 1, eos_id: int | None = 2, unk_id: int | None = 0,
+                 pad_id: int | None = None, eot_id: int | None = None,
+                 eom_id: int | None = None, add_bos: bool = True, add_eos: bool = False,
+                 add_space_prefix: bool = True, fim_ids: dict[str, int | None] | None = None):
+        super().__init__(tokens, token_types, bos_id=bos_id, eos_id=eos_id, unk_id=unk_id,
+                         pad_id=pad_id, eot_id=eot_id, eom_id=eom_id, add_bos=add_bos,
+                         add_eos=add_eos, add_space_prefix=add_space_prefix,
+                         fim_ids=fim_ids)
+        n = self.vocab_size
+        if scores is None:
+            scores = [0.0] * n
+        elif len(scores) < n:
+            raise TokenizerError(f"{len(scores)} scores for {n} tokens")
+        # Every piece can be a merge result, special ones included (llama.cpp looks merges
+        # up in the whole vocabulary).
+        self._score = {text: _clean_score(scores[i]) for i, text in enumerate(self._tokens)}
+        self._byte_ids = self._byte_fallback_ids()
+        self._splitter = word_splitter(self._tokens, SPACE)
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def _byte_fallback_ids(self) -> list[int | None]:
+        ids: list[int | None] = []
+        lookup = self._token_to_id
+        for b in range(256):
+            token_id = lookup.get(f"<0x{b:02X}>")
+            if token_id is None and b < 0x80:
+                token_id = lookup.get(chr(b))
+            ids.append(token_id if token_id is not None else self.unk_id)
+        return ids
+
+    def _normal_token_bytes(self, text: str) -> bytes:
+        return text.replace(SPACE, " ").encode("utf-8", "surrogateescape")
+
+    def _byte_token_bytes(self, text: str) -> bytes:
+        return _parse_byte_token(text, text.encode("utf-8", "surrogateescape"))
+
+    def _encode_text(self, text: str, after_special: bool, out: list[int]) -> None:
+        if self.add_space_prefix and after_special:
+            text = " " + text
+        text = text.replace(" ", SPACE)
+        cache = self._cache
+        for word in self._splitter.split(text):
+            if not word:
+                continue
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._encode_word(word)
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[word] = ids
+            out.extend(ids)
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
+        symbols = merge_by_score(list(word), self._score)
+        lookup = self._token_to_id
+        ids: list[int] = []
+        for symbol in symbols:
+            token_id = lookup.get(symbol)
+            if token_id is not None:
+                ids.append(token_id)
+                continue
+            for b in symbol.encode("utf-8"):
+                byte_id = self._byte_ids[b]
+                if byte_id is None:
+                    raise TokenizerError(f"character {symbol!r} is not in the vocabulary, "
+                                         f"which has neither byte tokens nor an unknown token")
+                ids.append(byte_id)
+        return tuple(ids)
+
+
+def merge_by_score(symbols: list[str], score: dict[str, float]) -> list[str]:
+    """Merge the adjacent pair forming the highest-scoring piece (leftmost on ties)
+    until no adjacent pair forms a piece. ``symbols`` is consumed.
+
+    Short words keep one score per adjacent pair and refresh only the two pairs a merge
+    touches; ``max`` and ``index`` (leftmost) then run at C speed.
+    """
+    n = len(symbols)
+    if n < 2:
+        return symbols
+    if n > _SHORT_WORD:
+        return _merge_heap(symbols, score)
+    get = score.get
+    pairs = [get(symbols[i] + symbols[i + 1], _NO_PIECE) for i in range(n - 1)]
+    while pairs:
+        best = max(pairs)
+        if best == _NO_PIECE:
+            break
+        i = pairs.index(best)
+        merged = symbols[i] + symbols.pop(i + 1)
+        symbols[i] = merged
+        del pairs[i]
+        if i:
+            pairs[i - 1] = get(symbols[i - 1] + merged, _NO_PIECE)
+        if i < len(pairs):
+            pairs[i] = get(merged + symbols[i + 1], _NO_PIECE)
+    return symbols
+
+
+def _merge_heap(symbols: list, score: dict[str, float]) -> list[str]:
+    """Same result as rescanning every pair, in O(n log n): a heap of candidate pairs
+    keyed by (-score, left position); entries made stale by earlier merges are skipped."""
+    n = len(symbols)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    get = score.get
+    heap = []
+    for i in range(n - 1):
+        joined = symbols[i] + symbols[i + 1]  # type: ignore[operator]
+        s = get(joined)
+        if s is not None:
+            heap.append((-s, i, i + 1, symbols[i], symbols[i + 1]))
+    heapify(heap)
+    while heap:
+        _, left, right, left_text, right_text = heappop(heap)
+        if symbols[left] != left_text or symbols[right] != right_text or nxt[left] != right:
+            continue
+        merged = left_text + right_text  # type: ignore[operator]
+        symbols[left] = merged
+        symbols[right] = None
+        after = nxt[right]
+        nxt[left] = after
+        if after != -1:
+            prv[after] = left
+        before = prv[left]
+        if before != -1:
+            s = get(symbols[before] + merged)  # type: ignore[operator]
+            if s is not None:
+                heappush(heap, (-s, before, left, symbols[before], merged))
+        if after != -1:
+            s = get(merged + symbols[after])  # type: ignore[operator]
+            if s is not None:
+                heappush(heap, (-s, left, after, merged, symbols[after]))
+    return [s for s in symbols if s is not None]
