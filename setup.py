@@ -26,6 +26,8 @@ extensions = [
         include_dirs=[np.get_include(), str(CORE)],
         extra_compile_args=COMPILE_ARGS,
         extra_link_args=LINK_ARGS,
+        # Link libm explicitly: otherwise expf/tanhf bind to an unversioned, slower symbol.
+        libraries=["m"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     for pyx in sorted(CORE.glob("*.pyx"))

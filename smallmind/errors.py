@@ -37,6 +37,14 @@ class TokenizerError(SmallMindError, ValueError):
     """A tokenizer file is malformed, or a token id is outside the vocabulary."""
 
 
+class SamplingError(SmallMindError, ValueError):
+    """A sampling parameter is out of range, or the logits cannot be sampled (NaN)."""
+
+
+class CachePolicyError(SmallMindError, ValueError):
+    """A KV-cache overflow policy cannot work for this model (e.g. sliding learned positions)."""
+
+
 class ContextOverflowError(SmallMindError):
     """The sequence would grow past the model's context window."""
 

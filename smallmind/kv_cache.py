@@ -43,7 +43,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import ContextOverflowError, ShapeError, SmallMindError
+from .errors import CachePolicyError, ContextOverflowError, ShapeError, SmallMindError
 
 __all__ = ["KVCache", "CachePolicyError", "check_policy", "OVERFLOW_POLICIES", "POSITIONAL"]
 
@@ -52,10 +52,6 @@ POSITIONAL = ("rotary", "learned", "none")
 
 #: ``on_shift(start, count, delta)``: keys in slots [start, start + count) moved by delta.
 ShiftCallback = Callable[[int, int, int], None]
-
-
-class CachePolicyError(SmallMindError, ValueError):
-    """The overflow policy cannot work for this cache (or is unknown)."""
 
 
 def check_policy(learned_positions: bool, overflow: str) -> None:

@@ -25,7 +25,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ._core._sampling import SamplerCore, SamplingError
+from ._core._sampling import SamplerCore
+from .errors import SamplingError
 
 __all__ = ["SamplingParams", "Sampler", "SamplingError"]
 

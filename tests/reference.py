@@ -127,3 +127,58 @@ def llama_logits(config, tensors, tokens):
     x = _rmsnorm(x, _f(tensors, "output_norm.weight"), c.norm_eps)
     out = _f(tensors, "output.weight") if "output.weight" in tensors else _f(tensors, "token_embd.weight")
     return x @ out.T
+
+
+def gemma3_logits(config, tensors, tokens):
+    """Gemma 3 (llama.cpp's LLM_ARCH_GEMMA3 graph) in float64.
+
+    ``tensors`` maps names to objects with float ``data`` and ``shape`` (dequantise
+    quantised GGUF tensors first). The GGUF norm weights already hold HF's ``1 + w``
+    (llama.cpp's converter adds the one), so every RMSNorm is a plain ``x / rms * w``.
+    Layers ``i`` with ``(i + 1) % sliding_window_pattern == 0`` attend globally with
+    ``rope_theta`` (and linear ``rope_scale``); the others see the last ``sliding_window``
+    positions with ``rope_theta_local``.
+    """
+    c = config
+    T = len(tokens)
+    pos = np.arange(T, dtype=np.float64)
+    hd = c.head_dim
+    eps = c.norm_eps
+    emb = tensors["token_embd.weight"]
+    table = np.asarray(emb.data).reshape(emb.shape)  # float32 is enough to hold it; rows go to f64
+    x = table[np.asarray(tokens)].astype(np.float64) * c.embed_scale
+    scale = c.attn_scale or 1 / math.sqrt(hd)
+
+    def head_norm(m, n_heads, w):
+        m = m.reshape(T, n_heads, hd)
+        return _rmsnorm(m, w, eps).reshape(T, n_heads * hd)
+
+    for i in range(c.n_layer):
+        p = f"blk.{i}."
+        is_global = c.sliding_window_pattern <= 0 or (i + 1) % c.sliding_window_pattern == 0
+        theta = c.rope_theta if is_global else c.rope_theta_local
+        layer_pos = pos / c.rope_scale if is_global else pos
+        window = 0 if is_global else c.sliding_window
+        h = _rmsnorm(x, _f(tensors, p + "attn_norm.weight"), eps)
+        q = head_norm(h @ _f(tensors, p + "attn_q.weight").T, c.n_head, _f(tensors, p + "attn_q_norm.weight"))
+        k = head_norm(h @ _f(tensors, p + "attn_k.weight").T, c.n_kv_head, _f(tensors, p + "attn_k_norm.weight"))
+        v = h @ _f(tensors, p + "attn_v.weight").T
+        q = _rope(q, c.n_head, hd, theta, True, layer_pos)
+        k = _rope(k, c.n_kv_head, hd, theta, True, layer_pos)
+        a = _attend(q, k, v, c.n_head, c.n_kv_head, scale, window) @ _f(tensors, p + "attn_output.weight").T
+        x = x + _rmsnorm(a, _f(tensors, p + "post_attention_norm.weight"), eps)
+        h = _rmsnorm(x, _f(tensors, p + "ffn_norm.weight"), eps)
+        g = h @ _f(tensors, p + "ffn_gate.weight").T
+        u = h @ _f(tensors, p + "ffn_up.weight").T
+        f = (_gelu_tanh(g) * u) @ _f(tensors, p + "ffn_down.weight").T
+        x = x + _rmsnorm(f, _f(tensors, p + "post_ffw_norm.weight"), eps)
+    x = _rmsnorm(x, _f(tensors, "output_norm.weight"), eps)
+    out = tensors["output.weight"] if "output.weight" in tensors else emb
+    out_table = np.asarray(out.data).reshape(out.shape)
+    logits = np.empty((T, out.shape[0]))
+    step = 16384  # the vocabulary is large: convert the head to float64 a slab at a time
+    for r in range(0, out.shape[0], step):
+        logits[:, r:r + step] = x @ out_table[r:r + step].astype(np.float64).T
+    if c.final_logit_softcap > 0:
+        logits = c.final_logit_softcap * np.tanh(logits / c.final_logit_softcap)
+    return logits

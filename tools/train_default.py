@@ -29,6 +29,7 @@ subset of 1024 chunks of train.txt).
 Usage::
 
     python tools/train_default.py [--minutes 35] [--threads 2] [--steps N] ...
+    python tools/train_default.py --init CKPT_DIR ...          # continue from a checkpoint's weights
     python tools/train_default.py --eval-only CKPT_DIR         # full val bpb + sample
     python tools/train_default.py --export-only CKPT_DIR --out smallmind/data/default.gguf \
         [--dtype f32|f16]

@@ -89,6 +89,7 @@ SMM_INLINE __m256i smm_w32_avx2(const int type, const uint8_t* b, float* d, floa
 /* Pointers into one quantised activation row (Q32 layout). */
 typedef struct {
     const int8_t* q;
+    const int32_t* corr;
     const float* d;
     const float* s;
     const int32_t* sumq;
@@ -99,7 +100,8 @@ SMM_INLINE smm_act32 smm_act32_at(const uint8_t* row, ptrdiff_t cols)
     smm_act32 a;
     ptrdiff_t nb = cols / 32;
     a.q = (const int8_t*)row;
-    a.d = (const float*)(row + smm_act32_qbytes(cols));
+    a.corr = (const int32_t*)(row + smm_act32_qbytes(cols));
+    a.d = (const float*)(row + 2 * smm_act32_qbytes(cols));
     a.s = a.d + nb;
     a.sumq = (const int32_t*)(a.s + nb);
     return a;
@@ -176,6 +178,7 @@ typedef struct {
     const int8_t* q;
     const float* d;
     const int16_t* bsum;
+    const int16_t* bsp;
 } smm_actk;
 
 SMM_INLINE smm_actk smm_actk_at(const uint8_t* row, ptrdiff_t cols)
@@ -184,6 +187,7 @@ SMM_INLINE smm_actk smm_actk_at(const uint8_t* row, ptrdiff_t cols)
     a.q = (const int8_t*)row;
     a.d = (const float*)(row + cols);
     a.bsum = (const int16_t*)(a.d + cols / 256);
+    a.bsp = a.bsum + cols / 16;
     return a;
 }
 

@@ -296,9 +296,13 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
         }
     } else {
         ptrdiff_t astride = smm_act_stride(fam, cols);
+        /* the AVX-512 kernels take interleaved pairs and, for codes stored with an
+         * offset, integer corrections (see _quant.h) */
+        const int avx512 = j.isa >= SMM_ISA_AVX512;
+        const int log2_offset = !avx512 ? 0 : type == SMM_Q4_0 ? 3 : type == SMM_Q5_0 ? 4 : type == SMM_Q8_0 ? 7 : 0;
         for (ptrdiff_t t = 0; t < n; t++) {
             if (fam == SMM_FAMILY_Q32)
-                smm_quantize_act_q32(x + t * ldx, cols, j.scratch + t * astride, j.isa >= SMM_ISA_AVX512);
+                smm_quantize_act_q32(x + t * ldx, cols, j.scratch + t * astride, avx512, log2_offset);
             else smm_quantize_act_qk(x + t * ldx, cols, j.scratch + t * astride);
         }
         ptrdiff_t groups = (rows + 3) / 4;

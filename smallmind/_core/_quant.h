@@ -223,17 +223,21 @@ static void smm_dequant_row(int type, const uint8_t* data, ptrdiff_t cols, float
  * Activations quantised on the fly.
  *
  * Q32 layout of one activation row (blocks of 32, nb = cols/32), at a 64-byte aligned
- * address: int8 q[64*ceil(nb/2)] | float d[nb] | float s[nb] | int32 sumq[nb], with
- * x ~= d*q, s = d*sum(q), sumq = sum(q). Per block d = amax/127 and q = rint(x*127/amax),
- * so |q| <= 127 (which the u8 x s8 pair sums of maddubs rely on) and the rounding error
- * is at most amax/254 per element. The codes are in element order for the AVX2 kernels;
- * for the AVX-512 ones (`interleave`) each pair of blocks is stored as 4-byte groups
- * alternating between the two blocks (b0[0:4] b1[0:4] b0[4:8] b1[4:8] ...), so that the
- * int32 lanes of vpdpbusd alternate between the blocks and their two scales can be
- * applied with a single 64-bit broadcast. An odd last block is paired with zeros.
+ * address: int8 q[Q] | int32 corr[Q/4] | float d[nb] | float s[nb] | int32 sumq[nb],
+ * Q = 64*ceil(nb/2), with x ~= d*q, s = d*sum(q), sumq = sum(q). Per block d = amax/127
+ * and q = rint(x*127/amax), so |q| <= 127 (which the u8 x s8 pair sums of maddubs rely
+ * on) and the rounding error is at most amax/254 per element. The codes are in element
+ * order for the AVX2 kernels; for the AVX-512 ones (`interleave`) each pair of blocks is
+ * stored as 4-byte groups alternating between the two blocks (b0[0:4] b1[0:4] b0[4:8]
+ * b1[4:8] ...), so that the int32 lanes of vpdpbusd alternate between the blocks and
+ * their two scales can be applied with a single 64-bit broadcast. An odd last block is
+ * paired with zeros. With `code_offset` (the AVX-512 kernels store Q4_0/Q5_0/Q8_0 codes
+ * as unsigned q + offset), corr[g] = -offset * (sum of the 4 codes of group g): vpdpbusd
+ * starting from corr yields sum((q_w + offset) x) - offset sum(x) = sum(q_w x) exactly.
  *
  * QK layout (blocks of 256, nbk = cols/256): int8 q[cols] | float d[nbk] |
- * int16 bsum[cols/16] (sums of q over each 16 elements, for K-quant mins and offsets).
+ * int16 bsum[cols/16] (sums of q over each 16 elements, for K-quant mins and offsets) |
+ * int16 bsp[cols/32] (sums over each 32 elements: the sub-blocks of Q4_K/Q5_K).
  * ---------------------------------------------------------------------------------- */
 
 static inline ptrdiff_t smm_round64(ptrdiff_t v) { return (v + 63) & ~(ptrdiff_t)63; }
@@ -243,8 +247,8 @@ static inline ptrdiff_t smm_act32_qbytes(ptrdiff_t cols) { return (cols / 32 + 1
 
 static inline ptrdiff_t smm_act_stride(int family, ptrdiff_t cols)
 {
-    if (family == SMM_FAMILY_Q32) return smm_round64(smm_act32_qbytes(cols) + 12 * (cols / 32));
-    if (family == SMM_FAMILY_QK) return smm_round64(cols + 4 * (cols / 256) + 2 * (cols / 16));
+    if (family == SMM_FAMILY_Q32) return smm_round64(2 * smm_act32_qbytes(cols) + 12 * (cols / 32));
+    if (family == SMM_FAMILY_QK) return smm_round64(cols + 4 * (cols / 256) + 2 * (cols / 16) + 2 * (cols / 32));
     return 0;
 }
 
@@ -290,11 +294,34 @@ static inline float smm_absmax32(const float* x)
     return smm_hmax8(m);
 }
 
-static void smm_quantize_act_q32(const float* x, ptrdiff_t cols, uint8_t* dst, int interleave)
+/* -offset * (sum of each 4 int8 codes) for 32 codes: 8 int32 corrections. */
+static inline __m256i smm_group_corr(__m256i codes, int log2_offset)
+{
+    __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), codes), _mm256_set1_epi16(1));
+    return _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sll_epi32(sums, _mm_cvtsi32_si128(log2_offset)));
+}
+
+/* Interleaves the codes of blocks a and b (see the layout above) into dst[0:64], and
+ * their offset corrections into corr[0:16] when log2_offset > 0. */
+static inline void smm_store_pair(__m256i a, __m256i b, int8_t* dst, int32_t* corr, int log2_offset)
+{
+    __m256i lo = _mm256_unpacklo_epi32(a, b), hi = _mm256_unpackhi_epi32(a, b);
+    __m256i p0 = _mm256_permute2x128_si256(lo, hi, 0x20), p1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+    _mm256_storeu_si256((__m256i*)dst, p0);
+    _mm256_storeu_si256((__m256i*)(dst + 32), p1);
+    if (log2_offset > 0) {
+        _mm256_storeu_si256((__m256i*)corr, smm_group_corr(p0, log2_offset));
+        _mm256_storeu_si256((__m256i*)(corr + 8), smm_group_corr(p1, log2_offset));
+    }
+}
+
+/* log2_offset: 0, or log2 of the code offset to correct for (AVX-512 Q4_0/Q5_0/Q8_0). */
+static void smm_quantize_act_q32(const float* x, ptrdiff_t cols, uint8_t* dst, int interleave, int log2_offset)
 {
     ptrdiff_t nb = cols / 32;
     int8_t* q = (int8_t*)dst;
-    float* dd = (float*)(dst + smm_act32_qbytes(cols));
+    int32_t* corr = (int32_t*)(dst + smm_act32_qbytes(cols));
+    float* dd = (float*)(dst + 2 * smm_act32_qbytes(cols));
     float* ss = dd + nb;
     int32_t* sq = (int32_t*)(ss + nb);
     __m256i prev = _mm256_setzero_si256();
@@ -307,9 +334,7 @@ static void smm_quantize_act_q32(const float* x, ptrdiff_t cols, uint8_t* dst, i
         if (!interleave) {
             _mm256_storeu_si256((__m256i*)(q + 32 * b), v);
         } else if (b & 1) {
-            __m256i lo = _mm256_unpacklo_epi32(prev, v), hi = _mm256_unpackhi_epi32(prev, v);
-            _mm256_storeu_si256((__m256i*)(q + 32 * (b - 1)), _mm256_permute2x128_si256(lo, hi, 0x20));
-            _mm256_storeu_si256((__m256i*)(q + 32 * b), _mm256_permute2x128_si256(lo, hi, 0x31));
+            smm_store_pair(prev, v, q + 32 * (b - 1), corr + 8 * (b - 1), log2_offset);
         } else {
             prev = v;
         }
@@ -321,9 +346,7 @@ static void smm_quantize_act_q32(const float* x, ptrdiff_t cols, uint8_t* dst, i
     if (nb & 1) { /* pair the last block with zeros (interleaved), or just zero-pad */
         __m256i z = _mm256_setzero_si256();
         if (interleave) {
-            __m256i lo = _mm256_unpacklo_epi32(prev, z), hi = _mm256_unpackhi_epi32(prev, z);
-            _mm256_storeu_si256((__m256i*)(q + 32 * (nb - 1)), _mm256_permute2x128_si256(lo, hi, 0x20));
-            _mm256_storeu_si256((__m256i*)(q + 32 * nb), _mm256_permute2x128_si256(lo, hi, 0x31));
+            smm_store_pair(prev, z, q + 32 * (nb - 1), corr + 8 * (nb - 1), log2_offset);
         } else {
             _mm256_storeu_si256((__m256i*)(q + 32 * nb), z);
         }
@@ -336,6 +359,7 @@ static void smm_quantize_act_qk(const float* x, ptrdiff_t cols, uint8_t* dst)
     int8_t* q = (int8_t*)dst;
     float* dd = (float*)(dst + cols);
     int16_t* bsum = (int16_t*)(dd + nb);
+    int16_t* bsp = bsum + cols / 16;
     for (ptrdiff_t b = 0; b < nb; b++) {
         const float* xb = x + 256 * b;
         float amax = 0.0f;
@@ -357,6 +381,7 @@ static void smm_quantize_act_qk(const float* x, ptrdiff_t cols, uint8_t* dst)
             lo = _mm_hadd_epi32(lo, lo);           /* (0-15), (16-31), ... */
             bsum[16 * b + 2 * j] = (int16_t)_mm_cvtsi128_si32(lo);
             bsum[16 * b + 2 * j + 1] = (int16_t)_mm_extract_epi32(lo, 1);
+            bsp[8 * b + j] = (int16_t)(bsum[16 * b + 2 * j] + bsum[16 * b + 2 * j + 1]);
         }
         dd[b] = d;
     }

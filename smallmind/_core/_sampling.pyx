@@ -33,13 +33,9 @@ cimport numpy as cnp
 
 import numpy as np
 
-from smallmind.errors import ShapeError, SmallMindError, TokenizerError
+from smallmind.errors import SamplingError, ShapeError, SmallMindError, TokenizerError
 
 cnp.import_array()
-
-
-class SamplingError(SmallMindError, ValueError):
-    """Sampling parameters are invalid, or the logits cannot be sampled (NaN, all banned)."""
 
 
 cdef extern from "numpy/random/bitgen.h":

@@ -67,7 +67,7 @@ class Llama(DecoderModel):
                 vectors[name + ".weight"] = self._vector(p + name + ".weight", n)
             if not self._is_global(i):
                 window, theta = c.sliding_window, c.rope_theta_local
-        n_rot = int(c.extra.get("rope_dims", hd))
+        n_rot = int(c.extra.get("rope_dim", hd))  # the loaders' key (rope.dimension_count)
         scale = c.rope_scale if (not self.gemma or self._is_global(i)) else 1.0
         return _blocks.Layer(weights, vectors, n_embd=d, n_hidden=h, q_dim=q_dim, kv_dim=kv_dim,
                              head_dim=hd, attn_scale=c.attn_scale or 1.0 / math.sqrt(hd),
