@@ -223,14 +223,15 @@ class Session:
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  logit_bias: dict[int, float] | None = None, seed: int | None = None,
                  stop: str | Sequence[str] | None = None, stream: bool = False,
-                 profile: bool = False, add_special: bool | None = None
-                 ) -> GenerationResult | TokenStream:
+                 profile: bool = False, add_special: bool | None = None,
+                 n_threads: int | None = None) -> GenerationResult | TokenStream:
         """Continue the conversation with ``prompt`` and sample up to ``max_new_tokens``.
 
         ``prompt`` is text (encoded with the model's tokenizer; BOS is added at the start of a
         conversation when the model asks for it) or token ids. Returns a
         :class:`GenerationResult`, or with ``stream=True`` an iterator of :class:`TokenChunk`
-        whose texts join to the same text.
+        whose texts join to the same text. ``n_threads`` overrides the session's thread
+        count from this call on.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty,
@@ -240,6 +241,10 @@ class Session:
         if int(max_new_tokens) < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if n_threads is not None:
+            if int(n_threads) < 1:
+                raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+            self._state.n_threads = int(n_threads)
         prompt_ids = self._encode_prompt(prompt, add_special)
         run = _Run(prompt_tokens=prompt_ids)
         chunks = TokenStream(self._stream(run, params, int(max_new_tokens), stops, profile), run)
@@ -425,7 +430,7 @@ class Engine:
                 self._session = Session(self)
             return self._session
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], *, n_threads: int | None = None) -> np.ndarray:
         """Logits of every position of ``tokens``: float32 (len(tokens), vocab)."""
         ids = list(tokens) if not isinstance(tokens, str) else None
         if ids is None:
@@ -435,7 +440,7 @@ class Engine:
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
         out = np.empty((len(ids), self.config.vocab_size), dtype=np.float32)
-        with Session(self) as s:
+        with Session(self, n_threads=n_threads) as s:
             s._encode_prompt(ids, None)  # range-checks the ids
             self.model.forward(s._state, ids, all_logits=out)
         return out

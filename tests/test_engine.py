@@ -266,3 +266,4 @@ def test_profile_records_ops_and_layers(seed_engine):
         assert op in table
     layers = {row.get("layer") for row in prof.summary(by="layer")}
     assert {0, 1} <= layers
+

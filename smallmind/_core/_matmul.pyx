@@ -226,6 +226,35 @@ def _set_isa(int level):
     return smm_set_isa(level)
 
 
+def _bench_sweep(list weights, Py_ssize_t n, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
+    """Seconds for `iters` passes of n-row products with every weight in turn (a model's
+    forward pass as far as the matmuls go: each weight streams from memory, not cache)."""
+    import time
+    cdef Py_ssize_t k, i, m = len(weights), max_cols = 1, max_rows = 1, max_scratch = 1
+    cdef Weight w
+    views = np.empty(m * sizeof(WeightView), dtype=np.uint8)
+    cdef WeightView* v = <WeightView*><size_t>views.ctypes.data
+    for k in range(m):
+        w = weights[k]
+        v[k] = w.view
+        max_cols = max(max_cols, w.view.cols)
+        max_rows = max(max_rows, w.view.rows)
+        max_scratch = max(max_scratch, w.scratch_bytes(n))
+    x = np.random.default_rng(0).standard_normal((n, max_cols), dtype=np.float32)
+    y = np.empty((n, max_rows), dtype=np.float32)
+    scratch = np.empty(max_scratch, dtype=np.uint8)
+    cdef float[:, ::1] xv = x
+    cdef float[:, ::1] yv = y
+    cdef unsigned char[::1] s = scratch
+    clock = time.thread_time if cpu_time else time.perf_counter
+    t0 = clock()
+    with nogil:
+        for i in range(iters):
+            for k in range(m):
+                matmul(&v[k], &xv[0, 0], n, v[k].cols, &yv[0, 0], v[k].rows, NULL, False, n_threads, &s[0])
+    return clock() - t0
+
+
 def _bench(Weight w, x, out, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
     """Seconds for `iters` back-to-back matmuls through the cdef path (no Python per call).
 

@@ -14,15 +14,15 @@ the next ``acquire`` of that bucket returns the same memory.
 Thread safe: one lock guards the free lists and the counters; it is held only for a
 few dict/list operations (allocation happens outside it).
 """
+import mmap
 import operator
 from dataclasses import dataclass
+
+import threading
 
 import numpy as np
 
 cimport numpy as cnp
-from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
-                               PyThread_allocate_lock, PyThread_free_lock,
-                               PyThread_release_lock, PyThread_type_lock)
 from libc.stdint cimport uintptr_t
 
 cnp.import_array()
@@ -51,9 +51,18 @@ class PoolStats:
     pooled_buffers: int
 
 
+#: Buffers from this size up are anonymous memory maps (page-aligned). NumPy asks the
+#: kernel for transparent huge pages on its large arrays, so one write anywhere in each
+#: 2 MB of a KV cache would make all of it resident; a plain map grows page by page as the
+#: context fills.
+MMAP_BYTES = 1 << 22
+
+
 cdef object _new_buffer(int exp):
     """A 1-D float32 array of 2**exp elements starting on a 64-byte boundary."""
     cdef Py_ssize_t nbytes = (<Py_ssize_t>1 << exp) * 4
+    if nbytes >= MMAP_BYTES:
+        return np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.float32)
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     cdef uintptr_t addr = <uintptr_t> cnp.PyArray_DATA(raw)
     cdef Py_ssize_t offset = <Py_ssize_t>((ALIGNMENT - addr % ALIGNMENT) % ALIGNMENT)
@@ -71,7 +80,7 @@ cdef class BufferPool:
         beyond the cap is freed instead. None (default): no cap.
     """
 
-    cdef PyThread_type_lock _lock
+    cdef object _lock
     cdef dict _free                 # bucket exponent -> list of free buffers
     cdef dict _live                 # data address -> (buffer, bucket exponent)
     cdef Py_ssize_t _hits, _misses, _releases
@@ -79,9 +88,10 @@ cdef class BufferPool:
     cdef Py_ssize_t _max_pooled     # -1: no cap
 
     def __cinit__(self, max_pooled_bytes=None):
-        self._lock = PyThread_allocate_lock()
-        if self._lock == NULL:
-            raise MemoryError("cannot allocate the pool lock")
+        # Re-entrant: a garbage collection inside a locked section may finalise a session
+        # whose __del__ releases its buffers into this pool from the same thread (a plain
+        # lock deadlocks there). Only session set-up and tear-down take it, never decoding.
+        self._lock = threading.RLock()
         self._free = {}
         self._live = {}
         if max_pooled_bytes is None:
@@ -91,19 +101,11 @@ cdef class BufferPool:
                 raise ValueError(f"max_pooled_bytes must be >= 0 or None, got {max_pooled_bytes}")
             self._max_pooled = max_pooled_bytes
 
-    def __dealloc__(self):
-        if self._lock != NULL:
-            PyThread_free_lock(self._lock)
-
     cdef inline void _enter(self):
-        # Try without blocking first (the common, uncontended case); otherwise wait
-        # with the GIL released, so the thread holding the lock can finish.
-        if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
-            with nogil:
-                PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        self._lock.acquire()
 
     cdef inline void _exit(self):
-        PyThread_release_lock(self._lock)
+        self._lock.release()
 
     def acquire(self, shape, *, bint zero=False):
         """A float32 C-contiguous array of ``shape`` from the pool (contents undefined
