@@ -109,25 +109,28 @@ def check_product(name, w32, mag, x, y, bias=None, base=None):
     mag: per-element term magnitudes (see term_magnitude)."""
     w64 = w32.astype(np.float64)
     extra = np.zeros_like(y, dtype=np.float64)
+    extra_mag = np.zeros_like(extra)  # bias and the accumulated y are rounded separately
     if bias is not None:
         extra += bias
+        extra_mag += np.abs(bias)
     if base is not None:
         extra += base
+        extra_mag += np.abs(base)
     if name in FLOAT_TYPES:
         ref = x.astype(np.float64) @ w64.T + extra
-        tol = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w64).T) + 1e-6 * np.abs(extra) + 1e-37
+        tol = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w64).T) + 1e-6 * extra_mag + 1e-37
         assert np.all(np.abs(y - ref) <= tol), np.max(np.abs(y - ref) - tol)
         return
     block = 256 if name.endswith("_K") else 32
     xq = quantize_like_kernel(x, block)
     ref = xq @ w64.T + extra
     mag = np.abs(xq) @ mag.astype(np.float64).T
-    tol = 3e-5 * mag + 1e-6 * np.abs(extra) + 1e-37
+    tol = 3e-5 * mag + 1e-6 * extra_mag + 1e-37
     assert np.all(np.abs(y - ref) <= tol), np.max((np.abs(y - ref) - tol) / np.maximum(mag, 1e-30))
     ref = x.astype(np.float64) @ w64.T + extra
     c = np.sqrt(block - 1) / 254 + 1e-4
     bound = c * np.linalg.norm(x.astype(np.float64), axis=1)[:, None] * np.linalg.norm(w64, axis=1)[None, :]
-    bound += 1e-5 * np.abs(extra) + 1e-37
+    bound += 1e-5 * extra_mag + 1e-37
     assert np.all(np.abs(y - ref) <= bound), np.max(np.abs(y - ref) / np.maximum(bound, 1e-30))
 
 

@@ -20,6 +20,10 @@
 
 #define SMM_INLINE static inline __attribute__((always_inline))
 
+/* Software prefetch distance for streaming weight rows: with the hardware prefetchers
+ * alone, decoding read the weights at about half the DRAM bandwidth (measured). */
+#define SMM_PREFETCH_BYTES 6144
+
 /* Horizontal sums of four 8-lane vectors -> one 4-lane vector (a, b, c, d). */
 SMM_INLINE __m128 smm_hsum4x8(__m256 a, __m256 b, __m256 c, __m256 d)
 {
@@ -63,22 +67,19 @@ SMM_INLINE __m256i smm_bits_to_bytes(uint32_t bits)
     return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
 }
 
-/* One 32-element block of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 row: its codes (unsigned, or
- * signed for Q8_0), scale d and, for the types with a min, m. */
-SMM_INLINE __m256i smm_w32_avx2(const int type, const uint8_t* b, float* d, float* m)
+/* The codes of one 32-element block of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 row, unsigned (signed
+ * for Q8_0), in element order. (Scales are read separately, 8 blocks at a time.) */
+SMM_INLINE __m256i smm_w32_avx2(const int type, const uint8_t* b)
 {
-    *d = smm_f16(b);
     switch (type) {
     case SMM_Q4_0:
         return smm_unpack_nibbles(b + 2);
     case SMM_Q4_1:
-        *m = smm_f16(b + 2);
         return smm_unpack_nibbles(b + 4);
     case SMM_Q5_0:
         return _mm256_or_si256(smm_unpack_nibbles(b + 6),
                                _mm256_and_si256(smm_bits_to_bytes(smm_ld32(b + 2)), _mm256_set1_epi8(0x10)));
     case SMM_Q5_1:
-        *m = smm_f16(b + 2);
         return _mm256_or_si256(smm_unpack_nibbles(b + 8),
                                _mm256_and_si256(smm_bits_to_bytes(smm_ld32(b + 4)), _mm256_set1_epi8(0x10)));
     default: /* SMM_Q8_0 */
@@ -107,11 +108,24 @@ SMM_INLINE smm_act32 smm_act32_at(const uint8_t* row, ptrdiff_t cols)
     return a;
 }
 
+/* The low and high f16 halves of 8 dwords, as floats. */
+SMM_INLINE void smm_f16_pairs8(__m256i g, __m256* lo, __m256* hi)
+{
+    const __m256i sel = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256i v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, sel), 0xD8); /* lows | highs */
+    *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(v));
+    *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(v, 1));
+}
+
 /*
  * Tile of R weight rows (w + r*wstride) x C activation rows (act + c*astride) over nb
- * blocks: out[r][c] = dot(W[r], x[c]). Q4_0/Q5_0 store codes with an offset of 8/16:
- * sum((q-8)*x) = sum(q*x) - 8*sum(x), folded into the int32 lanes (8 lanes, so each
- * lane subtracts sumq or 2*sumq). Q4_1/Q5_1 add m*d_x*sum(x) in float.
+ * blocks: out[r][c] = dot(W[r], x[c]). Scales are handled 8 blocks at a time: one gather
+ * reads the f16 scale (and min) of 8 blocks of a row, S = d_w * d_x is computed for the 8
+ * and stored, and each block's FMA broadcasts its S from memory (a load, no shuffle).
+ * Q4_0/Q5_0 codes carry an offset of 8/16: sum((q-8)*x) = sum(q*x) - 8*sum(x), folded into
+ * the int32 lanes (8 lanes, so each subtracts sumq or 2*sumq). The mins of Q4_1/Q5_1 are
+ * one 8-lane FMA with the activation sums per 8 blocks (lanes are all summed at the end).
  */
 SMM_INLINE void smm_q32_tile_avx2(const int type, const int R, const int C,
                                   const uint8_t* w, ptrdiff_t wstride,
@@ -122,52 +136,65 @@ SMM_INLINE void smm_q32_tile_avx2(const int type, const int R, const int C,
     const int bb = smm_block_bytes(type);
     const int has_min = type == SMM_Q4_1 || type == SMM_Q5_1;
     const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bb));
     __m256 acc[4][4];
-    float off[4][4];
+    float S[4][4][8] __attribute__((aligned(32)));
     smm_act32 a[4];
 #pragma GCC unroll 4
     for (int c = 0; c < C; c++) a[c] = smm_act32_at(act + c * astride, cols);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++) {
-            acc[r][c] = _mm256_setzero_ps();
-            off[r][c] = 0.0f;
-        }
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
 
-    for (ptrdiff_t b = 0; b < nb; b++) {
-        __m256i wq[4], wabs[4];
-        float dw[4], mw[4];
+    for (ptrdiff_t b0 = 0; b0 < nb; b0 += 8) {
+        const int nbc = (int)(nb - b0 < 8 ? nb - b0 : 8);
+        const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(nbc), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            wq[r] = smm_w32_avx2(type, w + r * wstride + b * bb, &dw[r], &mw[r]);
-            if (type == SMM_Q8_0) wabs[r] = _mm256_sign_epi8(wq[r], wq[r]);
-        }
+            __m256i g = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int*)(w + r * wstride + b0 * bb),
+                                                    gidx, km, 1);
+            __m256 dw, mw;
+            smm_f16_pairs8(g, &dw, &mw);
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++) {
-            const __m256i xv = _mm256_loadu_si256((const __m256i*)(a[c].q + 32 * b));
-            const float dx = a[c].d[b];
-            __m256i corr = _mm256_setzero_si256();
-            if (type == SMM_Q4_0) corr = _mm256_set1_epi32(a[c].sumq[b]);
-            if (type == SMM_Q5_0) corr = _mm256_set1_epi32(2 * a[c].sumq[b]);
+            for (int c = 0; c < C; c++) {
+                _mm256_store_ps(S[r][c], _mm256_mul_ps(dw, _mm256_maskload_ps(a[c].d + b0, km)));
+                if (has_min) acc[r][c] = _mm256_fmadd_ps(mw, _mm256_maskload_ps(a[c].s + b0, km), acc[r][c]);
+            }
+        }
+        for (int i = 0; i < nbc; i++) {
+            const ptrdiff_t b = b0 + i;
+            __m256i wq[4], wabs[4];
+            _mm_prefetch((const char*)(w + (R - 1) * wstride + b * bb + SMM_PREFETCH_BYTES), _MM_HINT_T1);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                __m256i p16;
-                if (type == SMM_Q8_0)
-                    p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(xv, wq[r]));
-                else
-                    p16 = _mm256_maddubs_epi16(wq[r], xv);
-                __m256i p32 = _mm256_madd_epi16(p16, ones);
-                if (type == SMM_Q4_0 || type == SMM_Q5_0) p32 = _mm256_sub_epi32(p32, corr);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dw[r] * dx), acc[r][c]);
-                if (has_min) off[r][c] += mw[r] * a[c].s[b];
+                wq[r] = smm_w32_avx2(type, w + r * wstride + b * bb);
+                if (type == SMM_Q8_0) wabs[r] = _mm256_sign_epi8(wq[r], wq[r]);
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i*)(a[c].q + 32 * b));
+                __m256i corr = _mm256_setzero_si256();
+                if (type == SMM_Q4_0) corr = _mm256_set1_epi32(a[c].sumq[b]);
+                if (type == SMM_Q5_0) corr = _mm256_set1_epi32(2 * a[c].sumq[b]);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    __m256i p16;
+                    if (type == SMM_Q8_0)
+                        p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(xv, wq[r]));
+                    else
+                        p16 = _mm256_maddubs_epi16(wq[r], xv);
+                    __m256i p32 = _mm256_madd_epi16(p16, ones);
+                    if (type == SMM_Q4_0 || type == SMM_Q5_0) p32 = _mm256_sub_epi32(p32, corr);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_broadcast_ss(&S[r][c][i]), acc[r][c]);
+                }
             }
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++) out[r][c] = smm_hsum8(acc[r][c]) + off[r][c];
+        for (int c = 0; c < C; c++) out[r][c] = smm_hsum8(acc[r][c]);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -271,7 +298,10 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
         smm_kblock kb[4];
         __m256i isum[4][4];
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) smm_kblock_decode(type, w + r * wstride + b * bb, &kb[r]);
+        for (int r = 0; r < R; r++) {
+            smm_kblock_decode(type, w + r * wstride + b * bb, &kb[r]);
+            _mm_prefetch((const char*)(w + r * wstride + b * bb + SMM_PREFETCH_BYTES), _MM_HINT_T1);
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
 #pragma GCC unroll 4

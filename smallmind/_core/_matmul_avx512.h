@@ -7,8 +7,19 @@
 
 #include "_simd_dispatch.h"
 #include "_quant.h"
+#include "_matmul_avx2.h"
 
 #define SMM_INLINE512 static inline __attribute__((always_inline)) SMM_AVX512_TARGET
+
+/* Horizontal sums of 4 vectors -> (a, b, c, d). */
+SMM_INLINE512 __m128 smm_reduce4_512(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
 
 /* Lanes [0, count) of 16, count clamped to [0, 16]. */
 SMM_INLINE512 __mmask16 smm_mask16(ptrdiff_t count)
@@ -16,6 +27,60 @@ SMM_INLINE512 __mmask16 smm_mask16(ptrdiff_t count)
     if (count >= 16) return (__mmask16)0xFFFF;
     if (count <= 0) return 0;
     return (__mmask16)((1u << count) - 1);
+}
+
+/* 16 consecutive weights of a float-type row from element k, as float32 (masked tail). */
+SMM_INLINE512 __m512 smm_ldw16(const int type, const uint8_t* row, ptrdiff_t k, __mmask16 m)
+{
+    if (type == SMM_F32) return _mm512_maskz_loadu_ps(m, (const float*)row + k);
+    __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * k);
+    if (type == SMM_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/*
+ * Float weights, few activation rows: rows [r0, r0+4) (clamped like the AVX2 version)
+ * against every activation row, 4 rows x 32 columns per step (8 accumulators).
+ */
+SMM_INLINE512 void smm_float_rows4_512(const int type, const uint8_t* w, ptrdiff_t wstride, int nvalid,
+                                       ptrdiff_t cols, const float* x, ptrdiff_t n, ptrdiff_t ldx, float* y,
+                                       ptrdiff_t ldy, const float* bias, ptrdiff_t r0, int accumulate)
+{
+    const uint8_t* w0 = w;
+    const uint8_t* w1 = w + (nvalid > 1 ? 1 : 0) * wstride;
+    const uint8_t* w2 = w + (nvalid > 2 ? 2 : 0) * wstride;
+    const uint8_t* w3 = w + (nvalid > 3 ? 3 : 0) * wstride;
+    const __mmask16 all = 0xFFFF;
+    for (ptrdiff_t t = 0; t < n; t++) {
+        const float* xt = x + t * ldx;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
+        ptrdiff_t k = 0;
+        for (; k + 32 <= cols; k += 32) {
+            __m512 xa = _mm512_loadu_ps(xt + k), xb = _mm512_loadu_ps(xt + k + 16);
+            a0 = _mm512_fmadd_ps(smm_ldw16(type, w0, k, all), xa, a0);
+            a1 = _mm512_fmadd_ps(smm_ldw16(type, w1, k, all), xa, a1);
+            a2 = _mm512_fmadd_ps(smm_ldw16(type, w2, k, all), xa, a2);
+            a3 = _mm512_fmadd_ps(smm_ldw16(type, w3, k, all), xa, a3);
+            b0 = _mm512_fmadd_ps(smm_ldw16(type, w0, k + 16, all), xb, b0);
+            b1 = _mm512_fmadd_ps(smm_ldw16(type, w1, k + 16, all), xb, b1);
+            b2 = _mm512_fmadd_ps(smm_ldw16(type, w2, k + 16, all), xb, b2);
+            b3 = _mm512_fmadd_ps(smm_ldw16(type, w3, k + 16, all), xb, b3);
+        }
+        for (; k < cols; k += 16) {
+            const __mmask16 m = smm_mask16(cols - k);
+            __m512 xa = _mm512_maskz_loadu_ps(m, xt + k);
+            a0 = _mm512_fmadd_ps(smm_ldw16(type, w0, k, m), xa, a0);
+            a1 = _mm512_fmadd_ps(smm_ldw16(type, w1, k, m), xa, a1);
+            a2 = _mm512_fmadd_ps(smm_ldw16(type, w2, k, m), xa, a2);
+            a3 = _mm512_fmadd_ps(smm_ldw16(type, w3, k, m), xa, a3);
+        }
+        float res[4];
+        _mm_storeu_ps(res, smm_reduce4_512(_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1), _mm512_add_ps(a2, b2),
+                                           _mm512_add_ps(a3, b3)));
+        float* yt = y + t * ldy + r0;
+        for (int r = 0; r < nvalid; r++) smm_store1(yt + r, res[r], bias, r0 + r, accumulate);
+    }
 }
 
 /*

@@ -8,7 +8,9 @@
  *   float, n >= SMM_GEMM_MIN_N: packed GEMM with a register-blocked micro-kernel
  *       (AVX2 4x24, AVX-512 8x48).
  *   quantised: activations quantised to int8 blocks into scratch, then integer dot
- *       products over tiles of weight rows x activation rows.
+ *       products over tiles of weight rows x activation rows (4x1 for decoding, 4x4
+ *       or 2x4 for prompts); AVX-512 kernels in _matmul_q512.h / _matmul_k512.h, AVX2
+ *       ones in _matmul_avx2.h.
  * Threads split the weight rows; n_threads <= 1 (or a small matrix) never enters OpenMP.
  */
 #ifndef SMALLMIND_MATMUL_IMPL_H
@@ -81,10 +83,37 @@ static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptr
  * Float weights
  * ---------------------------------------------------------------------------------- */
 
+SMM_AVX512_TARGET static void smm_float_small_512(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
+{
+    for (ptrdiff_t g = g0; g < g1; g++) {
+        ptrdiff_t r = 4 * g;
+        int nvalid = (int)(j->rows - r < 4 ? j->rows - r : 4);
+        const uint8_t* w = j->w + r * j->row_bytes;
+        switch (j->type) {
+        case SMM_F32:
+            smm_float_rows4_512(SMM_F32, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
+                                j->bias, r, j->accumulate);
+            break;
+        case SMM_F16:
+            smm_float_rows4_512(SMM_F16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
+                                j->bias, r, j->accumulate);
+            break;
+        default:
+            smm_float_rows4_512(SMM_BF16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
+                                j->bias, r, j->accumulate);
+            break;
+        }
+    }
+}
+
 static void smm_float_small_worker(const smm_job* j, int tid, int nth)
 {
     ptrdiff_t g0, g1;
     smm_split((j->rows + 3) / 4, tid, nth, &g0, &g1);
+    if (j->isa >= SMM_ISA_AVX512) {
+        smm_float_small_512(j, g0, g1);
+        return;
+    }
     for (ptrdiff_t g = g0; g < g1; g++) {
         ptrdiff_t r = 4 * g;
         int nvalid = (int)(j->rows - r < 4 ? j->rows - r : 4);

@@ -13,8 +13,8 @@
  *
  * Unpacking Q4/Q5 codes takes two instructions: vpermb picks, for every output byte,
  * the packed byte holding its nibble, and gf2p8affineqb, with one bit matrix per 64-bit
- * lane, keeps the low nibble (codes 0-15, lanes 0-3) or moves the high nibble down
- * (codes 16-31, lanes 4-7). Q5's fifth bits come from the two 32-bit qh words, spread
+ * lane, keeps the low nibble (codes 0-15, in 64-bit lanes 0-3) or moves the high nibble
+ * down (codes 16-31, lanes 4-7). Q5's fifth bits come from the two 32-bit qh words, spread
  * into a 64-bit byte mask with pdep. Q8_0 codes are signed; flipping their top bit makes
  * them unsigned (w + 128). Codes stored with an offset (-8 for Q4_0, -16 for Q5_0, the
  * +128 of Q8_0) are corrected exactly in the integer accumulator: vpdpbusd starts from
@@ -22,7 +22,9 @@
  *
  * Block scales are read 16 blocks at a time: one gather fetches the f16 scales (and
  * mins) of a row, S = d_w * d_x is a 16-lane product stored for the broadcasts, and the
- * mins of Q4_1/Q5_1 are one 16-lane FMA with the activation sums.
+ * mins of Q4_1/Q5_1 are one 16-lane FMA with the activation sums. A short last chunk
+ * (cols = 576 is 16 + 2 blocks) shares one gather between the 4 rows of a tile, since
+ * the per-chunk work would otherwise cost as much as the 2 blocks themselves.
  */
 #ifndef SMALLMIND_MATMUL_Q512_H
 #define SMALLMIND_MATMUL_Q512_H
@@ -89,10 +91,6 @@ SMM_INLINE512 __m512i smm_w_pair512(const int type, const uint8_t* b, const int 
     return q;
 }
 
-/* Software prefetch distance for decoding: the hardware prefetchers alone leave the
- * single-stream weight reads at about half the DRAM bandwidth (measured). */
-#define SMM_PREFETCH_BYTES 6144
-
 /* Low halves (d) of 16 gathered dwords, and high halves (m) when `both`, as floats. */
 SMM_INLINE512 __m512 smm_f16_lo16(__m512i g) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)); }
 SMM_INLINE512 void smm_f16_pairs16(__m512i g, __m512* lo, __m512* hi)
@@ -104,16 +102,6 @@ SMM_INLINE512 void smm_f16_pairs16(__m512i g, __m512* lo, __m512* hi)
     __m512i w = _mm512_permutexvar_epi16(sel, g);
     *lo = _mm512_cvtph_ps(_mm512_castsi512_si256(w));
     *hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(w, 1));
-}
-
-/* Horizontal sums of 4 vectors -> (a, b, c, d). */
-SMM_INLINE512 __m128 smm_reduce4_512(__m512 a, __m512 b, __m512 c, __m512 d)
-{
-    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-    __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
 /* Lane k of a tail chunk shared by R rows of `nbc` blocks each (R * nbc <= 16): row k / nbc,
