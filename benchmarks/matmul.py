@@ -181,7 +181,8 @@ def main() -> None:
     ap.add_argument("--ns", default="1,64")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--json", default=None, help="JSON path for the main table")
+    ap.add_argument("--json", default=None,
+                    help="JSON path for the main table (the f32 table goes beside it, *_f32.json)")
     args = ap.parse_args()
     if args.isa:
         _matmul._set_isa({"avx2": 1, "avx512": 2}[args.isa])
@@ -200,9 +201,10 @@ def main() -> None:
                                   "numpy_f32_us", "vs_numpy", "tok/s"], meta, args.json)
     print()
     f32 = bench_f32(threads, min_time, repeats, rng)
+    f32_json = None if args.json is None else os.path.splitext(args.json)[0] + "_f32.json"
     write_report("matmul_f32", f32, ["case", "threads", "smallmind_us", "smallmind_cdef_us", "numpy_us",
                                      "smallmind_GFLOPS", "numpy_GFLOPS", "ratio_vs_numpy", "ratio_cdef_vs_numpy"],
-                 meta)
+                 meta, f32_json)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ NEW_TOKENS = 50
 SESSIONS = 3
 
 
-def _engine():
+def _engine(model: str | None = None):
     from .engine import Engine
     from .models.config import ModelConfig
+    if model is not None:
+        return Engine.load(model, n_threads=1)
     return Engine.from_config(ModelConfig.seed_small(), seed=42, n_threads=1)
 
 
@@ -78,15 +80,17 @@ def _allocations(engine) -> dict:
             "peak_transient_bytes_per_token": max(peak - before, 0) / n}
 
 
-def run_seed_workload(quick: bool = False) -> dict:
-    engine = _engine()
+def run_seed_workload(quick: bool = False, model: str | None = None) -> dict:
+    """The workload on the seed model (random seed-42 weights), or on ``model`` (a file)."""
+    engine = _engine(model)
     _workload_cached(engine)  # warm up: pools, caches, first-call costs
     repeats = 3 if quick else 20
     cached_tps, cached_ms = _best_rate(_workload_cached, engine, repeats)
     uncached_tps, uncached_ms = _best_rate(_workload_uncached, engine, 1 if quick else 3)
     alloc = _allocations(engine)
     return {
-        "workload": {"params": engine.config.n_params(), "prompt_tokens": len(PROMPT),
+        "workload": {"model": model or "seed_small (random, seed 42)",
+                     "params": engine.config.n_params(), "prompt_tokens": len(PROMPT),
                      "new_tokens": NEW_TOKENS, "sessions": SESSIONS, "temperature": 0.8,
                      "threads": 1, "repeats": repeats, "timing": "best of repeats, end to end "
                      "incl. prefill and sampling"},

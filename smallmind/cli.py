@@ -67,7 +67,7 @@ def cmd_chat(args) -> int:
 
 def cmd_bench(args) -> int:
     from ._bench import run_seed_workload, format_table
-    result = run_seed_workload(quick=args.quick)
+    result = run_seed_workload(quick=args.quick, model=args.model)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the seed workload benchmark")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--model", default=None, help="run the workload on this model file instead")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("profile", help="generate once and print where the time went")

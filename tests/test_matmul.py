@@ -205,6 +205,17 @@ def test_float_gemm_path(isa, name, n):
     check_product(name, w32, mag, x, y, bias=bias, base=base)
 
 
+@pytest.mark.parametrize("name", QUANT_TYPES)
+def test_long_prompt(isa, name):
+    """More activation rows than one chunk (256): the chunks must cover every row once."""
+    rng = np.random.default_rng(5)
+    w, w32, mag = make_weight(name, 13, 256, rng)
+    x = random_activations(301, 256, rng)
+    y = np.full((301, 13), np.nan, np.float32)
+    w.matmul(x, out=y, n_threads=2)
+    check_product(name, w32, mag, x, y)
+
+
 def test_zero_activations_give_bias(isa):
     rng = np.random.default_rng(1)
     for name in QUANT_TYPES + FLOAT_TYPES:

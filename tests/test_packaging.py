@@ -57,8 +57,9 @@ def _env():
 
 @pytest.mark.slow
 def test_sdist_holds_cython_sources_and_model(tmp_path):
+    # Run from tmp_path: in the checkout, setuptools' build/ folder would shadow `build`.
     subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, cwd=tmp_path)
     (sdist,) = tmp_path.glob("smallmind-*.tar.gz")
     names = tarfile.open(sdist).getnames()
     for stem in ("_gelu", "_attention", "_pool", "_matmul", "_norm", "_blocks"):
@@ -72,7 +73,7 @@ def test_sdist_holds_cython_sources_and_model(tmp_path):
 def test_wheel_contains_model_and_runs_from_an_install(tmp_path):
     wheel_dir = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheel_dir), str(REPO)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = wheel_dir.glob("smallmind-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "smallmind/data/default.gguf" in names

@@ -32,7 +32,7 @@ Usage::
     python tools/train_default.py --init CKPT_DIR ...          # continue from a checkpoint's weights
     python tools/train_default.py --eval-only CKPT_DIR         # full val bpb + sample
     python tools/train_default.py --export-only CKPT_DIR --out smallmind/data/default.gguf \
-        [--dtype f32|f16]
+        [--dtype f32|f16|q8_0]
 
 Determinism: with the same ``--steps``, ``--seed``, ``--threads`` and torch build the run is
 repeatable (fixed seeds, deterministic algorithms). Without ``--steps`` the number of steps
@@ -264,10 +264,18 @@ def export_gguf(ckpt: Path, out: Path, dtype: str = "f32") -> None:
         # Matrices (embeddings, projections) to f16; norms and biases stay f32 as in GGUF files
         # from llama.cpp, they are tiny and precision there is cheap.
         tensors = {k: (v.astype(np.float16) if v.ndim == 2 else v) for k, v in tensors.items()}
+    elif dtype == "q8_0":
+        # Weight matrices and the token embedding to Q8_0 (8-bit blocks: the whole model
+        # then fits a core's L2 cache, which is what keeps decoding fast); the learned
+        # position table to f16, norms and biases f32.
+        from smallmind.formats.quantize import q8_0_tensor  # noqa: E402
+        tensors = {k: (v.astype(np.float16) if k == "position_embd.weight" else
+                       q8_0_tensor(k, v) if v.ndim == 2 else v) for k, v in tensors.items()}
     elif dtype != "f32":
-        raise SystemExit(f"--dtype must be f32 or f16, got {dtype!r}")
+        raise SystemExit(f"--dtype must be f32, f16 or q8_0, got {dtype!r}")
+    file_type = {"f32": 0, "f16": 1, "q8_0": 7}[dtype]  # llama.cpp's LLAMA_FTYPE
     metadata = gpt2_metadata(config, tokenizer="byte", name="smallmind-shakespeare-byte",
-                             file_type=1 if dtype == "f16" else 0)  # llama.cpp's LLAMA_FTYPE
+                             file_type=file_type)
     metadata["general.license"] = "MIT"
     metadata["general.description"] = (
         "Byte-level GPT-2 trained by tools/train_default.py on public-domain Shakespeare plays "
@@ -469,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", type=Path, default=None, metavar="CKPT_DIR",
                     help="start from this checkpoint's weights (new optimiser state and schedule)")
     ap.add_argument("--out", type=Path, default=None, help="GGUF path to export to")
-    ap.add_argument("--dtype", default="f32", choices=("f32", "f16"), help="GGUF matrix dtype")
+    ap.add_argument("--dtype", default="f32", choices=("f32", "f16", "q8_0"), help="GGUF matrix dtype")
     ap.add_argument("--export-only", type=Path, metavar="CKPT_DIR", help="only export CKPT_DIR to --out")
     ap.add_argument("--eval-only", type=Path, metavar="CKPT_DIR", help="only evaluate CKPT_DIR")
     args = ap.parse_args(argv)

@@ -230,13 +230,9 @@ static void smm_q_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t,
     smm_store_tile(j, out, r, t, R, C);
 }
 
-static void smm_quant_worker(const smm_job* j, int tid, int nth)
+/* Rows [r0, r1) of W against all activation rows of job j. */
+static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
-    const ptrdiff_t astride = smm_act_stride(smm_family(j->type), j->cols);
-    const uint8_t* act = j->scratch;
-    ptrdiff_t g0, g1;
-    smm_split((j->rows + 3) / 4, tid, nth, &g0, &g1);
-    ptrdiff_t r0 = g0 * 4, r1 = g1 * 4 < j->rows ? g1 * 4 : j->rows;
     if (j->isa >= SMM_ISA_AVX512 && smm_q_range_avx512(j, r0, r1, act, astride)) return;
     if (j->n == 1) {
         ptrdiff_t r = r0;
@@ -254,6 +250,26 @@ static void smm_quant_worker(const smm_job* j, int tid, int nth)
         ptrdiff_t t = 0;
         for (; t + 4 <= j->n; t += 4) smm_q_tile(j, 1, 4, r, t, act, astride);
         for (; t < j->n; t++) smm_q_tile(j, 1, 1, r, t, act, astride);
+    }
+}
+
+/* Activation rows handled per pass over this thread's weight rows: the quantised
+ * activations of a chunk (plus a tile of weights) stay in L2 while every weight tile
+ * runs against them; unchunked, long prompts lost a third of the speed (measured
+ * n = 1024 against n = 64). */
+#define SMM_ACT_CHUNK 256
+
+static void smm_quant_worker(const smm_job* j, int tid, int nth)
+{
+    const ptrdiff_t astride = smm_act_stride(smm_family(j->type), j->cols);
+    ptrdiff_t g0, g1;
+    smm_split((j->rows + 3) / 4, tid, nth, &g0, &g1);
+    ptrdiff_t r0 = g0 * 4, r1 = g1 * 4 < j->rows ? g1 * 4 : j->rows;
+    for (ptrdiff_t t0 = 0; t0 < j->n; t0 += SMM_ACT_CHUNK) {
+        smm_job part = *j;
+        part.n = j->n - t0 < SMM_ACT_CHUNK ? j->n - t0 : SMM_ACT_CHUNK;
+        part.y = j->y + t0 * j->ldy;
+        smm_quant_rows(&part, r0, r1, j->scratch + t0 * astride, astride);
     }
 }
 
