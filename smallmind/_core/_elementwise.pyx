@@ -52,8 +52,12 @@ cdef bint _use_avx512 = (sm_cpu_has_avx512() != 0
                          and os.environ.get("SMALLMIND_SIMD", "").lower() != "avx2")
 
 
+cdef bint simd_avx512() noexcept nogil:
+    return _use_avx512
+
+
 def _simd():
-    """The instruction set the dispatching kernels of this module use: "avx512" or "avx2"."""
+    """The instruction set the dispatching kernels use (here and in _gelu): "avx512" or "avx2"."""
     return "avx512" if _use_avx512 else "avx2"
 
 

@@ -16,11 +16,11 @@ Errors, measured on both paths over 3M points (``tests/test_gelu.py`` checks eac
 * ``gelu_fast`` vs the erf GELU over x in [-10, 10]: at most 5e-4 (measured 4.75e-4,
   FAST_MAX_ABS_ERROR), almost all of it the tanh formula's own 4.73e-4.
 """
-import os
 
 cimport numpy as cnp
 
-from smallmind._core._elementwise cimport _check_overlap, _f32_array, _f32_out, _same_shape_input
+from smallmind._core._elementwise cimport (_check_overlap, _f32_array, _f32_out,
+                                           _same_shape_input, simd_avx512)
 
 cnp.import_array()
 
@@ -39,40 +39,15 @@ cdef extern from "_simd.h" nogil:
     __m256 sm_gelu_tanh(__m256 x)
     __m256 sm_gelu_erf(__m256 x)
     __m256 sm_gelu_fast(__m256 x)
-    int sm_cpu_has_avx512()
     void sm512_gelu_tanh_array(const float* x, float* out, Py_ssize_t n)
     void sm512_gelu_erf_array(const float* x, float* out, Py_ssize_t n)
     void sm512_gelu_fast_array(const float* x, float* out, Py_ssize_t n)
     void sm512_geglu_array(const float* gate, const float* up, float* out, Py_ssize_t n)
 
 
-# AVX-512 path for the GELU and GeGLU kernels, chosen once at import when the CPU has it;
-# SMALLMIND_SIMD=avx2 in the environment keeps the AVX2 path (as does _set_simd).
-cdef bint _use_avx512 = (sm_cpu_has_avx512() != 0
-                         and os.environ.get("SMALLMIND_SIMD", "").lower() != "avx2")
-
-
-def _simd():
-    """The instruction set the dispatching kernels of this module use: "avx512" or "avx2"."""
-    return "avx512" if _use_avx512 else "avx2"
-
-
-def _set_simd(name):
-    """Switch this module's dispatching kernels to "avx2" or "avx512" (tests, benchmarks).
-
-    Returns the previous setting. Asking for "avx512" on a CPU without it raises ValueError.
-    """
-    global _use_avx512
-    previous = _simd()
-    if name == "avx2":
-        _use_avx512 = False
-    elif name == "avx512":
-        if not sm_cpu_has_avx512():
-            raise ValueError("this CPU has no AVX-512F")
-        _use_avx512 = True
-    else:
-        raise ValueError(f"simd must be 'avx2' or 'avx512', got {name!r}")
-    return previous
+# The AVX-512 paths follow the one switch in _elementwise (see simd_avx512 there):
+# on when the CPU has AVX-512F, off with SMALLMIND_SIMD=avx2 or _elementwise._set_simd.
+from smallmind._core._elementwise import _set_simd, _simd  # noqa: E402,F401  (re-exported)
 
 
 # Three near-identical loops: Cython cannot pass an inline vector function as a
@@ -81,7 +56,7 @@ def _set_simd(name):
 cdef void gelu_tanh(const float* x, float* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i = 0
     cdef __m256i mask
-    if _use_avx512:
+    if simd_avx512():
         sm512_gelu_tanh_array(x, out, n)
         return
     while i + 16 <= n:
@@ -97,7 +72,7 @@ cdef void gelu_tanh(const float* x, float* out, Py_ssize_t n) noexcept nogil:
 cdef void gelu_erf(const float* x, float* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i = 0
     cdef __m256i mask
-    if _use_avx512:
+    if simd_avx512():
         sm512_gelu_erf_array(x, out, n)
         return
     while i + 16 <= n:
@@ -113,7 +88,7 @@ cdef void gelu_erf(const float* x, float* out, Py_ssize_t n) noexcept nogil:
 cdef void gelu_fast(const float* x, float* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i = 0
     cdef __m256i mask
-    if _use_avx512:
+    if simd_avx512():
         sm512_gelu_fast_array(x, out, n)
         return
     while i + 16 <= n:
@@ -134,7 +109,7 @@ cdef void geglu(const float* gate, const float* up, float* out, Py_ssize_t n) no
 cdef inline void _geglu(const float* gate, const float* up, float* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i = 0
     cdef __m256i mask
-    if _use_avx512:
+    if simd_avx512():
         sm512_geglu_array(gate, up, out, n)
         return
     while i < n:
