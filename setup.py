@@ -29,6 +29,8 @@ extensions = [
         # Link libm explicitly: otherwise expf/tanhf bind to an unversioned, slower symbol.
         libraries=["m"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # The kernels live partly in C headers: a changed header must rebuild the module.
+        depends=[str(h) for h in sorted(CORE.glob("*.h"))],
     )
     for pyx in sorted(CORE.glob("*.pyx"))
     if not only or pyx.stem in only
