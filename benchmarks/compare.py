@@ -390,7 +390,8 @@ def png(results: list[dict], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    labels = [f"{r['model'].split()[0]}\n{r['threads']} thr" for r in results]
+    # Short names ("SmolLM2-135M") so neighbouring labels do not run into each other.
+    labels = [f"{'-'.join(r['model'].split()[0].split('-')[:2])}\n{r['threads']} thr" for r in results]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.38
     x = np.arange(len(results))

@@ -113,7 +113,10 @@ def format_table(r: dict) -> str:
         ("seed workload, no KV cache", f"{r['no_kv_cache']['tok_per_s']:,.0f}",
          f"{r['no_kv_cache']['ms_per_token']:.4f}", "-", "-"),
     ]
-    head = "| run | tok/s | ms/token | bytes/token | C# engine tok/s |\n|---|---:|---:|---|---|\n"
+    w = r["workload"]
+    head = (f"Model: {w['model']}, {w['params']:,} parameters; {w['prompt_tokens']}-token prompt, "
+            f"{w['new_tokens']} new tokens, {w['sessions']} sessions, 1 thread\n\n"
+            "| run | tok/s | ms/token | bytes/token | C# engine tok/s |\n|---|---:|---:|---|---|\n")
     body = "\n".join("| " + " | ".join(row) + " |" for row in rows)
     return (head + body + f"\n\nC# allocated {cs['bytes_per_token'] / 1e6:.1f} MB/token; "
             f"speed-up vs its measured ~77 tok/s: {r['speedup_vs_csharp_measured']:,.0f}x")

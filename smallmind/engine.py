@@ -169,6 +169,8 @@ class Session:
             overflow=overflow, n_keep=self.n_keep, on_shift=self._on_shift)
         #: Every token of the conversation so far; the cache holds a prefix of them.
         self.tokens: list[int] = []
+        #: True from a generate call until its tokens are all produced (or it fails).
+        self.busy = False
         self._history = np.zeros(self._state.cache.capacity + 1, dtype=np.int32)
 
     @property
@@ -233,6 +235,8 @@ class Session:
         whose texts join to the same text. ``n_threads`` overrides the session's thread
         count from this call on.
         """
+        if self._state is None:
+            raise SmallMindError("this session is closed")
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty,
                                 presence_penalty=presence_penalty,
@@ -247,6 +251,7 @@ class Session:
             self._state.n_threads = int(n_threads)
         prompt_ids = self._encode_prompt(prompt, add_special)
         run = _Run(prompt_tokens=prompt_ids)
+        self.busy = True
         chunks = TokenStream(self._stream(run, params, int(max_new_tokens), stops, profile), run)
         if stream:
             return chunks
@@ -346,6 +351,7 @@ class Session:
                 decode_tokens_per_s=(n_dec - 1) / decode_s if n_dec > 1 and decode_s > 0 else 0.0,
                 ttft_ms=(t_first - t_start) / 1e6, prompt_tokens=n_prompt, decode_tokens=n_dec)
         finally:
+            self.busy = False
             if ctx is not None:
                 ctx.__exit__(None, None, None)
                 run.profile = profiler
@@ -420,14 +426,21 @@ class Engine:
         """Generate from a fresh context. Keyword arguments are those of :meth:`Session.generate`."""
         session = self._reusable_session()
         session.reset()
-        return session.generate(prompt, **kwargs)
+        try:
+            return session.generate(prompt, **kwargs)
+        except BaseException:
+            session.busy = False  # rejected before it started: free for the next call
+            raise
 
     def _reusable_session(self) -> Session:
-        # One cached session makes repeated generate calls allocation-free; a second
-        # caller that finds it busy gets a session of its own.
+        # One cached session makes repeated generate calls allocation-free; a caller that
+        # finds it busy (another thread, or a stream not yet exhausted) gets its own.
         with self._lock:
             if self._session is None:
                 self._session = Session(self)
+            elif self._session.busy:
+                return Session(self)
+            self._session.busy = True  # claimed until its generate call finishes
             return self._session
 
     def logits(self, tokens: Sequence[int], *, n_threads: int | None = None) -> np.ndarray:

@@ -267,3 +267,24 @@ def test_profile_records_ops_and_layers(seed_engine):
     layers = {row.get("layer") for row in prof.summary(by="layer")}
     assert {0, 1} <= layers
 
+
+
+def test_generate_while_a_stream_is_pending_uses_its_own_session(seed_engine):
+    kw = dict(max_new_tokens=20, temperature=1.0, seed=4)
+    expected = seed_engine.generate("abc", **kw).tokens
+    stream = seed_engine.generate("abc", stream=True, **kw)
+    first = next(stream)
+    other = seed_engine.generate("xyz", max_new_tokens=20, seed=5)  # must not disturb it
+    rest = list(stream)
+    assert [first.token] + [c.token for c in rest if c.token is not None] == expected
+    assert len(other.tokens) == 20
+    with pytest.raises(ValueError):
+        seed_engine.generate("a", temperature=-1)
+    assert not seed_engine._session.busy  # a rejected call does not keep the session
+
+
+def test_closed_session_raises():
+    s = Engine.from_config(SEED).session()
+    s.close()
+    with pytest.raises(SmallMindError, match="closed"):
+        s.generate("a", max_new_tokens=1)
