@@ -6,19 +6,15 @@ rank first, leftmost on ties) -> vocabulary ids. Words repeat, so their ids are 
 """
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
 from typing import Sequence
 
 from ..errors import TokenizerError
+from ._merge import merge_pairs
 from ._pretokenize import PreTokenizer, pre_tokenizer
 from ._vocab import VocabTokenizer
 
 __all__ = ["BPETokenizer", "bytes_to_unicode"]
 
-#: Past this many characters a word is merged with a heap instead of rescanning all pairs.
-_SHORT_WORD = 48
-#: Rank of "no such merge": above every real rank.
-_NO_MERGE = float("inf")
 _CACHE_LIMIT = 1 << 18
 
 
@@ -102,8 +98,7 @@ class BPETokenizer(VocabTokenizer):
         lookup = self._token_to_id
         if self._pre.ignore_merges and spelled in lookup:
             return (lookup[spelled],)
-        symbols = _merge_short(spelled, self._ranks) if len(spelled) <= _SHORT_WORD \
-            else _merge_heap(spelled, self._ranks)
+        symbols = merge_by_rank(spelled, self._ranks)
         ids: list[int] = []
         for symbol in symbols:
             token_id = lookup.get(symbol)
@@ -119,64 +114,7 @@ class BPETokenizer(VocabTokenizer):
         return tuple(ids)
 
 
-def _merge_short(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Apply the lowest-ranked adjacent merge (leftmost on ties) until none applies.
-
-    One rank per adjacent pair, refreshed only where a merge changed a neighbour;
-    ``min`` and ``index`` (leftmost) run at C speed."""
-    symbols = list(word)
-    if len(symbols) < 2:
-        return symbols
+def merge_by_rank(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply the lowest-ranked adjacent merge (leftmost on ties) until none applies."""
     get = ranks.get
-    pairs = [get((symbols[i], symbols[i + 1]), _NO_MERGE) for i in range(len(symbols) - 1)]
-    while pairs:
-        best = min(pairs)
-        if best == _NO_MERGE:
-            break
-        i = pairs.index(best)
-        merged = symbols[i] + symbols.pop(i + 1)
-        symbols[i] = merged
-        del pairs[i]
-        if i:
-            pairs[i - 1] = get((symbols[i - 1], merged), _NO_MERGE)
-        if i < len(pairs):
-            pairs[i] = get((merged, symbols[i + 1]), _NO_MERGE)
-    return symbols
-
-
-def _merge_heap(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Same result as :func:`_merge_short` in O(n log n): a heap of candidate pairs keyed
-    by (rank, left position); entries made stale by earlier merges are skipped."""
-    symbols: list[str | None] = list(word)
-    n = len(symbols)
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    get = ranks.get
-    heap = []
-    for i in range(n - 1):
-        rank = get((symbols[i], symbols[i + 1]))  # type: ignore[arg-type]
-        if rank is not None:
-            heap.append((rank, i, i + 1, symbols[i], symbols[i + 1]))
-    heapify(heap)
-    while heap:
-        _, left, right, left_text, right_text = heappop(heap)
-        if symbols[left] != left_text or symbols[right] != right_text or nxt[left] != right:
-            continue
-        merged = left_text + right_text  # type: ignore[operator]
-        symbols[left] = merged
-        symbols[right] = None
-        after = nxt[right]
-        nxt[left] = after
-        if after != -1:
-            prv[after] = left
-        before = prv[left]
-        if before != -1:
-            rank = get((symbols[before], merged))  # type: ignore[arg-type]
-            if rank is not None:
-                heappush(heap, (rank, before, left, symbols[before], merged))
-        if after != -1:
-            rank = get((merged, symbols[after]))  # type: ignore[arg-type]
-            if rank is not None:
-                heappush(heap, (rank, left, after, merged, symbols[after]))
-    return [s for s in symbols if s is not None]
+    return merge_pairs(list(word), lambda a, b: get((a, b)))

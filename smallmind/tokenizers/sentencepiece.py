@@ -15,18 +15,15 @@ whole text) and cached.
 from __future__ import annotations
 
 import re
-from heapq import heapify, heappop, heappush
 from typing import Sequence
 
 from ..errors import TokenizerError
+from ._merge import merge_pairs
 from ._vocab import VocabTokenizer, _parse_byte_token
 
 __all__ = ["SentencePieceTokenizer"]
 
 SPACE = "\u2581"
-_SHORT_WORD = 48
-#: Stands for "not a piece" among pair scores: below every real score (see _clean_score).
-_NO_PIECE = float("-inf")
 _LOWEST_SCORE = -3.4e38
 _CACHE_LIMIT = 1 << 18
 
@@ -130,66 +127,11 @@ class SentencePieceTokenizer(VocabTokenizer):
 
 def merge_by_score(symbols: list[str], score: dict[str, float]) -> list[str]:
     """Merge the adjacent pair forming the highest-scoring piece (leftmost on ties)
-    until no adjacent pair forms a piece. ``symbols`` is consumed.
-
-    Short words keep one score per adjacent pair and refresh only the two pairs a merge
-    touches; ``max`` and ``index`` (leftmost) then run at C speed.
-    """
-    n = len(symbols)
-    if n < 2:
-        return symbols
-    if n > _SHORT_WORD:
-        return _merge_heap(symbols, score)
+    until no adjacent pair forms a piece. ``symbols`` is consumed."""
     get = score.get
-    pairs = [get(symbols[i] + symbols[i + 1], _NO_PIECE) for i in range(n - 1)]
-    while pairs:
-        best = max(pairs)
-        if best == _NO_PIECE:
-            break
-        i = pairs.index(best)
-        merged = symbols[i] + symbols.pop(i + 1)
-        symbols[i] = merged
-        del pairs[i]
-        if i:
-            pairs[i - 1] = get(symbols[i - 1] + merged, _NO_PIECE)
-        if i < len(pairs):
-            pairs[i] = get(merged + symbols[i + 1], _NO_PIECE)
-    return symbols
 
+    def key(a: str, b: str) -> float | None:
+        s = get(a + b)
+        return None if s is None else -s
 
-def _merge_heap(symbols: list, score: dict[str, float]) -> list[str]:
-    """Same result as rescanning every pair, in O(n log n): a heap of candidate pairs
-    keyed by (-score, left position); entries made stale by earlier merges are skipped."""
-    n = len(symbols)
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    get = score.get
-    heap = []
-    for i in range(n - 1):
-        joined = symbols[i] + symbols[i + 1]  # type: ignore[operator]
-        s = get(joined)
-        if s is not None:
-            heap.append((-s, i, i + 1, symbols[i], symbols[i + 1]))
-    heapify(heap)
-    while heap:
-        _, left, right, left_text, right_text = heappop(heap)
-        if symbols[left] != left_text or symbols[right] != right_text or nxt[left] != right:
-            continue
-        merged = left_text + right_text  # type: ignore[operator]
-        symbols[left] = merged
-        symbols[right] = None
-        after = nxt[right]
-        nxt[left] = after
-        if after != -1:
-            prv[after] = left
-        before = prv[left]
-        if before != -1:
-            s = get(symbols[before] + merged)  # type: ignore[operator]
-            if s is not None:
-                heappush(heap, (-s, before, left, symbols[before], merged))
-        if after != -1:
-            s = get(merged + symbols[after])  # type: ignore[operator]
-            if s is not None:
-                heappush(heap, (-s, left, after, merged, symbols[after]))
-    return [s for s in symbols if s is not None]
+    return merge_pairs(symbols, key)
