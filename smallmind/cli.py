@@ -14,7 +14,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, n_default: int = 256) -> None:
+def _add_sampling_args(p: argparse.ArgumentParser, n_default: int = 200) -> None:
     p.add_argument("-n", "--max-new-tokens", type=int, default=n_default)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
@@ -47,11 +47,24 @@ def _timings_line(t) -> str:
 def cmd_generate(args) -> int:
     engine = _engine(args)
     prompt = args.prompt if args.prompt is not None else ""
-    session = engine.session()
+    sampling = _sampling(args)
+    if engine.config.learned_positions:
+        # Learned absolute positions cannot slide: stop where the context ends.
+        session = engine.session()
+        used = len(engine.tokenizer.encode(prompt)) if engine.tokenizer is not None else 0
+        room = max(engine.n_ctx - used, 0)
+        if sampling["max_new_tokens"] > room:
+            print(f"smallmind: the context holds {engine.n_ctx} tokens: generating {room}, "
+                  f"not {sampling['max_new_tokens']}", file=sys.stderr)
+            sampling["max_new_tokens"] = room
+    else:
+        # Rotary models slide their window past the context, keeping BOS.
+        keep = 1 if engine.tokenizer is not None and engine.tokenizer.add_bos else 0
+        session = engine.session(overflow="shift", n_keep=keep)
     out = sys.stdout
     out.write(prompt)
     out.flush()
-    chunks = session.generate(prompt, stream=True, **_sampling(args))
+    chunks = session.generate(prompt, stream=True, **sampling)
     for chunk in chunks:
         out.write(chunk.text)
         out.flush()

@@ -81,3 +81,18 @@ def test_perplexity(tiny_gguf, tmp_path, capsys):
     # A random model is close to uniform over 256 bytes: about 8 bits per byte.
     assert 7.0 < r["bits_per_byte"] < 9.0
     assert r["bytes"] == r["tokens"]
+
+
+def test_generate_stops_at_the_context_of_a_learned_position_model(tiny_gguf, capsys):
+    # The seed-shaped model holds 64 positions; asking for more generates what fits.
+    assert main(["generate", "Hi", "-n", "500", "--seed", "1", "--model", str(tiny_gguf)]) == 0
+    out, err = capsys.readouterr()
+    assert "generating 62, not 500" in err and "decode 62 tok" in err
+
+
+def test_generate_slides_past_the_context_of_a_rotary_model(capsys):
+    from conftest import shared_model
+    model = shared_model("stories260K/stories260K.bin")
+    assert main(["generate", "Once", "-n", "700", "--seed", "3", "--model", str(model)]) == 0
+    out, err = capsys.readouterr()
+    assert "error" not in err and "decode " in err  # slid past 512 positions, or the story ended
