@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .errors import SmallMindError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Engine, Session
+    from .engine import Engine, Session, TokenStream
 
 CHATML_END = "<|im_end|>"
 
@@ -49,6 +49,7 @@ def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: b
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     tok = engine.tokenizer
+    assert tok is not None  # a template renders for a model with a tokenizer
     piece = (lambda i: tok.token_bytes(i).decode("utf-8", "replace") if i is not None else "")
     special = getattr(tok, "token_text", None)
     bos = special(tok.bos_id) if special and tok.bos_id is not None else piece(tok.bos_id)
@@ -101,7 +102,8 @@ class ChatREPL:
         sampling = dict(self.sampling)
         sampling["stop"] = list(sampling.get("stop") or []) + chat_stop_strings(self.engine)
         answer = []
-        for chunk in self.session.generate(new_ids, stream=True, **sampling):
+        stream = cast("TokenStream", self.session.generate(new_ids, stream=True, **sampling))
+        for chunk in stream:
             answer.append(chunk.text)
             self.stdout.write(chunk.text)
             self.stdout.flush()

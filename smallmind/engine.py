@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence, overload
 
 import numpy as np
 
@@ -144,7 +144,7 @@ class TokenStream:
             return next(self._chunks)
         except StopIteration:
             run = self._run
-            if self.result is None:
+            if self.result is None and run.timings is not None:
                 self.result = GenerationResult("".join(run.text), run.tokens, run.prompt_tokens,
                                                run.finish_reason, run.timings, run.profile)
             raise
@@ -204,7 +204,7 @@ class Session:
     def close(self) -> None:
         if self._state is not None:
             self._state.close()
-            self._state = None
+            self._state = None  # type: ignore[assignment]  # closed: generate() refuses
 
     def __enter__(self) -> "Session":
         return self
@@ -257,6 +257,7 @@ class Session:
             return chunks
         for _ in chunks:
             pass
+        assert chunks.result is not None
         return chunks.result
 
     def _encode_prompt(self, prompt: str | Sequence[int], add_special: bool | None) -> list[int]:
@@ -422,7 +423,15 @@ class Engine:
         """A new conversation with its own KV cache (see :class:`Session`)."""
         return Session(self, overflow=overflow, n_keep=n_keep, n_threads=n_threads)
 
-    def generate(self, prompt: str | Sequence[int] = "", **kwargs) -> GenerationResult | TokenStream:
+    @overload
+    def generate(self, prompt: str | Sequence[int] = ..., *, stream: Literal[False] = ...,
+                 **kwargs: Any) -> GenerationResult: ...
+
+    @overload
+    def generate(self, prompt: str | Sequence[int] = ..., *, stream: Literal[True],
+                 **kwargs: Any) -> TokenStream: ...
+
+    def generate(self, prompt: str | Sequence[int] = "", **kwargs: Any) -> GenerationResult | TokenStream:
         """Generate from a fresh context. Keyword arguments are those of :meth:`Session.generate`."""
         session = self._reusable_session()
         session.reset()

@@ -19,8 +19,8 @@ class ModelConfig:
     n_embd: int = 128
     n_layer: int = 2
     n_head: int = 4
-    n_kv_head: int | None = None      # None: same as n_head
-    head_dim: int | None = None       # None: n_embd // n_head
+    n_kv_head: int = 0                # 0 (or None): same as n_head
+    head_dim: int = 0                 # 0 (or None): n_embd // n_head
     n_hidden: int = 512               # MLP inner width
     norm_eps: float = 1e-5
     bias: bool = True                 # gpt2 linears carry biases
@@ -39,9 +39,9 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.n_kv_head is None:
+        if not self.n_kv_head:
             self.n_kv_head = self.n_head
-        if self.head_dim is None:
+        if not self.head_dim:
             if self.n_embd % self.n_head:
                 raise ValueError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
             self.head_dim = self.n_embd // self.n_head
