@@ -172,11 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import SmallMindError
     try:
         return args.func(args)
-    except SmallMindError as exc:
-        print(f"smallmind: error: {exc}", file=sys.stderr)
-        return 2
     except (BrokenPipeError, KeyboardInterrupt):
         return 130
+    except (SmallMindError, OSError) as exc:  # bad model/input, or a file that cannot be read
+        print(f"smallmind: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -96,3 +96,8 @@ def test_generate_slides_past_the_context_of_a_rotary_model(capsys):
     assert main(["generate", "Once", "-n", "700", "--seed", "3", "--model", str(model)]) == 0
     out, err = capsys.readouterr()
     assert "error" not in err and "decode " in err  # slid past 512 positions, or the story ended
+
+
+def test_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope.gguf")]) == 2
+    assert "nope.gguf" in capsys.readouterr().err
