@@ -11,19 +11,22 @@
  *       products over tiles of weight rows x activation rows (4x1 for decoding, 4x4
  *       or 2x4 for prompts); AVX-512 kernels in _matmul_q512.h / _matmul_k512.h, AVX2
  *       ones in _matmul_avx2.h.
- * Threads split the weight rows; n_threads <= 1 (or a small matrix) never enters OpenMP.
+ * Threads split the weight rows into chunks handed out by the pool in _threadpool.h, where
+ * the calling thread takes chunks too and never waits for a worker that has not started
+ * (OpenMP's end-of-region barrier did, which ruined 2 threads on a busy 2-core machine).
+ * n_threads <= 1 (or a small matrix) never touches the pool.
  */
 #ifndef SMALLMIND_MATMUL_IMPL_H
 #define SMALLMIND_MATMUL_IMPL_H
 
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 
 #include "_simd_dispatch.h"
 #include "_quant.h"
 #include "_matmul_avx2.h"
 #include "_matmul_avx512.h"
+#include "_threadpool.h"
 
 /* Below this many weight elements a second thread costs more than it saves. */
 #define SMM_MIN_PARALLEL_ELEMS 65536
@@ -31,6 +34,11 @@
 #define SMM_GEMM_MIN_N 8
 /* Activation rows packed at once by the float GEMM (a multiple of both MRs). */
 #define SMM_GEMM_MC 192
+/* Chunks per thread: enough that the caller can absorb the share of a worker that is late
+ * (descheduled), few enough that claiming one (an atomic CAS) stays negligible. */
+#ifndef SMM_CHUNKS_PER_THREAD
+#define SMM_CHUNKS_PER_THREAD 8
+#endif
 
 typedef struct {
     int type;
@@ -44,6 +52,7 @@ typedef struct {
     int accumulate;
     uint8_t* scratch; /* 64-byte aligned */
     int isa;
+    ptrdiff_t gemm_t0; /* float GEMM: first activation row of the packed block */
 } smm_job;
 
 /* Stores out[i][c] into y[t + c, r + i] for i < R, c < C. */
@@ -58,13 +67,6 @@ static inline __attribute__((always_inline)) void smm_store_tile(const smm_job* 
 
 #include "_matmul_q512.h"
 
-/* Contiguous share [*u0, *u1) of `units` for thread tid of nth. */
-static inline void smm_split(ptrdiff_t units, int tid, int nth, ptrdiff_t* u0, ptrdiff_t* u1)
-{
-    ptrdiff_t base = units / nth, extra = units % nth;
-    *u0 = tid * base + (tid < extra ? tid : extra);
-    *u1 = *u0 + base + (tid < extra ? 1 : 0);
-}
 
 static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t n)
 {
@@ -106,10 +108,9 @@ SMM_AVX512_TARGET static void smm_float_small_512(const smm_job* j, ptrdiff_t g0
     }
 }
 
-static void smm_float_small_worker(const smm_job* j, int tid, int nth)
+/* Weight row groups [g0, g1) (4 rows each) against every activation row. */
+static void smm_float_small_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
-    ptrdiff_t g0, g1;
-    smm_split((j->rows + 3) / 4, tid, nth, &g0, &g1);
     if (j->isa >= SMM_ISA_AVX512) {
         smm_float_small_512(j, g0, g1);
         return;
@@ -146,47 +147,47 @@ static void smm_pack_w_any(int type, const uint8_t* w, ptrdiff_t wstride, int nr
     else smm_pack_w(SMM_BF16, w, wstride, nr, NR, k0, kc, Bp);
 }
 
-static void smm_float_gemm_worker(const smm_job* j, int tid, int nth)
+#define SMM_GEMM_MR(avx512) ((avx512) ? 8 : 4)
+#define SMM_GEMM_NR(avx512) ((avx512) ? 48 : 24)
+
+/* Packs the activation tiles [tile0, tile1) (MR rows each) of the block at gemm_t0 into
+ * scratch: a phase of its own, finished before any panel reads it. */
+static void smm_float_gemm_pack(const smm_job* j, ptrdiff_t tile0, ptrdiff_t tile1)
+{
+    const int MR = SMM_GEMM_MR(j->isa >= SMM_ISA_AVX512);
+    float* Ap = (float*)j->scratch;
+    for (ptrdiff_t tile = tile0; tile < tile1; tile++) {
+        ptrdiff_t t = j->gemm_t0 + tile * MR;
+        int mr = (int)(j->n - t < MR ? j->n - t : MR);
+        smm_pack_x(j->x + t * j->ldx, j->ldx, mr, MR, j->cols, Ap + tile * MR * j->cols);
+    }
+}
+
+/* Weight panels [p0, p1) (NR rows each) against the packed activation block at gemm_t0. */
+static void smm_float_gemm_range(const smm_job* j, ptrdiff_t p0, ptrdiff_t p1)
 {
     const int avx512 = j->isa >= SMM_ISA_AVX512;
-    const int MR = avx512 ? 8 : 4, NR = avx512 ? 48 : 24;
+    const int MR = SMM_GEMM_MR(avx512), NR = SMM_GEMM_NR(avx512);
     const ptrdiff_t KC = avx512 ? 128 : 256;
     const smm_ukr_fn ukr = avx512 ? smm_gemm_ukr_avx512 : smm_gemm_ukr_avx2;
-    const ptrdiff_t cols = j->cols;
-    float* Ap = (float*)j->scratch;
+    const ptrdiff_t cols = j->cols, t0 = j->gemm_t0;
+    const float* Ap = (const float*)j->scratch;
     float Bp[256 * 48] __attribute__((aligned(64))); /* KC*NR floats for either ISA */
-    ptrdiff_t p0, p1;
-    smm_split((j->rows + NR - 1) / NR, tid, nth, &p0, &p1);
-
-    for (ptrdiff_t t0 = 0; t0 < j->n; t0 += SMM_GEMM_MC) {
-        ptrdiff_t mc = j->n - t0 < SMM_GEMM_MC ? j->n - t0 : SMM_GEMM_MC;
-        ptrdiff_t ntiles = (mc + MR - 1) / MR;
-        if (nth > 1) {
-#pragma omp barrier
-        }
-        for (ptrdiff_t tile = tid; tile < ntiles; tile += nth) {
-            ptrdiff_t t = t0 + tile * MR;
-            int mr = (int)(j->n - t < MR ? j->n - t : MR);
-            smm_pack_x(j->x + t * j->ldx, j->ldx, mr, MR, cols, Ap + tile * MR * cols);
-        }
-        if (nth > 1) {
-#pragma omp barrier
-        }
-        for (ptrdiff_t p = p0; p < p1; p++) {
-            ptrdiff_t r = p * NR;
-            int nr = (int)(j->rows - r < NR ? j->rows - r : NR);
-            const uint8_t* w = j->w + r * j->row_bytes;
-            for (ptrdiff_t k0 = 0; k0 < cols; k0 += KC) {
-                ptrdiff_t kc = cols - k0 < KC ? cols - k0 : KC;
-                int load_c = k0 > 0 || j->accumulate;
-                const float* bias = (k0 + kc == cols && j->bias) ? j->bias + r : NULL;
-                smm_pack_w_any(j->type, w, j->row_bytes, nr, NR, k0, kc, Bp);
-                for (ptrdiff_t tile = 0; tile < ntiles; tile++) {
-                    ptrdiff_t t = t0 + tile * MR;
-                    int mr = (int)(j->n - t < MR ? j->n - t : MR);
-                    ukr(kc, Ap + tile * MR * cols + k0 * MR, Bp, j->y + t * j->ldy + r, j->ldy, mr, nr, load_c,
-                        bias);
-                }
+    ptrdiff_t mc = j->n - t0 < SMM_GEMM_MC ? j->n - t0 : SMM_GEMM_MC;
+    ptrdiff_t ntiles = (mc + MR - 1) / MR;
+    for (ptrdiff_t p = p0; p < p1; p++) {
+        ptrdiff_t r = p * NR;
+        int nr = (int)(j->rows - r < NR ? j->rows - r : NR);
+        const uint8_t* w = j->w + r * j->row_bytes;
+        for (ptrdiff_t k0 = 0; k0 < cols; k0 += KC) {
+            ptrdiff_t kc = cols - k0 < KC ? cols - k0 : KC;
+            int load_c = k0 > 0 || j->accumulate;
+            const float* bias = (k0 + kc == cols && j->bias) ? j->bias + r : NULL;
+            smm_pack_w_any(j->type, w, j->row_bytes, nr, NR, k0, kc, Bp);
+            for (ptrdiff_t tile = 0; tile < ntiles; tile++) {
+                ptrdiff_t t = t0 + tile * MR;
+                int mr = (int)(j->n - t < MR ? j->n - t : MR);
+                ukr(kc, Ap + tile * MR * cols + k0 * MR, Bp, j->y + t * j->ldy + r, j->ldy, mr, nr, load_c, bias);
             }
         }
     }
@@ -253,17 +254,16 @@ static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const u
     }
 }
 
-/* Activation rows handled per pass over this thread's weight rows: the quantised
+/* Activation rows handled per pass over a chunk's weight rows: the quantised
  * activations of a chunk (plus a tile of weights) stay in L2 while every weight tile
  * runs against them; unchunked, long prompts lost a third of the speed (measured
  * n = 1024 against n = 64). */
 #define SMM_ACT_CHUNK 256
 
-static void smm_quant_worker(const smm_job* j, int tid, int nth)
+/* Weight row groups [g0, g1) (4 rows each) against the quantised activations in scratch. */
+static void smm_quant_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
     const ptrdiff_t astride = smm_act_stride(smm_family(j->type), j->cols);
-    ptrdiff_t g0, g1;
-    smm_split((j->rows + 3) / 4, tid, nth, &g0, &g1);
     ptrdiff_t r0 = g0 * 4, r1 = g1 * 4 < j->rows ? g1 * 4 : j->rows;
     for (ptrdiff_t t0 = 0; t0 < j->n; t0 += SMM_ACT_CHUNK) {
         smm_job part = *j;
@@ -277,14 +277,42 @@ static void smm_quant_worker(const smm_job* j, int tid, int nth)
  * Entry point
  * ---------------------------------------------------------------------------------- */
 
-static void smm_run(const smm_job* j, int nt, void (*fn)(const smm_job*, int, int))
+typedef void (*smm_range_fn)(const smm_job*, ptrdiff_t, ptrdiff_t);
+
+/* A product split into chunks of `per_chunk` units (row groups or panels). */
+typedef struct {
+    const smm_job* j;
+    smm_range_fn range;
+    ptrdiff_t units, per_chunk;
+} smm_chunked;
+
+static void smm_run_chunk(const void* arg, ptrdiff_t c)
 {
-    if (nt <= 1) {
-        fn(j, 0, 1);
+    const smm_chunked* ch = (const smm_chunked*)arg;
+    ptrdiff_t u0 = c * ch->per_chunk, u1 = u0 + ch->per_chunk;
+    ch->range(ch->j, u0, u1 < ch->units ? u1 : ch->units);
+}
+
+/* range(j, 0, units) on nt threads, in chunks of a multiple of `align` units. Chunk borders
+ * fall on the kernels' row tiles, so results do not depend on nt; for row groups align = 4
+ * (16 rows) also keeps threads off each other's cache lines of y when n = 1. */
+static void smm_run(const smm_job* j, int nt, ptrdiff_t units, ptrdiff_t align, smm_range_fn range)
+{
+    if (nt <= 1 || units <= 1) {
+        range(j, 0, units);
         return;
     }
-#pragma omp parallel num_threads(nt)
-    fn(j, omp_get_thread_num(), omp_get_num_threads());
+    smm_chunked ch;
+    ch.j = j;
+    ch.range = range;
+    ch.units = units;
+    ptrdiff_t want = (ptrdiff_t)nt * SMM_CHUNKS_PER_THREAD;
+    ptrdiff_t per = (units + want - 1) / want;
+    per = (per + align - 1) / align * align;
+    if (per < 1) per = 1;
+    while ((units + per - 1) / per > SMP_MAX_CHUNKS) per *= 2;
+    ch.per_chunk = per;
+    smp_parallel(nt, (units + per - 1) / per, smm_run_chunk, &ch);
 }
 
 static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t row_bytes,
@@ -311,6 +339,7 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
     j.bias = bias;
     j.accumulate = accumulate;
     j.isa = smm_isa();
+    j.gemm_t0 = 0;
 
     int nt = n_threads;
     if (nt > 1 && rows * cols < SMM_MIN_PARALLEL_ELEMS) nt = 1;
@@ -333,11 +362,18 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
         if (n < SMM_GEMM_MIN_N) {
             ptrdiff_t groups = (rows + 3) / 4;
             if (nt > groups) nt = (int)groups;
-            smm_run(&j, nt, smm_float_small_worker);
+            smm_run(&j, nt, groups, 4, smm_float_small_range);
         } else {
-            ptrdiff_t panels = (rows + 23) / 24;
+            const int NR = SMM_GEMM_NR(j.isa >= SMM_ISA_AVX512);
+            ptrdiff_t panels = (rows + NR - 1) / NR;
             if (nt > panels) nt = (int)panels;
-            smm_run(&j, nt, smm_float_gemm_worker);
+            const int MR = SMM_GEMM_MR(j.isa >= SMM_ISA_AVX512);
+            for (ptrdiff_t t0 = 0; t0 < n; t0 += SMM_GEMM_MC) {
+                ptrdiff_t mc = n - t0 < SMM_GEMM_MC ? n - t0 : SMM_GEMM_MC;
+                j.gemm_t0 = t0;
+                smm_run(&j, nt, (mc + MR - 1) / MR, 1, smm_float_gemm_pack);
+                smm_run(&j, nt, panels, 1, smm_float_gemm_range);
+            }
         }
     } else {
         ptrdiff_t astride = smm_act_stride(fam, cols);
@@ -352,7 +388,7 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
         }
         ptrdiff_t groups = (rows + 3) / 4;
         if (nt > groups) nt = (int)groups;
-        smm_run(&j, nt, smm_quant_worker);
+        smm_run(&j, nt, groups, 4, smm_quant_range);
     }
     free(owned);
 }
