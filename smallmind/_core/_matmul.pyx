@@ -14,8 +14,9 @@ part is exact, so the only approximation is that rounding of x: the error is at 
 it, as in llama.cpp. AVX-512 (VNNI, VBMI, GFNI) kernels are chosen at run time when the
 CPU has them, AVX2 ones otherwise.
 
-Threads (``n_threads > 1``) split the weight rows through a small thread pool (_threadpool.h); ``n_threads <= 1`` and
-matrices under 65536 elements never enter OpenMP. ``scratch`` may be NULL (the kernel
+Threads (``n_threads > 1``) split the weight rows in chunks claimed from a small thread
+pool (_threadpool.h), the caller included, so a worker whose core is busy never holds the
+call up; ``n_threads <= 1`` and matrices under 65536 elements never use the pool. ``scratch`` may be NULL (the kernel
 then mallocs ``matmul_scratch_bytes`` itself; on allocation failure y is filled with NaN,
 as a void nogil function cannot raise).
 """
