@@ -298,6 +298,15 @@ cdef int _check_overlap(cnp.ndarray out, str out_name, cnp.ndarray array, str na
     raise ShapeError(f"{out_name} must not share memory with {name}")
 
 
+cdef tuple _binary_operands(object a, str a_name, object b, str b_name, object out):
+    cdef cnp.ndarray va = _f32_array(a, a_name, 0, 32, False)
+    cdef cnp.ndarray vb = _same_shape_input(b, b_name, va, a_name)
+    cdef cnp.ndarray vo = _f32_out(out, va, "out")
+    _check_overlap(vo, "out", va, a_name, True)
+    _check_overlap(vo, "out", vb, b_name, True)
+    return va, vb, vo
+
+
 cdef cnp.ndarray _same_shape_input(object array, str name, cnp.ndarray like, str like_name):
     cdef cnp.ndarray arr = _f32_array(array, name, 0, 32, False)
     if not _same_shape(arr, like):
@@ -315,11 +324,8 @@ def add(a, b, out=None):
 
     ``out`` may be ``a`` or ``b`` (in place). Returns ``out``.
     """
-    cdef cnp.ndarray va = _f32_array(a, "a", 0, 32, False)
-    cdef cnp.ndarray vb = _same_shape_input(b, "b", va, "a")
-    cdef cnp.ndarray vo = _f32_out(out, va, "out")
-    _check_overlap(vo, "out", va, "a", True)
-    _check_overlap(vo, "out", vb, "b", True)
+    cdef cnp.ndarray va, vb, vo
+    va, vb, vo = _binary_operands(a, "a", b, "b", out)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(va)
     with nogil:
         _add(<const float*>cnp.PyArray_DATA(va), <const float*>cnp.PyArray_DATA(vb),
@@ -345,11 +351,8 @@ def swiglu(gate, up, out=None):
     silu is accurate to a few float32 ulp (relative); silu(-inf) = 0, silu(+inf) = inf.
     ``out`` may be ``gate`` or ``up``. Returns ``out``.
     """
-    cdef cnp.ndarray vg = _f32_array(gate, "gate", 0, 32, False)
-    cdef cnp.ndarray vu = _same_shape_input(up, "up", vg, "gate")
-    cdef cnp.ndarray vo = _f32_out(out, vg, "out")
-    _check_overlap(vo, "out", vg, "gate", True)
-    _check_overlap(vo, "out", vu, "up", True)
+    cdef cnp.ndarray vg, vu, vo
+    vg, vu, vo = _binary_operands(gate, "gate", up, "up", out)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(vg)
     with nogil:
         _swiglu(<const float*>cnp.PyArray_DATA(vg), <const float*>cnp.PyArray_DATA(vu),

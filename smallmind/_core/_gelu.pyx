@@ -19,8 +19,8 @@ Errors, measured on both paths over 3M points (``tests/test_gelu.py`` checks eac
 
 cimport numpy as cnp
 
-from smallmind._core._elementwise cimport (_check_overlap, _f32_array, _f32_out,
-                                           _same_shape_input, simd_avx512)
+from smallmind._core._elementwise cimport (_binary_operands, _check_overlap, _f32_array,
+                                           _f32_out, simd_avx512)
 
 cnp.import_array()
 
@@ -168,11 +168,8 @@ def geglu(gate, up, out=None):
     ``gate`` and ``up`` are float32 C-contiguous arrays of one shape; ``out`` may be
     either of them. Returns ``out``.
     """
-    cdef cnp.ndarray vg = _f32_array(gate, "gate", 0, 32, False)
-    cdef cnp.ndarray vu = _same_shape_input(up, "up", vg, "gate")
-    cdef cnp.ndarray vo = _f32_out(out, vg, "out")
-    _check_overlap(vo, "out", vg, "gate", True)
-    _check_overlap(vo, "out", vu, "up", True)
+    cdef cnp.ndarray vg, vu, vo
+    vg, vu, vo = _binary_operands(gate, "gate", up, "up", out)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(vg)
     with nogil:
         _geglu(<const float*>cnp.PyArray_DATA(vg), <const float*>cnp.PyArray_DATA(vu),
