@@ -15,19 +15,23 @@ _check_cpu()  # before any AVX2-compiled module is imported: a clear ImportError
 from . import errors  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "Session", "GenerationResult", "TokenChunk", "Timings", "ModelConfig",
-           "profile", "errors", "__version__"]
+__all__ = ["Engine", "Session", "SamplingParams", "GenerationResult", "TokenChunk", "TokenStream",
+           "Timings", "ModelConfig", "profile", "errors", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Engine, GenerationResult, Session, Timings, TokenChunk
+    from .engine import Engine
     from .models.config import ModelConfig
     from .profiler import profile
+    from .results import GenerationResult, Timings, TokenChunk, TokenStream
+    from .sampling import SamplingParams
+    from .session import Session
 
 # The public names load on first use, so `import smallmind.errors` or the CLI's --help
 # stay quick and a kernel module is only loaded when something needs it.
 _LAZY = {
-    "Engine": "engine", "Session": "engine", "GenerationResult": "engine",
-    "TokenChunk": "engine", "Timings": "engine", "ModelConfig": "models.config",
+    "Engine": "engine", "Session": "session", "SamplingParams": "sampling",
+    "GenerationResult": "results", "TokenChunk": "results", "TokenStream": "results",
+    "Timings": "results", "ModelConfig": "models.config",
     "profile": "profiler",
 }
 

@@ -3,12 +3,24 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from .errors import SmallMindError
+from .errors import ContextOverflowError, SmallMindError
+from .tokenizers import Tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Engine, Session, TokenStream
+    from .results import TokenStream
+    from .session import Session
+
+
+class ChatModel(Protocol):
+    """What chat needs of an engine (an :class:`~smallmind.Engine` is one)."""
+
+    tokenizer: Tokenizer | None
+    chat_template: str | None
+    n_ctx: int
+
+    def session(self) -> Session: ...
 
 CHATML_END = "<|im_end|>"
 
@@ -29,11 +41,11 @@ def _check_messages(messages: list[dict]) -> None:
             raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
 
 
-def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The prompt text for ``messages`` in the model's chat template (Jinja, via the optional
-    ``jinja2`` dependency), falling back to ChatML."""
+def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str | None,
+                add_generation_prompt: bool = True) -> str:
+    """The prompt text for ``messages`` in the model's chat ``template`` (Jinja, via the
+    optional ``jinja2`` dependency), falling back to ChatML when there is none."""
     _check_messages(messages)
-    template = engine.chat_template
     if template:
         try:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -48,8 +60,9 @@ def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: b
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    tok = engine.tokenizer
-    assert tok is not None  # a template renders for a model with a tokenizer
+    tok = tokenizer
+    if tok is None:
+        raise SmallMindError("a chat template needs the model's tokenizer")
     piece = (lambda i: tok.token_bytes(i).decode("utf-8", "replace") if i is not None else "")
     special = getattr(tok, "token_text", None)
     bos = special(tok.bos_id) if special and tok.bos_id is not None else piece(tok.bos_id)
@@ -58,24 +71,23 @@ def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: b
                                             add_generation_prompt=add_generation_prompt)
 
 
-def encode_chat(engine: "Engine", messages: list[dict]) -> list[int]:
+def encode_chat(messages: list[dict], tokenizer: Tokenizer, template: str | None) -> list[int]:
     """Token ids of the rendered conversation, ready for the assistant's answer.
 
     Special-token text in the template becomes its token; BOS is added unless the template
     already wrote it (Gemma's does), so a conversation never starts with two BOS tokens.
     """
-    tok = engine.tokenizer
-    if tok is None:
-        raise SmallMindError("chat needs a model with a tokenizer")
-    prompt = render_chat(engine, messages, add_generation_prompt=True)
+    tok = tokenizer
+    prompt = render_chat(messages, tok, template, add_generation_prompt=True)
     ids = tok.encode(prompt, add_special=False, parse_special=True)
     if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids.insert(0, tok.bos_id)
     return ids
 
 
-def chat_stop_strings(engine: "Engine") -> list[str]:
-    return [CHATML_END] if not engine.chat_template or CHATML_END in engine.chat_template else []
+def chat_stop_strings(template: str | None) -> list[str]:
+    """ChatML's end-of-turn text, for templates that use it (or none)."""
+    return [CHATML_END] if not template or CHATML_END in template else []
 
 
 class ChatREPL:
@@ -85,29 +97,51 @@ class ChatREPL:
     prefix already in the session's cache, so earlier turns are never recomputed.
     """
 
-    def __init__(self, engine: "Engine", *, system: str | None = None, sampling: dict | None = None,
-                 stdin=None, stdout=None):
+    def __init__(self, engine: ChatModel, *, system: str | None = None,
+                 sampling: dict[str, Any] | None = None, stdin: Any = None, stdout: Any = None):
+        if engine.tokenizer is None:
+            raise SmallMindError("chat needs a model with a tokenizer")
         self.engine = engine
-        self.session: "Session" = engine.session()
+        self.tokenizer: Tokenizer = engine.tokenizer
+        self.session: Session = engine.session()
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.sampling = dict(sampling or {})
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
 
     def turn(self, user_text: str) -> str:
-        """Answer one user message, streaming it to stdout; returns the answer."""
-        self.messages.append({"role": "user", "content": user_text})
-        ids = encode_chat(self.engine, self.messages)
-        new_ids = self.session.continue_with(ids)
+        """Answer one user message, streaming it to stdout; returns the answer.
+
+        Same rule as generate: a conversation that no longer fits the context is refused
+        with one line (start a new chat), and an answer that reaches the end of the context
+        stops there, saying so."""
+        template = self.engine.chat_template
+        messages = self.messages + [{"role": "user", "content": user_text}]
+        ids = encode_chat(messages, self.tokenizer, template)
         sampling = dict(self.sampling)
-        sampling["stop"] = list(sampling.get("stop") or []) + chat_stop_strings(self.engine)
+        sampling["stop"] = [*(sampling.get("stop") or []), *chat_stop_strings(template)]
+        if len(ids) > self.session.capacity:
+            self.stdout.write(f"[the conversation is {len(ids)} tokens, the context is "
+                              f"{self.session.capacity}: start a new chat]\n")
+            return ""
+        new_ids = self.session.continue_with(ids)
         answer = []
-        stream = cast("TokenStream", self.session.generate(new_ids, stream=True, **sampling))
+        try:
+            stream = cast("TokenStream", self.session.generate(new_ids, stream=True, **sampling))
+        except ContextOverflowError as exc:
+            self.stdout.write(f"[{exc}]\n")
+            return ""
         for chunk in stream:
             answer.append(chunk.text)
             self.stdout.write(chunk.text)
             self.stdout.flush()
         self.stdout.write("\n")
+        result = stream.result
+        if result is not None and result.finish_reason == "length" and \
+                len(self.session.tokens) >= self.session.capacity:
+            self.stdout.write(f"[the context of {self.session.capacity} tokens is full: "
+                              f"start a new chat]\n")
+        self.messages = messages
         text = "".join(answer).strip()
         self.messages.append({"role": "assistant", "content": text})
         return text

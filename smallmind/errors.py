@@ -41,6 +41,10 @@ class SamplingError(SmallMindError, ValueError):
     """A sampling parameter is out of range, or the logits cannot be sampled (NaN)."""
 
 
+class SamplingTypeError(SamplingError, TypeError):
+    """A sampling parameter has the wrong type (a ``TypeError`` and a :class:`SamplingError`)."""
+
+
 class CachePolicyError(SmallMindError, ValueError):
     """A KV-cache overflow policy cannot work for this model (e.g. sliding learned positions)."""
 
@@ -55,3 +59,15 @@ class ShapeError(SmallMindError, ValueError):
 
 class CPUFeatureError(SmallMindError, ImportError):
     """This CPU lacks an instruction set the compiled kernels were built for."""
+
+
+class SessionBusyError(SmallMindError, RuntimeError):
+    """A session is already running a generate call (sessions serve one call at a time)."""
+
+
+class StaleStreamError(SmallMindError, RuntimeError):
+    """A streamed generation was resumed after its session started another call."""
+
+
+class NonFiniteError(SmallMindError, FloatingPointError):
+    """The model produced NaN or infinite activations; the message names position and layer."""

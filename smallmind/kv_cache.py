@@ -7,7 +7,8 @@ the cached positions are contiguous rows, which is the layout the attention kern
 
 The forward pass of a model uses it like this::
 
-    pos0 = cache.reserve(n)          # room for n tokens; their first slot
+    pos0, shift = cache.reserve(n)   # room for n tokens; their first slot (and a Shift
+                                     # if the window slid to make that room)
     ...write k, v for slots [pos0, pos0 + n) of every layer, attend...
     cache.commit(n)                  # now they count: cache.length += n
 
@@ -22,36 +23,46 @@ When the cache is full, the ``overflow`` policy decides:
   tokens (e.g. a system prompt) stay; ``reserve`` discards the oldest tokens after them
   (half of those, or more if the request needs it) with :meth:`shift`, moving the rest
   down. The moved keys were rotated for their old positions, so a rotary model must
-  re-rotate them by ``-n_discard`` positions: the cache calls
-  ``on_shift(start, count, delta)`` after moving, meaning "the tokens that were in
-  slots ``[start, start - delta)`` are gone, and the keys now in slots
-  ``[start, start + count)`` of every layer moved by ``delta`` (< 0) positions".
-  For RoPE that is ``rope(k[layer, head, start:start + count], pos0=delta, pos_step=0)``.
+  re-rotate them by ``-n_discard`` positions: ``reserve`` and ``shift`` return a
+  :class:`Shift` ``(start, count, delta)``, meaning "the tokens that were in slots
+  ``[start, start - delta)`` are gone, and the keys now in slots ``[start, start + count)``
+  of every layer moved by ``delta`` (< 0) positions". For RoPE the caller then runs
+  ``rope(k[layer, head, start:start + count], pos0=delta, pos_step=0)``. The cache calls
+  nothing back: whoever reserves handles the shift it is handed (no reference cycles).
 
 Positions are described by ``positional``:
 
-* ``"rotary"`` (default): keys carry their positions (RoPE). Shifting needs ``on_shift``;
-  shifting without one raises :class:`CachePolicyError` rather than corrupting attention.
+* ``"rotary"`` (default): keys carry their positions (RoPE); the caller re-rotates the
+  moved keys as each returned :class:`Shift` says.
 * ``"learned"``: learned absolute position embeddings (GPT-2) are baked into the hidden
   states of every layer and cannot be re-positioned, so ``overflow="shift"`` is refused
   at construction (see :func:`check_policy`).
-* ``"none"``: the cache holds no positional information (shifting needs no callback).
+* ``"none"``: the cache holds no positional information (a shift needs no re-rotation).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import CachePolicyError, ContextOverflowError, ShapeError, SmallMindError
 
-__all__ = ["KVCache", "CachePolicyError", "check_policy", "OVERFLOW_POLICIES", "POSITIONAL"]
+__all__ = ["KVCache", "Shift", "CachePolicyError", "check_policy", "OVERFLOW_POLICIES", "POSITIONAL"]
 
 OVERFLOW_POLICIES = ("error", "shift")
 POSITIONAL = ("rotary", "learned", "none")
 
-#: ``on_shift(start, count, delta)``: keys in slots [start, start + count) moved by delta.
-ShiftCallback = Callable[[int, int, int], None]
+class Shift(NamedTuple):
+    """What a slide of the window did: the tokens in slots ``[start, start - delta)`` were
+    dropped and the keys now in slots ``[start, start + count)`` moved by ``delta`` (< 0)."""
+
+    start: int
+    count: int
+    delta: int
+
+    @property
+    def n_discarded(self) -> int:
+        return -self.delta
 
 
 def check_policy(learned_positions: bool, overflow: str) -> None:
@@ -86,9 +97,6 @@ class KVCache:
         With ``overflow="shift"``, the number of leading tokens never discarded.
     positional : {"rotary", "learned", "none"}
         How the model encodes positions; decides whether and how shifting works.
-    on_shift : callable(start, count, delta), optional
-        Called after :meth:`shift` moved keys, to re-rotate them. May be set later
-        through the attribute of the same name.
 
     Attributes
     ----------
@@ -103,7 +111,7 @@ class KVCache:
 
     def __init__(self, n_layer: int, n_kv_head: int, capacity: int, head_dim: int, *,
                  pool=None, overflow: str = "error", n_keep: int = 0,
-                 positional: str = "rotary", on_shift: Optional[ShiftCallback] = None):
+                 positional: str = "rotary"):
         dims = dict(n_layer=n_layer, n_kv_head=n_kv_head, capacity=capacity, head_dim=head_dim)
         for name, value in dims.items():
             if not isinstance(value, (int, np.integer)) or value <= 0:
@@ -118,7 +126,6 @@ class KVCache:
         self.overflow = overflow
         self.n_keep = int(n_keep)
         self.positional = positional
-        self.on_shift = on_shift
         self.length = 0
         self.n_discarded = 0
         self.shifts = 0
@@ -141,12 +148,13 @@ class KVCache:
         """Slots still free."""
         return self.capacity - self.length
 
-    def reserve(self, n: int) -> int:
-        """Make room for ``n`` more tokens and return the slot of the first.
+    def reserve(self, n: int) -> tuple[int, Shift | None]:
+        """Make room for ``n`` more tokens: ``(slot of the first, Shift or None)``.
 
         Under ``overflow="error"`` a full cache raises ContextOverflowError; under
-        ``"shift"`` it discards old tokens first (calling ``on_shift``), and raises only
-        when ``n`` alone exceeds ``capacity - n_keep``.
+        ``"shift"`` it discards old tokens first and returns the :class:`Shift` (the caller
+        re-rotates the moved keys), and raises only when ``n`` alone exceeds
+        ``capacity - n_keep``.
         """
         if n < 0:
             raise ValueError(f"reserve: n must be >= 0, got {n}")
@@ -154,13 +162,13 @@ class KVCache:
             raise SmallMindError("this KVCache is closed")
         length = self.length
         if length + n <= self.capacity:
-            return length
+            return length, None
         if self.overflow == "shift" and n <= self.capacity - self.n_keep:
             # Like llama.cpp: drop half of what may be dropped, so shifts (each a copy
             # of the whole cache) stay rare; more if this request needs more.
             needed = length + n - self.capacity
-            self.shift(max(needed, (length - self.n_keep) // 2))
-            return self.length
+            shift = self.shift(max(needed, (length - self.n_keep) // 2))
+            return self.length, shift
         raise ContextOverflowError(self._overflow_message(n))
 
     def commit(self, n: int) -> None:
@@ -191,28 +199,25 @@ class KVCache:
         self.n_discarded = 0
         self.shifts = 0
 
-    def shift(self, n_discard: int) -> int:
+    def shift(self, n_discard: int) -> Shift:
         """Drop the ``n_discard`` oldest tokens after the first ``n_keep``.
 
         Tokens in slots ``[n_keep + n_discard, length)`` move down to
-        ``[n_keep, length - n_discard)`` in every layer and head, ``length`` shrinks by
-        ``n_discard``, then ``on_shift(n_keep, moved, -n_discard)`` runs so a rotary
-        model can re-rotate the moved keys. Returns ``n_discard``.
+        ``[n_keep, length - n_discard)`` in every layer and head and ``length`` shrinks by
+        ``n_discard``. Returns ``Shift(n_keep, moved, -n_discard)``: a rotary model must
+        re-rotate the moved keys by ``delta``.
         """
         if self.k is None:
             raise SmallMindError("this KVCache is closed")
         if self.positional == "learned":
             raise CachePolicyError("a cache of a model with learned absolute positions "
                                    "cannot shift (see check_policy)")
-        if self.positional == "rotary" and self.on_shift is None:
-            raise CachePolicyError("shifting a rotary cache needs on_shift(start, count, delta) "
-                                   "to re-rotate the moved keys; none is set")
         keep, length = self.n_keep, self.length
         if not 0 <= n_discard <= length - keep:
             raise ValueError(f"shift: n_discard must be in [0, length - n_keep = "
                              f"{max(length - keep, 0)}], got {n_discard}")
         if n_discard == 0:
-            return 0
+            return Shift(keep, 0, 0)
         moved = length - keep - n_discard
         src = slice(keep + n_discard, length)
         dst = slice(keep, keep + moved)
@@ -226,11 +231,7 @@ class KVCache:
         self.length = keep + moved
         self.n_discarded += n_discard
         self.shifts += 1
-        if self.on_shift is not None:
-            # Called even when nothing moved (count 0): the callback also learns which
-            # tokens were dropped, slots [start, start - delta) of the old order.
-            self.on_shift(keep, moved, -n_discard)
-        return n_discard
+        return Shift(keep, moved, -n_discard)
 
     # -- access -------------------------------------------------------------------------
     def layer(self, i: int) -> tuple[np.ndarray, np.ndarray]:

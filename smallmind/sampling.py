@@ -17,23 +17,25 @@ random number is consumed).
 """
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from numbers import Integral, Real
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 from ._core._sampling import SamplerCore
-from .errors import SamplingError
+from .errors import SamplingError, SamplingTypeError
 
 __all__ = ["SamplingParams", "Sampler", "SamplingError"]
 
 
 def _real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise SamplingError(f"{name} must be a number, got {value!r}")
+        raise SamplingTypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if math.isnan(value):
         raise SamplingError(f"{name} must not be NaN")
@@ -49,14 +51,30 @@ def _finite(name: str, value: object) -> float:
 
 def _integer(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise SamplingError(f"{name} must be an integer, got {value!r}")
+        raise SamplingTypeError(f"{name} must be an integer, got {value!r}")
     return int(value)
+
+
+def _param(default: Any, help: str, **kwargs: Any) -> Any:
+    """A field whose ``metadata["help"]`` documents it (the CLI builds its options from it)."""
+    return field(default=default, metadata={"help": help}, **kwargs)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each token. Every field is checked on construction.
+    """How to generate: the one definition of the generation parameters.
 
+    ``Session.generate``, ``Engine.generate`` and ``Engine.chat`` take either a
+    SamplingParams or its fields as keyword arguments (built with :meth:`build`); the CLI
+    derives its options from the fields' ``metadata["help"]`` (see :meth:`help`). A new
+    parameter is one new field here. Every field is checked on construction: a wrong type
+    is a TypeError, a wrong value a ValueError (both also :class:`SamplingError`).
+
+    max_new_tokens: most tokens to generate; generation also ends at the end of the
+        context (``finish_reason="length"``) and keeps what it produced.
+    stop: a string or strings; generation ends when the text contains one. The returned
+        text ends before it; ``result.tokens`` and the session's context keep the tokens
+        that spelled it (the model saw them), see ``Session.generate``.
     temperature: 0 is greedy; otherwise probabilities are ``softmax(logits / temperature)``.
     top_k: keep the k most likely tokens (None or 0: off).
     top_p: keep the smallest most-likely set whose probability reaches top_p, in (0, 1]
@@ -74,20 +92,31 @@ class SamplingParams:
         give equal tokens; None draws fresh entropy.
     """
 
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    penalty_last_n: int | None = 64
+    max_new_tokens: int = _param(128, "most tokens to generate (generation also stops at the end "
+                                      "of the context, with finish_reason 'length')")
+    temperature: float = _param(0.8, "sampling temperature; 0 is greedy")
+    top_k: int | None = _param(None, "keep the k most likely tokens (0 or None: off)")
+    top_p: float | None = _param(None, "nucleus sampling threshold in (0, 1] (None or 1: off)")
+    min_p: float | None = _param(None, "drop tokens below min_p x the top probability (None or 0: off)")
+    repetition_penalty: float = _param(1.0, "divide the logit of recently seen tokens by this (1: off)")
+    presence_penalty: float = _param(0.0, "subtract from the logit of recently seen tokens (0: off)")
+    frequency_penalty: float = _param(0.0, "subtract per occurrence of recently seen tokens (0: off)")
+    penalty_last_n: int | None = _param(64, "tokens of history the penalties look at "
+                                            "(0: none, None: all)")
     # A dict is not hashable; the field is left out of hash() (equal params still hash equal).
-    logit_bias: Mapping[int, float] | None = field(default=None, hash=False)
-    seed: int | None = None
+    logit_bias: Mapping[int, float] | None = _param(None, "token id -> value added to its logit "
+                                                          "(-inf bans it)", hash=False)
+    seed: int | None = _param(None, "random seed (None: fresh entropy)")
+    stop: str | Sequence[str] | None = _param(None, "stop when the text contains any of these "
+                                                    "strings (they are not returned)")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written this way
+        max_new = _integer("max_new_tokens", self.max_new_tokens)
+        if max_new < 0:
+            raise SamplingError(f"max_new_tokens must be >= 0, got {max_new}")
+        set_(self, "max_new_tokens", max_new)
+        set_(self, "stop", _stop_strings(self.stop))
         temperature = _finite("temperature", self.temperature)
         if temperature < 0:
             raise SamplingError(f"temperature must be >= 0, got {temperature}")
@@ -143,6 +172,46 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @classmethod
+    def build(cls, params: "SamplingParams | None" = None, /, **overrides: Any) -> "SamplingParams":
+        """``params`` (default: the defaults) with the fields in ``overrides`` replaced;
+        an unknown name is a TypeError that suggests the closest field."""
+        if params is not None and not isinstance(params, cls):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        names = cls.names()
+        for key in overrides:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(f"unexpected keyword argument {key!r}{hint}; generation "
+                                f"parameters are the fields of SamplingParams")
+        base = cls() if params is None else params
+        return replace(base, **overrides) if overrides else base
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The parameter names, in definition order."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Parameter name -> one-line help (for CLI options and server schemas)."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def _stop_strings(stop: object) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, Sequence) or isinstance(items, (bytes, bytearray)):
+        raise SamplingTypeError(f"stop must be a string or a sequence of strings, got {stop!r}")
+    for s in items:
+        if not isinstance(s, str):
+            raise SamplingTypeError(f"stop must hold strings, got {s!r}")
+        if not s:
+            raise SamplingError("stop strings must not be empty")
+    return tuple(items)
 
 
 class Sampler(SamplerCore):

@@ -19,24 +19,24 @@ def smollm2():
 def test_chatml_fallback_without_template():
     engine = Engine.from_config(ModelConfig.seed_small())
     msgs = [{"role": "user", "content": "hi"}]
-    assert render_chat(engine, msgs) == render_chatml(msgs) == \
+    assert render_chat(msgs, engine.tokenizer, engine.chat_template) == render_chatml(msgs) == \
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_bad_messages_raise():
     engine = Engine.from_config(ModelConfig.seed_small())
     with pytest.raises(ValueError, match="role"):
-        render_chat(engine, [{"content": "x"}])
+        render_chat([{"content": "x"}], engine.tokenizer, None)
     with pytest.raises(ValueError):
-        render_chat(engine, [])
+        render_chat([], engine.tokenizer, None)
 
 
 def test_model_template_renders_and_encodes_special_tokens(smollm2):
     assert smollm2.chat_template and "im_start" in smollm2.chat_template
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    text = render_chat(smollm2, msgs)
+    text = render_chat(msgs, smollm2.tokenizer, smollm2.chat_template)
     assert text.endswith("<|im_start|>assistant\n")
-    ids = encode_chat(smollm2, msgs)
+    ids = encode_chat(msgs, smollm2.tokenizer, smollm2.chat_template)
     im_start = smollm2.tokenizer.encode("<|im_start|>", parse_special=True)
     assert len(im_start) == 1 and ids.count(im_start[0]) == 3
 
@@ -59,8 +59,8 @@ def test_chat_answer_matches_llama_cpp(smollm2):
     from make_logit_fixtures import open_llama
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     llm = open_llama(smollm2.source, n_ctx=512, n_threads=1, seed=0, logits_all=True)
-    ids = encode_chat(smollm2, msgs)
-    assert ids == llm.tokenize(render_chat(smollm2, msgs).encode(), add_bos=False, special=True)
+    ids = encode_chat(msgs, smollm2.tokenizer, smollm2.chat_template)
+    assert ids == llm.tokenize(render_chat(msgs, smollm2.tokenizer, smollm2.chat_template).encode(), add_bos=False, special=True)
     ours = smollm2.chat(msgs, max_new_tokens=12, temperature=0.0).tokens
     llm.reset()
     llm.eval(ids)

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from reference import gpt2_logits, llama_logits
 from smallmind import Engine, ModelConfig
-from smallmind.engine import _TextAssembler
+from smallmind._text import _TextAssembler
 from smallmind.errors import ContextOverflowError, SmallMindError, TokenizerError
 from smallmind.models.init import random_tensors
 from smallmind.tokenizers import ByteTokenizer
@@ -176,8 +176,10 @@ def test_stop_string_across_tokens_stream_and_not(seed_engine):
 
 def test_context_overflow_error():
     engine = Engine.from_config(SEED, seed=42)
-    with pytest.raises(ContextOverflowError, match="context"):
-        engine.generate(list(range(60)), max_new_tokens=10, temperature=0.0)
+    with pytest.raises(ContextOverflowError, match="prompt is 65 tokens, context is 64"):
+        engine.generate(list(range(65)), max_new_tokens=10, temperature=0.0)
+    r = engine.generate(list(range(60)), max_new_tokens=10, temperature=0.0)  # keeps the work
+    assert r.finish_reason == "length" and len(r.tokens) == 5
     with pytest.raises(ContextOverflowError):
         engine.logits(list(range(65)))
 

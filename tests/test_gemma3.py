@@ -179,7 +179,7 @@ def test_float32_weights_match_float64_reference(path, reference):
     np.testing.assert_allclose(_prefill(model, ids), expected, rtol=0, atol=atol)
     # Decoding one position at a time (the KV cache and the window in the decode path).
     state = model.new_state(n_threads=1, max_tokens=1)
-    decoded = np.array([model.forward(state, [t]).copy() for t in ids])
+    decoded = np.array([model.forward(state, [t]).logits.copy() for t in ids])
     state.close()
     np.testing.assert_allclose(decoded, expected, rtol=0, atol=atol)
     # The comparison resolves the window edge: one position more or less, or none, is far

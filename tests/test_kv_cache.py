@@ -13,10 +13,12 @@ from smallmind.errors import ContextOverflowError, ShapeError, SmallMindError
 from smallmind.kv_cache import CachePolicyError, KVCache, check_policy
 
 
-def fill(cache: KVCache, tokens: list[int]) -> None:
+def fill(cache: KVCache, tokens: list[int], on_shift=None) -> None:
     """Append tokens, storing value `tok` in every key/value element of the token."""
     n = len(tokens)
-    pos0 = cache.reserve(n)
+    pos0, shift = cache.reserve(n)
+    if shift is not None and on_shift is not None:
+        on_shift(*shift)
     width = cache.n_kv_head * cache.head_dim
     rows = np.repeat(np.asarray(tokens, np.float32)[:, None], width, axis=1)
     for layer in range(cache.n_layer):
@@ -46,10 +48,10 @@ def test_shapes_and_layer_views():
 
 def test_reserve_commit():
     cache = KVCache(1, 1, 10, 4)
-    assert cache.reserve(3) == 0
+    assert cache.reserve(3) == (0, None)
     assert cache.length == 0          # reserving does not count the tokens yet
     cache.commit(3)
-    assert cache.reserve(1) == 3
+    assert cache.reserve(1) == (3, None)
     cache.commit(1)
     assert cache.length == 4 and cache.room == 6
 
@@ -57,7 +59,7 @@ def test_reserve_commit():
 def test_overflow_error_message():
     cache = KVCache(2, 1, 8, 4)
     fill(cache, list(range(6)))
-    assert cache.reserve(2) == 6
+    assert cache.reserve(2) == (6, None)
     with pytest.raises(ContextOverflowError) as info:
         cache.reserve(3)
     msg = str(info.value)
@@ -73,7 +75,7 @@ def test_store_layout_matches_attention_kernel():
     cache = KVCache(1, n_kv, 12, hd)
     k_rows = rng.standard_normal((5, n_kv * hd)).astype(np.float32)
     v_rows = rng.standard_normal((5, n_kv, hd)).astype(np.float32)
-    cache.store(0, cache.reserve(5), k_rows, v_rows)
+    cache.store(0, cache.reserve(5)[0], k_rows, v_rows)
     cache.commit(5)
     np.testing.assert_array_equal(cache.k[0, 1, :5], k_rows[:, hd:])
     np.testing.assert_array_equal(cache.v[0, 1, :5], v_rows[:, 1])
@@ -99,23 +101,14 @@ def test_truncate_and_reset():
     with pytest.raises(ValueError):
         cache.truncate(-1)
     cache.reset()
-    assert cache.length == 0 and cache.reserve(20) == 0
-
-
-class Recorder:
-    def __init__(self):
-        self.calls: list[tuple[int, int, int]] = []
-
-    def __call__(self, start, count, delta):
-        self.calls.append((start, count, delta))
+    assert cache.length == 0 and cache.reserve(20) == (0, None)
 
 
 def test_shift_keeps_prefix_and_latest_in_order():
-    rec = Recorder()
-    cache = KVCache(2, 3, 10, 4, overflow="shift", n_keep=2, on_shift=rec)
+    cache = KVCache(2, 3, 10, 4, overflow="shift", n_keep=2)
     fill(cache, list(range(100, 110)))             # full
-    pos0 = cache.reserve(1)                        # discards (10 - 2) // 2 = 4 tokens
-    assert rec.calls == [(2, 4, -4)]
+    pos0, shift = cache.reserve(1)                 # discards (10 - 2) // 2 = 4 tokens
+    assert shift == (2, 4, -4) and shift.n_discarded == 4
     assert pos0 == 6 == cache.length
     assert cached_tokens(cache) == [100, 101, 106, 107, 108, 109]
     for layer in range(2):
@@ -127,11 +120,10 @@ def test_shift_keeps_prefix_and_latest_in_order():
 
 
 def test_shift_discards_enough_for_a_large_request():
-    rec = Recorder()
-    cache = KVCache(1, 1, 10, 2, overflow="shift", n_keep=1, on_shift=rec)
+    cache = KVCache(1, 1, 10, 2, overflow="shift", n_keep=1)
     fill(cache, list(range(9)))
-    pos0 = cache.reserve(7)                         # needs 6 > (9 - 1) // 2 = 4
-    assert pos0 == 3 and rec.calls == [(1, 2, -6)]
+    pos0, shift = cache.reserve(7)                  # needs 6 > (9 - 1) // 2 = 4
+    assert pos0 == 3 and shift == (1, 2, -6)
     assert cached_tokens(cache) == [0, 7, 8]
     with pytest.raises(ContextOverflowError, match="n_keep=1"):
         cache.reserve(10)                           # more than capacity - n_keep
@@ -144,13 +136,13 @@ def test_shift_window_property(capacity, n_keep_frac, chunks):
     """After any sequence of appends, the cache holds the first n_keep tokens followed
     by the most recent ones, in order, and never more than capacity."""
     n_keep = int(n_keep_frac * capacity)
-    shadow: list[int] = []   # what a caller tracking tokens through on_shift believes
+    shadow: list[int] = []   # what a caller tracking tokens through the returned shifts believes
 
     def follow(start, count, delta):
         assert start == n_keep and count == len(shadow) - start + delta
         del shadow[start:start - delta]
 
-    cache = KVCache(1, 1, capacity, 1, overflow="shift", n_keep=n_keep, on_shift=follow)
+    cache = KVCache(1, 1, capacity, 1, overflow="shift", n_keep=n_keep)
     seen: list[int] = []
     for size in chunks:
         tokens = list(range(len(seen), len(seen) + size))
@@ -158,9 +150,9 @@ def test_shift_window_property(capacity, n_keep_frac, chunks):
             with pytest.raises(ContextOverflowError):
                 cache.reserve(size)
             continue
-        fill(cache, tokens)
+        shadow += tokens   # the caller appends, then drops what a shift reports
+        fill(cache, tokens, on_shift=lambda start, count, delta: follow(start, count + size, delta))
         seen += tokens
-        shadow += tokens
         got = cached_tokens(cache)
         assert got == shadow
         assert len(got) <= capacity
@@ -183,12 +175,12 @@ def test_shift_rerotation_matches_fresh_rotation():
         for head in range(n_kv):
             rope(cache.k[0, head, start:start + count], float(delta), 1, hd, inv, pos_step=0.0)
 
-    cache = KVCache(1, n_kv, 12, hd, overflow="shift", n_keep=3, on_shift=rerotate)
+    cache = KVCache(1, n_kv, 12, hd, overflow="shift", n_keep=3)
     keys = raw.copy()
     rope(keys, 0.0, n_kv, hd, inv)                                 # positions 0..11
-    cache.store(0, cache.reserve(12), keys, keys)
+    cache.store(0, cache.reserve(12)[0], keys, keys)
     cache.commit(12)
-    cache.shift(5)
+    rerotate(*cache.shift(5))
     kept = np.concatenate([raw[:3], raw[8:]])                      # slots 0..6 now
     expected = kept.copy()
     rope(expected, 0.0, n_kv, hd, inv)
@@ -196,16 +188,13 @@ def test_shift_rerotation_matches_fresh_rotation():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_rotary_shift_without_callback_is_refused():
+def test_shift_calls_nothing_back_and_returns_what_moved():
     cache = KVCache(1, 1, 4, 2, overflow="shift")
     fill(cache, [1, 2, 3, 4])
-    with pytest.raises(CachePolicyError, match="on_shift"):
-        cache.reserve(1)
-    assert cached_tokens(cache) == [1, 2, 3, 4]     # untouched
-    plain = KVCache(1, 1, 4, 2, overflow="shift", positional="none")
-    fill(plain, [1, 2, 3, 4])
-    fill(plain, [5])
-    assert cached_tokens(plain) == [3, 4, 5]
+    pos0, shift = cache.reserve(1)
+    assert (pos0, shift) == (2, (0, 2, -2))
+    assert cached_tokens(cache) == [3, 4]
+    assert not hasattr(cache, "on_shift")  # no callback: no reference cycle through the cache
 
 
 def test_learned_positions_cannot_shift():
@@ -247,11 +236,8 @@ def test_manual_shift_bounds():
     fill(cache, [0, 1, 2, 3, 4])
     with pytest.raises(ValueError):
         cache.shift(4)
-    assert cache.shift(0) == 0 and cache.length == 5
-    rec = Recorder()
-    cache.on_shift = rec
-    assert cache.shift(3) == 3 and cached_tokens(cache) == [0, 1]
-    assert rec.calls == [(2, 0, -3)]    # told about the drop even though nothing moved
+    assert cache.shift(0).n_discarded == 0 and cache.length == 5
+    assert cache.shift(3) == (2, 0, -3) and cached_tokens(cache) == [0, 1]  # a drop, nothing moved
 
 
 def test_pool_buffers_are_released_on_close():

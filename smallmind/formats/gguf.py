@@ -355,7 +355,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
     data_offset = -(-cursor.pos // alignment) * alignment
     tensors: dict[str, TensorData] = {}
     offsets: dict[str, int] = {}
-    extents = []
+    packed = 0  # llama.cpp: each offset equals the running size of the padded tensors before it
     for name, ne, ggml_type, rel_offset, info_offset in infos:
         if name in tensors:
             raise ModelFormatError("duplicate tensor name", path=path, key=name, offset=info_offset)
@@ -369,20 +369,18 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
                                    f"{alignment}", path=path, key=name, offset=info_offset)
         shape = tuple(int(d) for d in reversed(ne))
         nbytes = tensor_nbytes(ggml_type, shape)
+        if rel_offset != packed:
+            raise ModelFormatError(f"data offset {rel_offset}, expected {packed}: tensors are packed "
+                                   f"in order, each padded to {alignment} bytes (a gap or overlap "
+                                   f"means a changed type or shape)", path=path, key=name,
+                                   offset=info_offset)
+        packed += -(-nbytes // alignment) * alignment
         start = data_offset + rel_offset
         if start + nbytes > file_size:
             raise ModelFormatError(f"tensor data [{start}, {start + nbytes}) lies outside the "
                                    f"{file_size}-byte file", path=path, key=name, offset=start)
         tensors[name] = TensorData(name, ggml_type, shape, tensor_view(mapping, ggml_type, shape, start))
         offsets[name] = start
-        extents.append((start, start + nbytes, name))
-
-    # Overlapping tensors mean a corrupt table (llama.cpp insists they are packed in order).
-    extents.sort()
-    for (_, end_a, name_a), (start_b, _, name_b) in zip(extents, extents[1:]):
-        if start_b < end_a:
-            raise ModelFormatError(f"tensor data overlaps tensor {name_a!r}", path=path,
-                                   key=name_b, offset=start_b)
 
     return GGUFFile(path=path, version=version, alignment=alignment, metadata=metadata,
                     value_types=value_types, tensors=tensors, tensor_offsets=offsets,

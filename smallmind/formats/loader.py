@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from . import LoadedModel
+from ._hparams import check_hyperparameters
 from .gguf import GGUF_MAGIC, load_gguf
 from .llama2c import LEGACY_HEADER_BYTES, V1_HEADER_BYTES, load_llama2c, looks_like_llama2c, read_header
 
@@ -60,5 +61,8 @@ def load_model(path: str | os.PathLike, *, tokenizer: Any = None,
     """
     fmt = detect_format(path)
     if fmt == "gguf":
-        return load_gguf(path, tokenizer=tokenizer, n_ctx=n_ctx)
-    return load_llama2c(path, tokenizer=tokenizer, n_ctx=n_ctx)
+        loaded = load_gguf(path, tokenizer=tokenizer, n_ctx=n_ctx)
+    else:
+        loaded = load_llama2c(path, tokenizer=tokenizer, n_ctx=n_ctx)
+    check_hyperparameters(loaded.config, loaded.path)
+    return loaded

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .._core import _blocks
 from .._core._matmul import Weight
 from .._core._pool import BufferPool, default_pool
 from ..errors import ModelFormatError, ShapeError
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, Shift
 from ..tensors import GGMLType, TensorData
 from .config import ModelConfig
 
@@ -25,6 +25,19 @@ from .config import ModelConfig
 DEFAULT_MAX_TOKENS = 128
 #: The first entries of _blocks.OPS are the steps inside a layer (then embed, lm_head).
 BLOCK_STEPS = _blocks.OPS.index("embed")
+
+
+class Forward(NamedTuple):
+    """What :meth:`DecoderModel.forward` did: the last position's logits (a view of the
+    workspace, valid until the next call) and the shifts of a sliding cache (oldest first;
+    empty unless the window slid), so the caller can drop the discarded tokens too."""
+
+    logits: np.ndarray
+    shifts: tuple[Shift, ...] = ()
+
+    @property
+    def n_discarded(self) -> int:
+        return sum(s.n_discarded for s in self.shifts)
 
 
 @dataclass
@@ -100,22 +113,15 @@ class DecoderModel:
     # -- per-session state --------------------------------------------------------------
     def new_state(self, *, capacity: int | None = None, max_tokens: int | None = None,
                   n_threads: int = 1, pool: BufferPool | None = None,
-                  overflow: str = "error", n_keep: int = 0, on_shift=None) -> State:
-        """Buffers for one sequence. ``on_shift(start, count, delta)`` runs after the model
-        re-positioned the keys of a cache that slid its window (overflow='shift')."""
+                  overflow: str = "error", n_keep: int = 0) -> State:
+        """Buffers for one sequence (``n_threads`` is used as given: resolve it first)."""
         c = self.config
         capacity = c.n_ctx if capacity is None else min(int(capacity), c.n_ctx)
         max_tokens = min(capacity, DEFAULT_MAX_TOKENS if max_tokens is None else int(max_tokens))
         pool = default_pool() if pool is None else pool
         q_dim, kv_dim = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
-
-        def shifted(start: int, count: int, delta: int) -> None:
-            self.rotate_cached_keys(cache, start, count, delta)
-            if on_shift is not None:
-                on_shift(start, count, delta)
-
         cache = KVCache(c.n_layer, c.n_kv_head, capacity, c.head_dim, pool=pool,
-                        overflow=overflow, n_keep=n_keep, on_shift=shifted,
+                        overflow=overflow, n_keep=n_keep,
                         positional="learned" if c.learned_positions else "rotary")
         mm_bytes = max(_blocks.scratch_bytes(w, max_tokens) for w in self._matrices())
         arrays = {
@@ -137,7 +143,7 @@ class DecoderModel:
             arrays, max_tokens=max_tokens, n_embd=c.n_embd, n_hidden=c.n_hidden,
             n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim, vocab=c.vocab_size,
             capacity=capacity, n_layer=c.n_layer, norm_eps=c.norm_eps, mm_scratch_bytes=mm_bytes)
-        return State(cache, ws, pool, max(1, int(n_threads)), arrays)
+        return State(cache, ws, pool, int(n_threads), arrays)
 
     def _matrices(self) -> list[Weight]:
         out = [self.output]
@@ -148,21 +154,26 @@ class DecoderModel:
 
     # -- forward ----------------------------------------------------------------------
     def forward(self, state: State, tokens: Sequence[int], *, all_logits: np.ndarray | None = None,
-                profiler=None) -> np.ndarray:
+                profiler=None) -> Forward:
         """Run ``tokens`` through the model after what the cache already holds.
 
-        Returns the logits of the last position (a view of the workspace's buffer, valid
-        until the next call). With ``all_logits`` ((len(tokens), vocab) float32), every
-        position's logits are written there too.
+        Returns a :class:`Forward`: the logits of the last position (a view of the
+        workspace's buffer, valid until the next call) and the shifts a sliding cache made
+        (the moved keys are already re-rotated). With ``all_logits`` ((len(tokens), vocab)
+        float32), every position's logits are written there too.
         """
         ws, cache, nt = state.workspace, state.cache, state.n_threads
         total = len(tokens)
         if total == 0:
             raise ShapeError("forward needs at least one token")
         done = 0
+        shifts: tuple[Shift, ...] = ()
         while done < total:
             n = min(ws.max_tokens, total - done)
-            pos0 = cache.reserve(n)
+            pos0, shift = cache.reserve(n)
+            if shift is not None:
+                self.rotate_cached_keys(cache, *shift)
+                shifts += (shift,)
             ws.set_tokens(tokens, done, n)
             if profiler is None:
                 self._embed(ws, n, pos0)
@@ -175,7 +186,7 @@ class DecoderModel:
                 self._head(ws, 0, n, nt, all_logits[done:done + n])
             done += n
         self._head(ws, n - 1, 1, nt, None, profiler)
-        return state.workspace.arrays["logits"]
+        return Forward(ws.arrays["logits"], shifts)
 
     def _embed(self, ws: _blocks.Workspace, n: int, pos0: int) -> None:
         _blocks.embed(self.token_embd, ws, n, pos0, None, self.config.embed_scale)
