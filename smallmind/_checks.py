@@ -5,8 +5,8 @@ is not an integer here, a float is never truncated to a token id).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Integral
-from typing import Sequence
 
 import numpy as np
 

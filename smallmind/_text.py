@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import codecs
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import TokenizerError
 from .tokenizers import Tokenizer
@@ -30,8 +30,7 @@ class _TextAssembler:
                                  f"(vocabulary {self._tok.vocab_size}) cannot decode")
         piece = self._decoder.decode(self._tok.token_bytes(token))
         if self._strip and piece:
-            if piece.startswith(" "):
-                piece = piece[1:]
+            piece = piece.removeprefix(" ")
             self._strip = False
         return self._emit(piece, final=False)
 

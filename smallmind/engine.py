@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -23,8 +24,17 @@ from .sampling import SamplingParams
 from .session import Session
 from .tokenizers import ByteTokenizer, Tokenizer
 
-__all__ = ["Engine", "Session", "GenerationResult", "TokenChunk", "TokenStream", "Timings",
-           "DEFAULT_MODEL", "DEFAULT_MAX_CTX", "default_threads"]
+__all__ = [
+    "DEFAULT_MAX_CTX",
+    "DEFAULT_MODEL",
+    "Engine",
+    "GenerationResult",
+    "Session",
+    "Timings",
+    "TokenChunk",
+    "TokenStream",
+    "default_threads",
+]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default.gguf"
 #: The context an engine uses unless ``n_ctx=`` asks for more: min(trained, this).

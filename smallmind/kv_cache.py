@@ -24,10 +24,10 @@ When the cache is full, the ``overflow`` policy decides:
   (half of those, or more if the request needs it) with :meth:`shift`, moving the rest
   down. The moved keys were rotated for their old positions, so a rotary model must
   re-rotate them by ``-n_discard`` positions: ``reserve`` and ``shift`` return a
-  :class:`Shift` ``(start, count, delta)``, meaning "the tokens that were in slots
-  ``[start, start - delta)`` are gone, and the keys now in slots ``[start, start + count)``
+  :class:`Shift` ``(start, moved, delta)``, meaning "the tokens that were in slots
+  ``[start, start - delta)`` are gone, and the keys now in slots ``[start, start + moved)``
   of every layer moved by ``delta`` (< 0) positions". For RoPE the caller then runs
-  ``rope(k[layer, head, start:start + count], pos0=delta, pos_step=0)``. The cache calls
+  ``rope(k[layer, head, start:start + moved], pos0=delta, pos_step=0)``. The cache calls
   nothing back: whoever reserves handles the shift it is handed (no reference cycles).
 
 Positions are described by ``positional``:
@@ -54,10 +54,10 @@ POSITIONAL = ("rotary", "learned", "none")
 
 class Shift(NamedTuple):
     """What a slide of the window did: the tokens in slots ``[start, start - delta)`` were
-    dropped and the keys now in slots ``[start, start + count)`` moved by ``delta`` (< 0)."""
+    dropped and the keys now in slots ``[start, start + moved)`` moved by ``delta`` (< 0)."""
 
     start: int
-    count: int
+    moved: int
     delta: int
 
     @property

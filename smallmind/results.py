@@ -2,8 +2,9 @@
 :class:`TokenChunk` whose ``result`` is the same once exhausted."""
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import StaleStreamError
 
@@ -81,7 +82,8 @@ class TokenStream:
     had produced up to then. ``close()`` ends it early.
     """
 
-    def __init__(self, session: Session, chunks: Iterator[TokenChunk], run: _Run, epoch: int):
+    def __init__(self, session: Session, chunks: Generator[TokenChunk, None, None], run: _Run,
+                 epoch: int):
         self._session = session
         self._chunks = chunks
         self._run = run

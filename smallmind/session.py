@@ -18,17 +18,17 @@ import contextlib
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._checks import check_bool, check_int, token_ids
 from ._text import _TextAssembler
 from ._threads import check_threads
-from .errors import (ContextOverflowError, NonFiniteError, SessionBusyError, SmallMindError,
-                     TokenizerError)
+from .errors import ContextOverflowError, NonFiniteError, SessionBusyError, SmallMindError, TokenizerError
 from .kv_cache import OVERFLOW_POLICIES
-from .results import GenerationResult, TokenChunk, TokenStream, _Run, Timings
+from .results import GenerationResult, Timings, TokenChunk, TokenStream, _Run
 from .sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -250,8 +250,9 @@ class Session:
         return fwd.logits
 
     def _run(self, run: _Run, params: SamplingParams, profile: bool, n_threads: int,
-             epoch: int) -> Iterator[TokenChunk]:
-        from .profiler import current_profiler, profile as profile_ctx
+             epoch: int) -> Generator[TokenChunk, None, None]:
+        from .profiler import current_profiler
+        from .profiler import profile as profile_ctx
         engine, state = self.engine, self._state
         cache = state.cache
         state.n_threads = n_threads  # this call only: every call sets its own
@@ -271,7 +272,7 @@ class Session:
             self.tokens.extend(run.prompt_tokens)
             hist = self._history
             strip = tok is not None and tok.add_space_prefix and self.tokens[-1:] == [tok.bos_id]
-            text = _TextAssembler(tok, params.stop, strip) if tok is not None else None
+            text = _TextAssembler(tok, list(params.stop or ()), strip) if tok is not None else None
             logits = self._forward(pending, profiler)
             t_prompt = time.perf_counter_ns()
             t_first = t_prompt

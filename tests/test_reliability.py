@@ -9,13 +9,20 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import shared_model
-from smallmind import Engine, ModelConfig, SamplingParams
 from smallmind._core._pool import default_pool
-from smallmind.errors import (ContextOverflowError, ModelFormatError, NonFiniteError,
-                              SessionBusyError, SmallMindError, StaleStreamError, TokenizerError)
-from smallmind.formats.gguf_writer import gpt2_metadata, llama_metadata, write_gguf
+
+from smallmind import Engine, ModelConfig, SamplingParams
+from smallmind.errors import (
+    ContextOverflowError,
+    ModelFormatError,
+    NonFiniteError,
+    SessionBusyError,
+    SmallMindError,
+    StaleStreamError,
+    TokenizerError,
+)
+from smallmind.formats.gguf_writer import llama_metadata, write_gguf
 from smallmind.models import build_model
 from smallmind.models.init import random_tensors
 
@@ -397,3 +404,14 @@ def test_stop_text_is_cut_from_the_result_but_kept_in_the_context(seed_engine):
     spelled = bytes(r.tokens).decode()
     assert r.text + "ba" == spelled[:len(r.text) + 2]   # the tokens spelled the stop string...
     assert s.tokens == list(b"x") + r.tokens             # ...and the context keeps them
+
+
+def test_decode_refuses_non_integer_ids(seed_engine):
+    tok = seed_engine.tokenizer
+    with pytest.raises(TypeError, match="integer"):
+        tok.decode([1.5])
+    with pytest.raises(TypeError):
+        tok.decode(np.array([65.0]))
+    with pytest.raises(TypeError):
+        tok.decode(b"AB")
+    assert tok.decode(np.array([65, 66])) == "AB"

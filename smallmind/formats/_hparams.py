@@ -41,12 +41,12 @@ def check_hyperparameters(config: ModelConfig, path: Path | None = None) -> None
     window = config.sliding_window
     if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= 1 << 24:
         raise bad("sliding_window", window, f"an integer in [0, {1 << 24}]")
-    for name, low, high, inclusive in _REALS:
-        value = getattr(config, name)
-        ok = isinstance(value, (int, float)) and math.isfinite(value) and value <= high and (
-            value >= low if inclusive else value > low)
+    for name, low, top, inclusive in _REALS:
+        real = getattr(config, name)
+        ok = isinstance(real, (int, float)) and math.isfinite(real) and real <= top and (
+            real >= low if inclusive else real > low)
         if not ok:
-            raise bad(name, value, f"finite, in {'[' if inclusive else '('}{low:g}, {high:g}]")
+            raise bad(name, real, f"finite, in {'[' if inclusive else '('}{low:g}, {top:g}]")
     scale = config.attn_scale
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
                                   and 0 < scale <= 1e3):

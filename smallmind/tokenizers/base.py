@@ -43,8 +43,16 @@ class Tokenizer(ABC):
         return frozenset(i for i in (self.eos_id,) if i is not None)
 
     def check_ids(self, ids: Iterable[int]) -> None:
+        """TypeError for anything but integer ids (no float truncation), TokenizerError for
+        ids outside the vocabulary."""
+        from numbers import Integral
+
         from ..errors import TokenizerError
+        if isinstance(ids, (str, bytes, bytearray)):
+            raise TypeError(f"ids must be a sequence of token ids, got {type(ids).__name__}")
         for i in ids:
+            if isinstance(i, bool) or not isinstance(i, Integral):
+                raise TypeError(f"ids must hold integer token ids, got {i!r}")
             if not 0 <= int(i) < self.vocab_size:
                 raise TokenizerError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
 
