@@ -23,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from numbers import Integral, Real
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 
 from ._core._sampling import SamplerCore
 from .errors import SamplingError, SamplingTypeError
 
-__all__ = ["SamplingParams", "Sampler", "SamplingError"]
+__all__ = ["ParamOption", "Sampler", "SamplingError", "SamplingParams"]
 
 
 def _real(name: str, value: object) -> float:
@@ -199,6 +199,34 @@ class SamplingParams:
         """Parameter name -> one-line help (for CLI options and server schemas)."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
+    @classmethod
+    def options(cls) -> list[ParamOption]:
+        """One :class:`ParamOption` per field, derived from its annotation, default and
+        help: what a command line (``--top-p 0.9``) or a server schema needs to offer it."""
+        hints = get_type_hints(cls)
+        out = []
+        for f in fields(cls):
+            args = [a for a in get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+            scalar = next((a for a in (int, float, str) if a in args), None)
+            repeated = any(get_origin(a) is Sequence for a in args)
+            out.append(ParamOption(f.name, scalar, f.default, f.metadata.get("help", ""),
+                                   repeated, type(None) in get_args(hints[f.name])))
+        return out
+
+
+@dataclass(frozen=True)
+class ParamOption:
+    """How to offer one generation parameter: ``type`` is int, float or str (None: not a
+    plain value, e.g. logit_bias's mapping); ``repeated``: may be given several times
+    (stop); ``optional``: None is allowed (and means "off" or "the default")."""
+
+    name: str
+    type: type | None
+    default: Any
+    help: str
+    repeated: bool = False
+    optional: bool = False
+
 
 def _stop_strings(stop: object) -> tuple[str, ...]:
     if stop is None:
@@ -243,13 +271,15 @@ class Sampler(SamplerCore):
         self._configure(
             vocab_size,
             params.temperature,
-            params.top_k or 0,
+            min(params.top_k or 0, vocab_size),  # k >= vocab keeps all: the same thing
             1.0 if params.top_p is None else params.top_p,
             params.min_p or 0.0,
             params.repetition_penalty,
             params.presence_penalty,
             params.frequency_penalty,
-            -1 if params.penalty_last_n is None else params.penalty_last_n,
+            # A window longer than any history is the whole history (and fits a C integer).
+            -1 if params.penalty_last_n is None or params.penalty_last_n >= 2**31
+            else params.penalty_last_n,
             np.fromiter(bias.keys(), dtype=np.int32, count=len(bias)),
             np.fromiter(bias.values(), dtype=np.float32, count=len(bias)),
             np.random.Generator(np.random.PCG64(params.seed)),
