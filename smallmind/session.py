@@ -29,7 +29,7 @@ from ._threads import check_threads
 from .errors import ContextOverflowError, NonFiniteError, SessionBusyError, SmallMindError, TokenizerError
 from .kv_cache import OVERFLOW_POLICIES
 from .results import GenerationResult, Timings, TokenChunk, TokenStream, _Run
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingError, SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -62,6 +62,8 @@ class Session:
         self._lock = threading.Lock()
         self._epoch = 0              # bumped by every call: older streams are stale
         self._open_stream = -1       # epoch of a stream not yet finished
+        self._dropped = 0            # tokens a slide discarded during the current call
+        self._last_row = 0           # workspace row of the last forward's final position
 
     @property
     def capacity(self) -> int:
@@ -236,18 +238,34 @@ class Session:
             keep = self._state.cache.n_keep
             del self.tokens[keep:keep + fwd.n_discarded]
             self._dropped += fwd.n_discarded
-        # Cheap checks on the hot path: the sum of the logits and the squared norm of the last
-        # hidden state (a norm that overflows float32 turns the next RMSNorm into zeros). Only
-        # a failed check takes the slow path that looks closer.
         ws = self._state.workspace
-        hidden = ws.arrays["x"][(len(ids) - 1) % ws.max_tokens]
-        with np.errstate(over="ignore", invalid="ignore"):
-            norm2 = float(np.dot(hidden, hidden))
-            total = float(np.add.reduce(fwd.logits))
-        if not math.isfinite(norm2) or not (math.isfinite(total) or np.isfinite(fwd.logits).all()):
-            raise _non_finite_error(model, self.tokens[:self._state.cache.length],
-                                    self._state.n_threads)
+        self._last_row = (len(ids) - 1) % ws.max_tokens
         return fwd.logits
+
+    def _sample(self, sampler: Sampler, logits: np.ndarray, history: np.ndarray) -> int:
+        """``sampler.sample`` plus the cheap check for non-finite activations: the chosen
+        token's logit must be finite and differ from its neighbour's (an RMSNorm over an
+        overflowed hidden state makes every logit 0). Only a failed check, or NaN logits the
+        sampler refused, take the slow path that looks at everything and names the layer."""
+        try:
+            token = sampler.sample(logits, history)
+        except SamplingError:
+            self._check_finite(logits)
+            raise
+        value = logits[token]
+        if not math.isfinite(value) or value == logits[token - 1]:
+            self._check_finite(logits)
+        return token
+
+    def _check_finite(self, logits: np.ndarray) -> None:
+        """The slow path: every logit finite, and the last hidden state's squared norm
+        within float32; otherwise NonFiniteError naming the layer and position."""
+        hidden = self._state.workspace.arrays["x"][self._last_row]
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = math.isfinite(float(np.dot(hidden, hidden))) and bool(np.isfinite(logits).all())
+        if not ok:
+            raise _non_finite_error(self.engine.model, self.tokens[:self._state.cache.length],
+                                    self._state.n_threads)
 
     def _run(self, run: _Run, params: SamplingParams, profile: bool, n_threads: int,
              epoch: int) -> Generator[TokenChunk, None, None]:
@@ -274,6 +292,7 @@ class Session:
             strip = tok is not None and tok.add_space_prefix and self.tokens[-1:] == [tok.bos_id]
             text = _TextAssembler(tok, list(params.stop or ()), strip) if tok is not None else None
             logits = self._forward(pending, profiler)
+            self._check_finite(logits)  # once per call, in full
             t_prompt = time.perf_counter_ns()
             t_first = t_prompt
             n_hist = -1
@@ -282,10 +301,10 @@ class Session:
                     n_hist = min(len(self.tokens), hist.shape[0] - 1)
                     hist[:n_hist] = self.tokens[len(self.tokens) - n_hist:]
                 if profiler is None:
-                    token = sampler.sample(logits, hist[:n_hist])
+                    token = self._sample(sampler, logits, hist[:n_hist])
                 else:
                     with profiler.span("sampling", tokens=1):
-                        token = sampler.sample(logits, hist[:n_hist])
+                        token = self._sample(sampler, logits, hist[:n_hist])
                 if i == 0:
                     t_first = time.perf_counter_ns()
                 if token in stop_ids:
