@@ -116,14 +116,21 @@ def test_sessions_on_threads_give_the_sequential_tokens(llama_engine):
     for t in threads:
         t.join()
     assert [got[i] for i in range(4)] == expected
-    # Engine.generate from threads: each caller gets its own session when the cached one is busy.
+    # Engine.generate from threads: each caller gets its own session when the cached one is busy,
+    # and those sessions are freed as soon as their calls return (no cycle waits for the GC).
+    live = default_pool().stats().live_bytes
+    gc.disable()
     out: dict[int, list[int]] = {}
     threads = [threading.Thread(target=lambda i=i: out.__setitem__(
         i, llama_engine.generate(prompts[i], seed=i, **kw).tokens)) for i in range(4)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+        assert default_pool().stats().live_bytes == live
+    finally:
+        gc.enable()
     assert [out[i] for i in range(4)] == expected
 
 
