@@ -1,14 +1,14 @@
-"""Chat: render a conversation with the model's own template; an interactive REPL."""
+"""Chat: render a conversation with the model's own template (the REPL is in ``_repl.py``)."""
 from __future__ import annotations
 
-import sys
+import warnings
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from .errors import SmallMindError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Engine, Session, TokenStream
+    from .engine import Engine
 
 CHATML_END = "<|im_end|>"
 
@@ -37,7 +37,8 @@ def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: b
     if template:
         try:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
-        except ImportError:  # the `chat` extra is not installed
+        except ImportError:  # a dependency, but an install can still lack it
+            _fallback_warning(engine, "jinja2 is not installed")
             template = None
     if not template:
         return render_chatml(messages, add_generation_prompt)
@@ -54,8 +55,18 @@ def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: b
     special = getattr(tok, "token_text", None)
     bos = special(tok.bos_id) if special and tok.bos_id is not None else piece(tok.bos_id)
     eos = special(tok.eos_id) if special and tok.eos_id is not None else piece(tok.eos_id)
-    return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
-                                            add_generation_prompt=add_generation_prompt)
+    from jinja2 import TemplateError
+    try:
+        return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
+                                                add_generation_prompt=add_generation_prompt)
+    except TemplateError as exc:  # raise_exception() above is the template refusing: not caught
+        _fallback_warning(engine, f"its chat template cannot be rendered ({exc})")
+        return render_chatml(messages, add_generation_prompt)
+
+
+def _fallback_warning(engine: Engine, reason: str) -> None:
+    # The same text from the same line is shown once per process (the default filter).
+    warnings.warn(f"{engine.source}: {reason}; using ChatML instead", RuntimeWarning, stacklevel=3)
 
 
 def encode_chat(engine: "Engine", messages: list[dict]) -> list[int]:
@@ -76,49 +87,3 @@ def encode_chat(engine: "Engine", messages: list[dict]) -> list[int]:
 
 def chat_stop_strings(engine: "Engine") -> list[str]:
     return [CHATML_END] if not engine.chat_template or CHATML_END in engine.chat_template else []
-
-
-class ChatREPL:
-    """``smallmind chat``: read a line, answer it, keep the KV cache across turns.
-
-    Each turn renders the whole conversation and runs only the tokens past the longest
-    prefix already in the session's cache, so earlier turns are never recomputed.
-    """
-
-    def __init__(self, engine: "Engine", *, system: str | None = None, sampling: dict | None = None,
-                 stdin=None, stdout=None):
-        self.engine = engine
-        self.session: "Session" = engine.session()
-        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self.sampling = dict(sampling or {})
-        self.stdin = stdin or sys.stdin
-        self.stdout = stdout or sys.stdout
-
-    def turn(self, user_text: str) -> str:
-        """Answer one user message, streaming it to stdout; returns the answer."""
-        self.messages.append({"role": "user", "content": user_text})
-        ids = encode_chat(self.engine, self.messages)
-        new_ids = self.session.continue_with(ids)
-        sampling = dict(self.sampling)
-        sampling["stop"] = list(sampling.get("stop") or []) + chat_stop_strings(self.engine)
-        answer = []
-        stream = cast("TokenStream", self.session.generate(new_ids, stream=True, **sampling))
-        for chunk in stream:
-            answer.append(chunk.text)
-            self.stdout.write(chunk.text)
-            self.stdout.flush()
-        self.stdout.write("\n")
-        text = "".join(answer).strip()
-        self.messages.append({"role": "assistant", "content": text})
-        return text
-
-    def run(self) -> int:
-        out = self.stdout
-        out.write("smallmind chat - empty line or Ctrl-D to quit\n")
-        while True:
-            out.write("> ")
-            out.flush()
-            line = self.stdin.readline()
-            if not line or not line.strip():
-                return 0
-            self.turn(line.rstrip("\n"))

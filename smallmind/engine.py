@@ -19,6 +19,8 @@ from .sampling import Sampler, SamplingParams
 from .tokenizers import ByteTokenizer, Tokenizer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default.gguf"
+#: generate()'s default max_new_tokens, also the command line's -n default.
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class Session:
             pass
 
     # -- generation ---------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[int] = "", *, max_new_tokens: int = 128,
+    def generate(self, prompt: str | Sequence[int] = "", *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, repetition_penalty: float = 1.0,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
@@ -416,6 +418,15 @@ class Engine:
         return cls(model, loaded.tokenizer, n_threads=n_threads, n_ctx=n_ctx,
                    chat_template=loaded.chat_template, source=str(path),
                    metadata=loaded.metadata)
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: str, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, **load_kwargs: Any) -> "Engine":
+        """Load ``filename`` (a path or a glob such as ``"*Q4_1.gguf"``) of the Hugging Face model
+        repository ``repo_id``, through huggingface_hub's cache (:func:`smallmind.hub.download`);
+        ``load_kwargs`` are those of :meth:`load`."""
+        from .hub import download
+        return cls.load(download(repo_id, filename, revision=revision, cache_dir=cache_dir), **load_kwargs)
 
     # -- use ------------------------------------------------------------------------------
     def session(self, *, overflow: str = "error", n_keep: int = 0,
