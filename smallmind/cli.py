@@ -26,9 +26,9 @@ SAMPLING_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("top_k", int, "keep only the K most likely tokens (0 or unset: off)"),
     ("top_p", float, "keep the most likely tokens whose probabilities add up to P (1 or unset: off)"),
     ("min_p", float, "keep tokens at least P times as likely as the most likely one (0 or unset: off)"),
-    ("repetition_penalty", float, "shrink the logits of recently seen tokens by this factor (1: off)"),
-    ("presence_penalty", float, "subtract this from the logit of every recently seen token (0: off)"),
-    ("frequency_penalty", float, "subtract this times its count from a recent token's logit (0: off)"),
+    ("repetition_penalty", float, "shrink the logits of recently seen tokens by this factor; 1 is off"),
+    ("presence_penalty", float, "subtract this from the logit of every recently seen token; 0 is off"),
+    ("frequency_penalty", float, "subtract this times its count from a recent token's logit; 0 is off"),
     ("seed", int, "random seed: the same seed gives the same text (unset: a fresh one each run)"),
 )
 
@@ -51,7 +51,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         if "%(default)" in text or "default" in text or not action.option_strings:
             return text
-        if action.default in (None, False, argparse.SUPPRESS):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -105,7 +105,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     from .sampling import SamplingParams
     defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
     p.add_argument("-n", "--max-new-tokens", type=_count, default=_default_max_new_tokens(), metavar="N",
-                   help="tokens to generate at most (fewer when the context is full)")
+                   help="tokens to generate at most; fewer when the context is full")
     for name, kind, text in SAMPLING_OPTIONS:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=defaults[name],
                        metavar=name.split("_")[-1].upper(), help=text)

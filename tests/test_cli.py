@@ -138,7 +138,8 @@ def test_every_command_and_option_explains_itself(capsys):
             assert action.help, (name, action.dest)
         text = p.format_help()
         for action in p._actions:
-            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            if action.option_strings and action.default is not None and action.default is not False \
+                    and action.default != argparse.SUPPRESS:
                 assert f"default: {action.default}" in " ".join(text.split()), (name, action.dest)
 
 

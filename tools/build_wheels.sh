@@ -19,11 +19,14 @@ echo "== auditwheel show $(basename "$wheel")"
 auditwheel show "$wheel"
 auditwheel repair --only-plat -w "$raw/repaired" "$wheel"
 python - "$raw"/repaired/*.whl <<'PY'
-import sys, zipfile
+import os, sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 bundled = [n for n in names if ".libs/" in n]
 assert not bundled, f"auditwheel bundled external libraries: {bundled}"
 assert any(n.endswith("/LICENSE") for n in names), "LICENSE is missing from the wheel"
+size = os.path.getsize(sys.argv[1])
+assert size <= 3_000_000, f"the wheel is {size:,} bytes, over the 3 MB budget"
+print(f"{os.path.basename(sys.argv[1])}: {size:,} bytes, no bundled libraries, LICENSE inside")
 PY
 mkdir -p "$out"
 cp "$raw"/smallmind-*.tar.gz "$raw"/repaired/*.whl "$out"/
