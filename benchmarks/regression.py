@@ -15,7 +15,8 @@ Ratios, not absolute speeds: a slower or busier CPU slows smallmind and its peer
   ratios of ``benchmarks/compare.py --quick --threads 1``.
 
 A metric fails when its ratio falls below ``baseline * (1 - tolerance)`` in every run: a run
-showing a regression is repeated (``--retries``, 2) and each ratio is its best over the runs. The tolerance
+showing a regression is repeated (``--retries``, 2) and each ratio is its best over the runs;
+``--update`` writes the median of 5 runs. The tolerance
 (``baseline.json``: 0.4 unless a metric sets its own) is wide on purpose: CI runs on shared
 2-core machines and on different CPUs (AMD Zen 3 / Zen 4, Intel with AMX) whose NumPy and
 smallmind take different SIMD paths; it still catches what matters, a kernel falling off its
@@ -36,6 +37,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,10 +177,16 @@ def best_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {name: max(r[name] for r in runs if name in r) for name in {n for r in runs for n in r}}
 
 
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's median over the runs: the baseline, robust to a run disturbed either way."""
+    names = {n for r in runs for n in r}
+    return {name: statistics.median(r[name] for r in runs if name in r) for name in names}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--update", action="store_true",
-                    help="write the measured ratios (best of 3 runs) as this ISA path's baseline")
+                    help="write the measured ratios (median of 5 runs) as this ISA path's baseline")
     ap.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
     ap.add_argument("--retries", type=int, default=2,
                     help="runs repeated while some metric is below tolerance (default: 2)")
@@ -188,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     notes = [f"CPU: {info['cpu']}; {info['cpu_count']} cores; 1-minute load {info.get('loadavg_1min', 0):.1f}"]
     baseline = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
-    runs = [measure(not args.no_llama_cpp, notes) for _ in range(3 if args.update else 1)]
+    runs = [measure(not args.no_llama_cpp, notes) for _ in range(5 if args.update else 1)]
     if args.update:
         baseline.setdefault("tolerance", {"default": DEFAULT_TOLERANCE})
-        baseline.setdefault("isa", {})[isa] = {k: round(v, 4) for k, v in sorted(best_of(runs).items())}
+        baseline.setdefault("isa", {})[isa] = {k: round(v, 4) for k, v in sorted(median_of(runs).items())}
         baseline["refresh"] = "python benchmarks/regression.py --update"
         BASELINE.write_text(json.dumps(baseline, indent=2) + "\n")
         notes.append(f"baseline for `{isa}` written to {BASELINE.relative_to(REPO)}")

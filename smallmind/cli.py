@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -312,8 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return args.func(args)
-    except (BrokenPipeError, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")  # the shell's prompt on a line of its own
         return 130
+    except BrokenPipeError:  # `smallmind generate ... | head`: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     # Bad input (files, models, values the API refused) is the user's to fix: one line, no
     # traceback. A missing optional dependency says which extra to install.
     except (_UsageError, SmallMindError, OSError, ValueError, ImportError) as exc:
