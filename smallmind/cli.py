@@ -123,12 +123,11 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _engine(args: argparse.Namespace):
-    from .engine import Engine
-    if args.model:
-        return Engine.load(args.model, tokenizer=args.tokenizer, n_threads=args.threads, n_ctx=args.ctx)
-    if args.tokenizer:
+    from .engine import DEFAULT_MODEL, Engine
+    if args.tokenizer and not args.model:
         raise _UsageError("--tokenizer needs --model")
-    return Engine.default(n_threads=args.threads or 1)
+    return Engine.load(args.model or DEFAULT_MODEL, tokenizer=args.tokenizer, n_threads=args.threads,
+                       n_ctx=args.ctx)
 
 
 def _timings_line(t) -> str:
@@ -156,7 +155,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sampling["max_new_tokens"] = room
     else:
         # Rotary models slide their window past the context, keeping BOS.
-        keep = 1 if engine.tokenizer is not None and engine.tokenizer.add_bos else 0
+        keep = 1 if engine.tokenizer.add_bos else 0
         session = engine.session(overflow="shift", n_keep=keep)
     chunks = session.generate(ids, stream=True, **sampling)  # validates before any output
     out = sys.stdout
