@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _report import machine_info
@@ -103,7 +104,7 @@ def seed_ratio(repeats: int = 3) -> dict[str, float]:
     return {"seed/kv_cache_vs_reference": _best(reference, 1) / _best(ours, repeats)}
 
 
-def _best(fn, repeats: int) -> float:
+def _best(fn: Callable[[], None], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -12,10 +12,13 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import SmallMindError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine, Timings
 
 DESCRIPTION = ("Fast CPU inference for small transformer language models (GGUF, llama2.c). "
                "Without --model, the small Shakespeare model embedded in the package is used.")
@@ -122,7 +125,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return dict(params, max_new_tokens=args.max_new_tokens, stop=args.stop)
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace) -> Engine:
     from .engine import DEFAULT_MODEL, Engine
     if args.tokenizer and not args.model:
         raise _UsageError("--tokenizer needs --model")
@@ -130,7 +133,7 @@ def _engine(args: argparse.Namespace):
                        n_ctx=args.ctx)
 
 
-def _timings_line(t) -> str:
+def _timings_line(t: Timings) -> str:
     return (f"[prompt {t.prompt_tokens} tok in {t.prompt_ms:.1f} ms ({t.prompt_tokens_per_s:,.0f} tok/s); "
             f"decode {t.decode_tokens} tok in {t.decode_ms:.1f} ms ({t.decode_tokens_per_s:,.0f} tok/s); "
             f"first token {t.ttft_ms:.1f} ms]")
@@ -299,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
     print(f"smallmind: warning: {message}", file=sys.stderr)
 
 
