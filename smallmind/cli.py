@@ -120,8 +120,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for generate(), checked now so that misuse is an error before any output."""
     from .sampling import SamplingParams
+    from .errors import SamplingError
     params = {name: getattr(args, name) for name, _, _ in SAMPLING_OPTIONS}
-    SamplingParams(**params)  # raises SamplingError naming the parameter
+    for name, value in params.items():  # one at a time, so the error names the option
+        try:
+            SamplingParams(**{name: value})
+        except SamplingError as exc:
+            raise _UsageError(f"argument --{name.replace('_', '-')}: {exc}") from None
     return dict(params, max_new_tokens=args.max_new_tokens, stop=args.stop)
 
 
