@@ -1,15 +1,14 @@
-"""Chat: render a conversation with the model's own template; an interactive REPL."""
+"""Chat: render a conversation with the model's own template (the REPL is in ``_repl.py``)."""
 from __future__ import annotations
 
-import sys
+import warnings
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
-from .errors import ContextOverflowError, SmallMindError
+from .errors import SmallMindError
 from .tokenizers import Tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .results import TokenStream
     from .session import Session
 
 
@@ -49,7 +48,8 @@ def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str
     if template:
         try:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
-        except ImportError:  # the `chat` extra is not installed
+        except ImportError:  # a dependency, but an install can still lack it
+            _fallback_warning("jinja2 is not installed")
             template = None
     if not template:
         return render_chatml(messages, add_generation_prompt)
@@ -67,8 +67,18 @@ def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str
     special = getattr(tok, "token_text", None)
     bos = special(tok.bos_id) if special and tok.bos_id is not None else piece(tok.bos_id)
     eos = special(tok.eos_id) if special and tok.eos_id is not None else piece(tok.eos_id)
-    return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
-                                            add_generation_prompt=add_generation_prompt)
+    from jinja2 import TemplateError
+    try:
+        return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
+                                                add_generation_prompt=add_generation_prompt)
+    except TemplateError as exc:  # raise_exception() above is the template refusing: not caught
+        _fallback_warning(f"the model's chat template cannot be rendered ({exc})")
+        return render_chatml(messages, add_generation_prompt)
+
+
+def _fallback_warning(reason: str) -> None:
+    # The same text from the same line is shown once per process (the default filter).
+    warnings.warn(f"{reason}; using ChatML instead", RuntimeWarning, stacklevel=3)
 
 
 def encode_chat(messages: list[dict], tokenizer: Tokenizer, template: str | None) -> list[int]:
@@ -88,71 +98,3 @@ def encode_chat(messages: list[dict], tokenizer: Tokenizer, template: str | None
 def chat_stop_strings(template: str | None) -> list[str]:
     """ChatML's end-of-turn text, for templates that use it (or none)."""
     return [CHATML_END] if not template or CHATML_END in template else []
-
-
-class ChatREPL:
-    """``smallmind chat``: read a line, answer it, keep the KV cache across turns.
-
-    Each turn renders the whole conversation and runs only the tokens past the longest
-    prefix already in the session's cache, so earlier turns are never recomputed.
-    """
-
-    def __init__(self, engine: ChatModel, *, system: str | None = None,
-                 sampling: dict[str, Any] | None = None, stdin: Any = None, stdout: Any = None):
-        if engine.tokenizer is None:
-            raise SmallMindError("chat needs a model with a tokenizer")
-        self.engine = engine
-        self.tokenizer: Tokenizer = engine.tokenizer
-        self.session: Session = engine.session()
-        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self.sampling = dict(sampling or {})
-        self.stdin = stdin or sys.stdin
-        self.stdout = stdout or sys.stdout
-
-    def turn(self, user_text: str) -> str:
-        """Answer one user message, streaming it to stdout; returns the answer.
-
-        Same rule as generate: a conversation that no longer fits the context is refused
-        with one line (start a new chat), and an answer that reaches the end of the context
-        stops there, saying so."""
-        template = self.engine.chat_template
-        messages = self.messages + [{"role": "user", "content": user_text}]
-        ids = encode_chat(messages, self.tokenizer, template)
-        sampling = dict(self.sampling)
-        sampling["stop"] = [*(sampling.get("stop") or []), *chat_stop_strings(template)]
-        if len(ids) > self.session.capacity:
-            self.stdout.write(f"[the conversation is {len(ids)} tokens, the context is "
-                              f"{self.session.capacity}: start a new chat]\n")
-            return ""
-        new_ids = self.session.continue_with(ids)
-        answer = []
-        try:
-            stream = cast("TokenStream", self.session.generate(new_ids, stream=True, **sampling))
-        except ContextOverflowError as exc:
-            self.stdout.write(f"[{exc}]\n")
-            return ""
-        for chunk in stream:
-            answer.append(chunk.text)
-            self.stdout.write(chunk.text)
-            self.stdout.flush()
-        self.stdout.write("\n")
-        result = stream.result
-        if result is not None and result.finish_reason == "length" and \
-                len(self.session.tokens) >= self.session.capacity:
-            self.stdout.write(f"[the context of {self.session.capacity} tokens is full: "
-                              f"start a new chat]\n")
-        self.messages = messages
-        text = "".join(answer).strip()
-        self.messages.append({"role": "assistant", "content": text})
-        return text
-
-    def run(self) -> int:
-        out = self.stdout
-        out.write("smallmind chat - empty line or Ctrl-D to quit\n")
-        while True:
-            out.write("> ")
-            out.flush()
-            line = self.stdin.readline()
-            if not line or not line.strip():
-                return 0
-            self.turn(line.rstrip("\n"))

@@ -1,70 +1,174 @@
-"""The ``smallmind`` command: generate, chat, bench, profile, inspect, perplexity."""
+"""The ``smallmind`` command: generate, chat, pull, inspect, perplexity, profile, bench.
+
+Misuse is one line on stderr, ``smallmind: error: ...``, with exit status 2 and no
+traceback, and it is reported before anything is written to stdout.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
-from typing import Sequence
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import __version__
+from .errors import SmallMindError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine, Timings
+
+DESCRIPTION = ("Fast CPU inference for small transformer language models (GGUF, llama2.c). "
+               "Without --model, the small Shakespeare model embedded in the package is used.")
+
+# Sampling options: (SamplingParams field, value type, help). Flags and defaults come from
+# the field, so the command line and the Python API cannot disagree.
+SAMPLING_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("temperature", float, "sampling temperature; 0 is greedy decoding"),
+    ("top_k", int, "keep only the K most likely tokens (0 or unset: off)"),
+    ("top_p", float, "keep the most likely tokens whose probabilities add up to P (1 or unset: off)"),
+    ("min_p", float, "keep tokens at least P times as likely as the most likely one (0 or unset: off)"),
+    ("repetition_penalty", float, "shrink the logits of recently seen tokens by this factor; 1 is off"),
+    ("presence_penalty", float, "subtract this from the logit of every recently seen token; 0 is off"),
+    ("frequency_penalty", float, "subtract this times its count from a recent token's logit; 0 is off"),
+    ("seed", int, "random seed: the same seed gives the same text (unset: a fresh one each run)"),
+)
+
+
+class _UsageError(Exception):
+    """Bad input found by the command itself (reported like an argparse error)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line, ``smallmind: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see '{self.prog} --help')")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, unless the help text already says what unset means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text or not action.option_strings:
+            return text
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _error_line(message: str) -> int:
+    """Print ``smallmind: error: message`` on one line; returns the exit status, 2."""
+    print(f"smallmind: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _fail(message: str) -> NoReturn:
+    sys.exit(_error_line(message))
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _default_max_new_tokens() -> int:
+    from .sampling import DEFAULT_MAX_NEW_TOKENS
+    return DEFAULT_MAX_NEW_TOKENS
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", help="GGUF or llama2.c .bin file (default: the embedded model)")
-    p.add_argument("--tokenizer", help="tokenizer file for llama2.c models (tokenizer.bin)")
-    p.add_argument("--threads", "-t", type=int, default=None, help="threads (default: fastest for the model)")
-    p.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--model", "-m", metavar="FILE",
+                   help="GGUF or llama2.c .bin file (default: the embedded Shakespeare model); "
+                        "'smallmind pull' fetches one from the Hugging Face Hub")
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="tokenizer file for a llama2.c model (default: tokenizer.bin beside it)")
+    p.add_argument("--threads", "-t", type=_positive, metavar="N",
+                   help="threads (default: what runs this model fastest)")
+    p.add_argument("--ctx", type=_positive, metavar="N", help="context length (default: the model's)")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, n_default: int = 200) -> None:
-    p.add_argument("-n", "--max-new-tokens", type=int, default=n_default)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    from .sampling import SamplingParams
+    defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+    p.add_argument("-n", "--max-new-tokens", type=_count, default=_default_max_new_tokens(), metavar="N",
+                   help="tokens to generate at most; fewer when the context is full")
+    for name, kind, text in SAMPLING_OPTIONS:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=defaults[name],
+                       metavar=name.split("_")[-1].upper(), help=text)
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="stop when this text appears (repeatable; default: none)")
 
 
-def _sampling(args) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                seed=args.seed, stop=args.stop)
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for generate(), checked now so that misuse is an error before any output."""
+    from .sampling import SamplingParams
+    from .errors import SamplingError
+    params = {name: getattr(args, name) for name, _, _ in SAMPLING_OPTIONS}
+    for name, value in params.items():  # one at a time, so the error names the option
+        try:
+            SamplingParams(**{name: value})
+        except SamplingError as exc:
+            raise _UsageError(f"argument --{name.replace('_', '-')}: {exc}") from None
+    return dict(params, max_new_tokens=args.max_new_tokens, stop=args.stop)
 
 
-def _engine(args):
-    from .engine import Engine
-    if args.model:
-        return Engine.load(args.model, tokenizer=args.tokenizer, n_threads=args.threads, n_ctx=args.ctx)
-    return Engine.default(n_threads=args.threads or 1)
+def _engine(args: argparse.Namespace) -> Engine:
+    from .engine import DEFAULT_MODEL, Engine
+    if args.tokenizer and not args.model:
+        raise _UsageError("--tokenizer needs --model")
+    return Engine.load(args.model or DEFAULT_MODEL, tokenizer=args.tokenizer, n_threads=args.threads,
+                       n_ctx=args.ctx)
 
 
-def _timings_line(t) -> str:
+def _timings_line(t: Timings) -> str:
     return (f"[prompt {t.prompt_tokens} tok in {t.prompt_ms:.1f} ms ({t.prompt_tokens_per_s:,.0f} tok/s); "
             f"decode {t.decode_tokens} tok in {t.decode_ms:.1f} ms ({t.decode_tokens_per_s:,.0f} tok/s); "
             f"first token {t.ttft_ms:.1f} ms]")
 
 
-def cmd_generate(args) -> int:
-    engine = _engine(args)
-    prompt = args.prompt if args.prompt is not None else ""
+def cmd_generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
+    engine = _engine(args)
+    prompt = args.prompt
+    if engine.tokenizer is None:
+        raise _UsageError(f"{engine.source} has no tokenizer: give one with --tokenizer")
+    ids = engine.tokenizer.encode(prompt)
+    if len(ids) >= engine.n_ctx:
+        raise _UsageError(f"the prompt is {len(ids)} tokens, the context is {engine.n_ctx}")
     if engine.config.learned_positions:
         # Learned absolute positions cannot slide: stop where the context ends.
         session = engine.session()
-        used = len(engine.tokenizer.encode(prompt)) if engine.tokenizer is not None else 0
-        room = max(engine.n_ctx - used, 0)
+        room = engine.n_ctx - max(len(ids), 1)
         if sampling["max_new_tokens"] > room:
             print(f"smallmind: the context holds {engine.n_ctx} tokens: generating {room}, "
                   f"not {sampling['max_new_tokens']}", file=sys.stderr)
             sampling["max_new_tokens"] = room
     else:
         # Rotary models slide their window past the context, keeping BOS.
-        keep = 1 if engine.tokenizer is not None and engine.tokenizer.add_bos else 0
+        keep = 1 if engine.tokenizer.add_bos else 0
         session = engine.session(overflow="shift", n_keep=keep)
+    chunks = session.generate(ids, stream=True, **sampling)  # validates before any output
     out = sys.stdout
     out.write(prompt)
     out.flush()
-    chunks = session.generate(prompt, stream=True, **sampling)
     for chunk in chunks:
         out.write(chunk.text)
         out.flush()
@@ -73,27 +177,31 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_chat(args) -> int:
-    from .chat import ChatREPL
-    return ChatREPL(_engine(args), system=args.system, sampling=_sampling(args)).run()
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ._repl import ChatREPL
+    sampling = _sampling(args)
+    return ChatREPL(_engine(args), system=args.system, sampling=sampling).run()
 
 
-def cmd_bench(args) -> int:
-    from ._bench import run_seed_workload, format_table
-    result = run_seed_workload(quick=args.quick, model=args.model)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(format_table(result))
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .hub import download
+    print(download(args.repo, args.file, revision=args.revision))
     return 0
 
 
-def cmd_profile(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import format_table, run_seed_workload
+    result = run_seed_workload(quick=args.quick, model=args.model)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
     from .profiler import profile
+    sampling = _sampling(args)
     engine = _engine(args)
-    prompt = args.prompt if args.prompt is not None else "ROMEO:"
     with profile() as prof:
-        engine.generate(prompt, **_sampling(args))
+        engine.generate(args.prompt, **sampling)
     print(prof.table(by=args.by))
     if args.trace:
         prof.to_chrome_trace(args.trace)
@@ -101,19 +209,29 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def cmd_inspect(args) -> int:
+def cmd_inspect(args: argparse.Namespace) -> int:
     from .formats.inspect import describe
     from .formats.loader import load_model
     print(describe(load_model(args.path, tokenizer=args.tokenizer)))
     return 0
 
 
-def cmd_perplexity(args) -> int:
+def cmd_perplexity(args: argparse.Namespace) -> int:
     from .evaluate import perplexity
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise _UsageError(f"{args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise _UsageError(f"{args.file}: the file holds no text")
     engine = _engine(args)
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
-    result = perplexity(engine, text, n_ctx=args.ctx, progress=not args.quiet)
+    # A progress bar is for a person watching: never written into a redirected file.
+    progress = not args.quiet and sys.stderr.isatty()
+    try:
+        result = perplexity(engine, text, n_ctx=args.ctx, progress=progress)
+    except ValueError as exc:
+        raise _UsageError(f"{args.file}: {exc}") from None
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -123,60 +241,98 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smallmind", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _command(sub, name: str, func, summary: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=summary, description=description, formatter_class=_HelpFormatter)
+    p.set_defaults(func=func)
+    return p
 
-    p = sub.add_parser("generate", help="stream generated text to stdout (timings to stderr)")
-    p.add_argument("prompt", nargs="?", default=None)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smallmind", description=DESCRIPTION, formatter_class=_HelpFormatter,
+                     epilog="'smallmind COMMAND --help' describes a command.")
+    parser.add_argument("--version", action="version", version=f"smallmind {__version__}")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+
+    p = _command(sub, "generate", cmd_generate, "continue a prompt",
+                 "Continue PROMPT and stream the text to stdout; timings go to stderr.")
+    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
     _add_model_args(p)
     _add_sampling_args(p)
-    p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="interactive chat that keeps the KV cache across turns")
+    p = _command(sub, "chat", cmd_chat, "chat with a model in the terminal",
+                 "Chat in the terminal with the model's own chat template, keeping the KV cache "
+                 "across turns; the oldest turns are forgotten when the context is full. "
+                 "Reads one message per line; Ctrl-D ends the chat.")
     _add_model_args(p)
-    _add_sampling_args(p, n_default=512)
-    p.add_argument("--system", default=None, help="system prompt")
-    p.set_defaults(func=cmd_chat)
+    _add_sampling_args(p)
+    p.add_argument("--system", metavar="TEXT", help="system prompt (default: the template's own, if any)")
 
-    p = sub.add_parser("bench", help="run the seed workload benchmark")
+    p = _command(sub, "pull", cmd_pull, "download a model file from the Hugging Face Hub",
+                 "Download FILE of the model repository REPO into the Hugging Face cache (or find it "
+                 "there) and print its path. Needs the hub extra: pip install 'smallmind[hub]'. "
+                 "HF_HUB_OFFLINE=1 uses the cache only.")
+    p.add_argument("repo", help="repository id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+    p.add_argument("file", help="file name in the repository, or a pattern matching one file, e.g. '*Q4_1.gguf'")
+    p.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
+
+    p = _command(sub, "inspect", cmd_inspect, "describe a model file",
+                 "Print a model file's architecture, hyper-parameters, tensors and tokenizer.")
+    p.add_argument("path", help="GGUF or llama2.c .bin file")
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="tokenizer file for a llama2.c model (default: tokenizer.bin beside it)")
+
+    p = _command(sub, "perplexity", cmd_perplexity, "score a model on a text file",
+                 "Bits per byte and perplexity of the model over a UTF-8 text file, in consecutive "
+                 "windows of the context length.")
+    p.add_argument("file", help="UTF-8 text file")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a sentence")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bar (there is none anyway unless stderr is a terminal)")
+
+    p = _command(sub, "profile", cmd_profile, "show where the time of a generation goes",
+                 "Generate once from PROMPT and print the time and memory of each op or layer.")
+    p.add_argument("prompt", nargs="?", default="ROMEO:", help="text to continue")
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.add_argument("--by", choices=("op", "layer", "op_layer"), default="op", help="rows of the table")
+    p.add_argument("--trace", metavar="FILE", help="also write a Chrome trace JSON file for ui.perfetto.dev")
+
+    p = _command(sub, "bench", cmd_bench, "run the seed benchmark workload",
+                 "Time the seed workload (a 470K-parameter GPT-2, 3 sessions of 10 prompt + 50 "
+                 "generated tokens) and print a table.")
+    p.add_argument("--quick", action="store_true", help="fewer repeats: a rough figure in seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--model", default=None, help="run the workload on this model file instead")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("profile", help="generate once and print where the time went")
-    p.add_argument("prompt", nargs="?", default=None)
-    _add_model_args(p)
-    _add_sampling_args(p, n_default=64)
-    p.add_argument("--by", choices=("op", "layer", "op_layer"), default="op")
-    p.add_argument("--trace", help="also write a Chrome trace JSON file (Perfetto)")
-    p.set_defaults(func=cmd_profile)
-
-    p = sub.add_parser("inspect", help="describe a model file")
-    p.add_argument("path")
-    p.add_argument("--tokenizer", default=None)
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser("perplexity", help="bits per byte / perplexity of a model over a text file")
-    p.add_argument("file")
-    _add_model_args(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_perplexity)
+    p.add_argument("--model", metavar="FILE", help="run the workload on this model file instead")
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    print(f"smallmind: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import SmallMindError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return args.func(args)
-    except (BrokenPipeError, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")  # the shell's prompt on a line of its own
         return 130
-    except (SmallMindError, OSError) as exc:  # bad model/input, or a file that cannot be read
-        print(f"smallmind: error: {exc}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # `smallmind generate ... | head`: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    # Bad input (files, models, values the API refused) is the user's to fix: one line, no
+    # traceback. A missing optional dependency says which extra to install.
+    except (_UsageError, SmallMindError, OSError, ValueError, ImportError) as exc:
+        return _error_line(str(exc) or type(exc).__name__)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -138,6 +138,15 @@ class Engine:
                    chat_template=loaded.chat_template, source=str(path),
                    metadata=loaded.metadata)
 
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: str, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, **load_kwargs: Any) -> Engine:
+        """Load ``filename`` (a path or a glob such as ``"*Q4_1.gguf"``) of the Hugging Face model
+        repository ``repo_id``, through huggingface_hub's cache (:func:`smallmind.hub.download`);
+        ``load_kwargs`` are those of :meth:`load`."""
+        from .hub import download
+        return cls.load(download(repo_id, filename, revision=revision, cache_dir=cache_dir), **load_kwargs)
+
     # -- use ------------------------------------------------------------------------------
     def session(self, *, overflow: str = "error", n_keep: int = 0,
                 n_threads: int | None = None) -> Session:

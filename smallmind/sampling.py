@@ -55,6 +55,10 @@ def _integer(name: str, value: object) -> int:
     return int(value)
 
 
+#: generate()'s default max_new_tokens, also the command line's -n default.
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
 def _param(default: Any, help: str, **kwargs: Any) -> Any:
     """A field whose ``metadata["help"]`` documents it (the CLI builds its options from it)."""
     return field(default=default, metadata={"help": help}, **kwargs)
@@ -92,7 +96,7 @@ class SamplingParams:
         give equal tokens; None draws fresh entropy.
     """
 
-    max_new_tokens: int = _param(128, "most tokens to generate (generation also stops at the end "
+    max_new_tokens: int = _param(DEFAULT_MAX_NEW_TOKENS, "most tokens to generate (generation also stops at the end "
                                       "of the context, with finish_reason 'length')")
     temperature: float = _param(0.8, "sampling temperature; 0 is greedy")
     top_k: int | None = _param(None, "keep the k most likely tokens (0 or None: off)")

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import cached_model
 from smallmind import Engine, ModelConfig
-from smallmind.chat import ChatREPL, encode_chat, render_chat, render_chatml
+from smallmind._repl import ChatREPL
+from smallmind.chat import encode_chat, render_chat, render_chatml
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,7 @@ def test_sdist_holds_cython_sources_and_model(tmp_path):
         assert any(n.endswith(f"smallmind/_core/{stem}.pxd") for n in names) or stem in ("_blocks", "_pool"), stem
     assert any(n.endswith("smallmind/py.typed") for n in names)
     assert any(n.endswith("smallmind/data/default.gguf") for n in names)
+    assert any(n.endswith("/LICENSE") for n in names)
 
 
 @pytest.mark.slow
@@ -79,6 +80,17 @@ def test_wheel_contains_model_and_runs_from_an_install(tmp_path):
     assert "smallmind/data/default.gguf" in names
     assert "smallmind/py.typed" in names
     assert any(n.startswith("smallmind/_core/_matmul") and n.endswith(".so") for n in names)
+    # Release-grade: small, MIT licence inside, jinja2 a dependency, binaries that link no
+    # OpenMP runtime (nothing for auditwheel to bundle) and carry no symbols or debug info.
+    assert wheel.stat().st_size <= 3_000_000
+    zf = zipfile.ZipFile(wheel)
+    assert "MIT License" in zf.read(next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))).decode()
+    metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Dist: jinja2" in metadata and "License-Expression: MIT" in metadata
+    for name in (n for n in names if n.endswith(".so")):
+        elf = zf.read(name)
+        assert b"libgomp" not in elf, name
+        assert b".symtab" not in elf and b".debug_info" not in elf, name
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)

@@ -176,14 +176,17 @@ def test_default_model_generates_300_tokens_request_without_losing_them():
 def test_chat_repl_says_in_one_line_when_the_context_is_full(seed_engine):
     import io
 
-    from smallmind.chat import ChatREPL
-    out = io.StringIO()
-    repl = ChatREPL(seed_engine, sampling=dict(max_new_tokens=200, temperature=0.0), stdout=out)
+    from smallmind._repl import ChatREPL
+    out, err = io.StringIO(), io.StringIO()
+    repl = ChatREPL(seed_engine, sampling=dict(max_new_tokens=200, temperature=0.0), stdout=out,
+                    stderr=err)
     repl.turn("hi")  # 47 tokens of ChatML: the answer runs into the end of the 64 context
-    assert "context of 64 tokens is full" in out.getvalue()
-    out.truncate(0)
-    assert repl.turn("more") == ""
-    assert "the context is 64: start a new chat" in out.getvalue()
+    assert "stopped at the end of the context (64 tokens)" in err.getvalue()
+    assert len(repl.session.tokens) <= 64
+    repl.turn("more")  # no room for both turns: the oldest exchange is forgotten, in one line
+    assert "forgot the 1 oldest exchange" in err.getvalue()
+    assert [m["content"] for m in repl.messages if m["role"] == "user"] == ["more"]
+    assert len(repl.session.tokens) <= 64
 
 
 # -- 3. stale streams ---------------------------------------------------------------------------

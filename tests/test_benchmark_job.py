@@ -1,0 +1,44 @@
+"""The CI benchmark job's verdicts (benchmarks/regression.py) and its committed baseline."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import regression
+
+BASELINE = {"tolerance": {"default": 0.4, "noisy": 0.6}, "isa": {"avx2": {"fast": 10.0, "noisy": 2.0}}}
+
+
+def test_a_ratio_below_tolerance_fails_and_within_or_above_passes():
+    rows, ok = regression.compare({"fast": 6.5, "noisy": 0.9}, BASELINE, "avx2")
+    assert ok and [r["status"] for r in rows] == ["ok", "ok"]
+    rows, ok = regression.compare({"fast": 5.9, "noisy": 30.0}, BASELINE, "avx2")
+    assert not ok and rows[0]["status"].startswith("REGRESSION") and rows[1]["status"] == "ok"
+    rows, ok = regression.compare({"fast": 10.0, "noisy": 0.7}, BASELINE, "avx2")  # its own tolerance
+    assert not ok and rows[1]["status"].startswith("REGRESSION")
+
+
+def test_an_isa_path_or_metric_without_baseline_is_reported_not_checked():
+    rows, ok = regression.compare({"fast": 0.1}, BASELINE, "avx512")
+    assert ok and rows[0]["status"] == "new (not checked)"
+    text = regression.summary(rows, "avx512", ["a note"])
+    assert "| fast | — | 0.1 | — | new (not checked) |" in text and "- a note" in text
+
+
+def test_best_of_runs_keeps_each_metric_best():
+    assert regression.best_of([{"a": 1.0, "b": 5.0}, {"a": 2.0}]) == {"a": 2.0, "b": 5.0}
+
+
+def test_committed_baseline_is_well_formed():
+    baseline = json.loads((BENCH / "baseline.json").read_text())
+    assert 0 < baseline["tolerance"]["default"] < 1
+    assert "regression.py --update" in baseline["refresh"]
+    assert baseline["isa"]["avx2"]
+    for ratios in baseline["isa"].values():
+        assert all(isinstance(v, float) and v > 0 for v in ratios.values())
+    assert any(name.startswith("kernels/") for name in baseline["isa"]["avx2"])
+    assert "seed/kv_cache_vs_reference" in baseline["isa"]["avx2"]
