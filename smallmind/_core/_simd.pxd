@@ -27,6 +27,7 @@ cdef extern from "_activations.h" nogil:
     float sm_hsum(__m256 v)
     float sm_hmax(__m256 v)
     __m256 sm_exp(__m256 x)                     # exp; 0 below -87.33 (and for -inf)
+    float sm_exp_ss(float x)                    # the same for one float, bit-identical
 
     # _activations.h: whole arrays, 8 lanes (sm_) or 16 (sm512_, only when smm_isa() says so)
     void sm_gelu_tanh_array(const float* x, float* out, Py_ssize_t n)
