@@ -95,11 +95,24 @@ ctypedef struct _Job:
     Py_ssize_t next_task        # claimed atomically (att_next_task)
 
 
+cdef inline void _attend_heads(const _Job* job, Py_ssize_t i, int h0, int n_g,
+                               float* row) noexcept nogil:
+    """Query row i, heads [h0, h0 + n_g) of one KV head: row i sits at position
+    pos0 + i and sees the slots [first, pos0 + i]."""
+    cdef Py_ssize_t pos = job.pos0 + i
+    cdef Py_ssize_t first = pos - job.window + 1 if job.window > 0 and pos - job.window + 1 > 0 else 0
+    cdef Py_ssize_t kv_off = (h0 // job.group) * job.head_stride + first * job.head_dim
+    att_attend_group(job.q + i * job.ldq + h0 * job.head_dim, job.k + kv_off, job.v + kv_off,
+                     pos - first + 1, n_g, job.head_dim, job.scale,
+                     job.out + i * job.ldo + h0 * job.head_dim, row)
+
+
 cdef void _run_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
+    """One thread's share: claims tasks until none are left, with its own score row."""
     cdef _Job* job = <_Job*>arg
     cdef float* row = job.scratch + lane * job.row_floats
-    cdef Py_ssize_t task, unit, i, pos, first, kv_off
-    cdef int kv, h0
+    cdef Py_ssize_t task, unit
+    cdef int h0
     while True:
         task = att_next_task(&job.next_task)
         if task >= job.n_tasks:
@@ -107,17 +120,9 @@ cdef void _run_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
         # Later rows see more keys (causal), so they go first: the cheap early rows
         # then even out the lanes at the end.
         unit = task // job.subs_per_group
-        i = job.n_q - 1 - unit // job.n_kv_head
-        kv = <int>(unit % job.n_kv_head)
-        h0 = kv * job.group + <int>(task % job.subs_per_group) * job.sub
-        # Row i sits at position pos0 + i and sees slots [first, pos].
-        pos = job.pos0 + i
-        first = pos - job.window + 1 if job.window > 0 and pos - job.window + 1 > 0 else 0
-        kv_off = kv * job.head_stride + first * job.head_dim
-        att_attend_group(job.q + i * job.ldq + h0 * job.head_dim, job.k + kv_off,
-                         job.v + kv_off, pos - first + 1,
-                         min(job.sub, (kv + 1) * job.group - h0), job.head_dim, job.scale,
-                         job.out + i * job.ldo + h0 * job.head_dim, row)
+        h0 = <int>(unit % job.n_kv_head) * job.group + <int>(task % job.subs_per_group) * job.sub
+        _attend_heads(job, job.n_q - 1 - unit // job.n_kv_head, h0,
+                      min(job.sub, (h0 // job.group + 1) * job.group - h0), row)
 
 
 cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
@@ -125,33 +130,33 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
                     int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,
                     float* out, Py_ssize_t ldo, float* scratch, int n_threads) noexcept nogil:
     cdef _Job job
-    cdef Py_ssize_t units = n_q * n_kv_head
-    cdef Py_ssize_t lanes = n_threads
+    cdef Py_ssize_t units = n_q * n_kv_head, lanes = n_threads, i
+    cdef int j
     if n_q <= 0:
         return
-    if <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_THREADED_WORK:
-        lanes = 1
     job.q, job.ldq, job.k, job.v, job.head_stride = q, ldq, k, v, head_stride
     job.pos0, job.n_q, job.n_kv_head, job.head_dim = pos0, n_q, n_kv_head, head_dim
     job.scale, job.window, job.out, job.ldo, job.scratch = scale, window, out, ldo, scratch
+    job.group = n_head // n_kv_head
+    if lanes <= 1 or <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_THREADED_WORK:
+        for i in range(n_q):
+            for j in range(n_kv_head):
+                _attend_heads(&job, i, j * job.group, job.group, scratch)
+        return
     # The longest score row is pos0 + n_q floats, so lane rows this long fit in
     # attention_scratch_floats(pos0 + n_q, n_threads).
     job.row_floats = attention_scratch_floats(pos0 + n_q, 1)
-    job.group = n_head // n_kv_head
     job.sub = job.group
     # Too few (row, KV head) units to keep every lane busy (decode with few KV heads):
     # split each group into smaller sets of query heads, trading K/V reuse for
     # parallelism.
-    if lanes > 1 and units < lanes:
+    if units < lanes:
         job.sub = max(1, <int>((job.group * units + lanes - 1) // lanes))
     job.subs_per_group = (job.group + job.sub - 1) // job.sub
     job.n_tasks = units * job.subs_per_group
     job.next_task = 0
     lanes = min(lanes, job.n_tasks)
-    if lanes <= 1:
-        _run_lane(&job, 0)
-    else:
-        parallel_chunks(<int>lanes, lanes, _run_lane, &job)
+    parallel_chunks(<int>lanes, lanes, _run_lane, &job)
 
 
 cdef void rope(float* x, Py_ssize_t n_rows, Py_ssize_t ldx, int n_heads, int head_dim,
