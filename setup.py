@@ -1,8 +1,8 @@
 """Build the Cython kernels.
 
 Every ``smallmind/_core/*.pyx`` becomes an extension compiled with AVX2+FMA+F16C
-(``smallmind/_cpu.py`` refuses to import them on a CPU without those) and OpenMP,
-which the matmul kernels use to split large matrices across threads.
+(``smallmind/_cpu.py`` refuses to import them on a CPU without those). Threads come
+from the kernels' own pool (``_core/_threadpool.h``); no kernel uses OpenMP.
 
 ``SMALLMIND_ONLY=_gelu,_norm python setup.py build_ext --inplace`` builds a subset,
 handy while working on one kernel.

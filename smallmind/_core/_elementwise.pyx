@@ -265,13 +265,20 @@ cdef int _check_overlap(cnp.ndarray out, str out_name, cnp.ndarray array, str na
     raise ShapeError(f"{out_name} must not share memory with {name}")
 
 
-cdef tuple _binary_operands(object a, str a_name, object b, str b_name, object out):
+cdef cnp.ndarray _apply_binary(binary_kernel kernel, object a, str a_name, object b, str b_name,
+                               object out):
     cdef cnp.ndarray va = _f32_array(a, a_name, 0, 32, False)
     cdef cnp.ndarray vb = _same_shape_input(b, b_name, va, a_name)
     cdef cnp.ndarray vo = _f32_out(out, va, "out")
     _check_overlap(vo, "out", va, a_name, True)
     _check_overlap(vo, "out", vb, b_name, True)
-    return va, vb, vo
+    cdef const float* pa = <const float*>cnp.PyArray_DATA(va)
+    cdef const float* pb = <const float*>cnp.PyArray_DATA(vb)
+    cdef float* po = <float*>cnp.PyArray_DATA(vo)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(va)
+    with nogil:
+        kernel(pa, pb, po, n)
+    return vo
 
 
 cdef cnp.ndarray _same_shape_input(object array, str name, cnp.ndarray like, str like_name):
@@ -291,13 +298,7 @@ def add(a, b, out=None):
 
     ``out`` may be ``a`` or ``b`` (in place). Returns ``out``.
     """
-    cdef cnp.ndarray va, vb, vo
-    va, vb, vo = _binary_operands(a, "a", b, "b", out)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(va)
-    with nogil:
-        _add(<const float*>cnp.PyArray_DATA(va), <const float*>cnp.PyArray_DATA(vb),
-            <float*>cnp.PyArray_DATA(vo), n)
-    return vo
+    return _apply_binary(_add, a, "a", b, "b", out)
 
 
 def scale(a, s, out=None):
@@ -318,13 +319,7 @@ def swiglu(gate, up, out=None):
     silu is accurate to a few float32 ulp (relative); silu(-inf) = 0, silu(+inf) = inf.
     ``out`` may be ``gate`` or ``up``. Returns ``out``.
     """
-    cdef cnp.ndarray vg, vu, vo
-    vg, vu, vo = _binary_operands(gate, "gate", up, "up", out)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(vg)
-    with nogil:
-        _swiglu(<const float*>cnp.PyArray_DATA(vg), <const float*>cnp.PyArray_DATA(vu),
-                <float*>cnp.PyArray_DATA(vo), n)
-    return vo
+    return _apply_binary(_swiglu, gate, "gate", up, "up", out)
 
 
 def softmax(x, out=None, axis=-1):

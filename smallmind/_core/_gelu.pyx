@@ -20,7 +20,7 @@ Errors, measured on both paths over 3M points (``tests/test_gelu.py`` checks eac
 
 cimport numpy as cnp
 
-from smallmind._core._elementwise cimport (_binary_operands, _check_overlap, _f32_array,
+from smallmind._core._elementwise cimport (_apply_binary, _check_overlap, _f32_array,
                                            _f32_out, simd_avx512)
 from smallmind._core._simd cimport (sm512_geglu_array, sm512_gelu_erf_array, sm512_gelu_fast_array,
                                     sm512_gelu_tanh_array, sm_geglu_array, sm_gelu_erf_array,
@@ -119,10 +119,4 @@ def geglu(gate, up, out=None):
     ``gate`` and ``up`` are float32 C-contiguous arrays of one shape; ``out`` may be
     either of them. Returns ``out``.
     """
-    cdef cnp.ndarray vg, vu, vo
-    vg, vu, vo = _binary_operands(gate, "gate", up, "up", out)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(vg)
-    with nogil:
-        _geglu(<const float*>cnp.PyArray_DATA(vg), <const float*>cnp.PyArray_DATA(vu),
-               <float*>cnp.PyArray_DATA(vo), n)
-    return vo
+    return _apply_binary(_geglu, gate, "gate", up, "up", out)

@@ -69,6 +69,12 @@ cdef enum:
     _QUICKSELECT_MAX = 512        # larger candidate sets are bucketed first (_bucket_split)
 
 
+cdef inline void _put(Candidate* c, float logit, float weight, Py_ssize_t token) noexcept nogil:
+    c.logit = logit
+    c.weight = weight
+    c.token = <int32_t>token
+
+
 cdef inline void _swap(Candidate* c, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     cdef Candidate t = c[a]
     c[a] = c[b]
@@ -116,9 +122,7 @@ cdef float _top_k_heap(const float* x, Py_ssize_t n, Py_ssize_t k, Candidate* ou
     cdef Py_ssize_t i
     cdef unsigned mask
     for i in range(k):
-        out[i].logit = x[i]
-        out[i].token = <int32_t>i
-        out[i].weight = 0
+        _put(&out[i], x[i], 0, i)
     for i in range(k // 2 - 1, -1, -1):
         _sift_down(out, k, i)
     i = k
@@ -174,17 +178,13 @@ cdef float _top_k_gather(const float* x, Py_ssize_t n, Py_ssize_t k, float x_max
         mask = sm_ge_mask(x + i, floor)
         while mask:
             j = i + __builtin_ctz(mask)
-            out[m].logit = x[j]
-            out[m].token = <int32_t>j
-            out[m].weight = 0
+            _put(&out[m], x[j], 0, j)
             m += 1
             mask &= mask - 1
         i += 8
     while i < n:
         if x[i] >= floor:
-            out[m].logit = x[i]
-            out[m].token = <int32_t>i
-            out[m].weight = 0
+            _put(&out[m], x[i], 0, i)
             m += 1
         i += 1
     if m > _QUICKSELECT_MAX and floor != -INFINITY and floor < x_max:
@@ -260,25 +260,19 @@ cdef Py_ssize_t top_p_candidates(const float* x, Py_ssize_t n, float x_max, doub
         mask = sm_ge_mask(w + i, floor)
         if mask == 0xFF:  # dense stretches (flat distributions) copy without bit scans
             for j in range(i, i + 8):
-                out[count].logit = x[j]
-                out[count].weight = w[j]
-                out[count].token = <int32_t>j
+                _put(&out[count], x[j], w[j], j)
                 count += 1
             i += 8
             continue
         while mask:
             j = i + __builtin_ctz(mask)
-            out[count].logit = x[j]
-            out[count].weight = w[j]
-            out[count].token = <int32_t>j
+            _put(&out[count], x[j], w[j], j)
             count += 1
             mask &= mask - 1
         i += 8
     while i < n:
         if w[i] >= floor:
-            out[count].logit = x[i]
-            out[count].weight = w[i]
-            out[count].token = <int32_t>i
+            _put(&out[count], x[i], w[i], i)
             count += 1
         i += 1
     return count
