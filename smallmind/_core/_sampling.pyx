@@ -201,20 +201,8 @@ cdef class SamplerCore:
     cdef int64_t* _hist
     cdef Py_ssize_t _hist_cap
 
-    def __cinit__(self, *args, **kwargs):
-        self._configured = False
-        self._bitgen = NULL
-        self._bias_tokens = NULL
-        self._bias_values = NULL
-        self._work = NULL
-        self._weights = NULL
-        self._block_sums = NULL
-        self._cand = NULL
-        self._side = NULL
-        self._bucket_mass = NULL
-        self._counts = NULL
-        self._hist = NULL
-        self._hist_cap = 0
+    # No __cinit__ needed: Cython allocates the object with every C field 0 / NULL, so
+    # __dealloc__ is safe whether or not _configure ran (or got as far as each buffer).
 
     def __dealloc__(self):
         free(self._bias_tokens)
