@@ -17,6 +17,9 @@
 
 #include "_simd.h"
 
+/* Forced, so that each instance gets constant column counts (see att_pv). */
+#define ATT_INLINE static inline __attribute__((always_inline))
+
 /* s[t] = scale * dot(q, k[t]) for n keys of hd floats (k rows contiguous);
    returns max_t s[t]. Eight keys per step share each load of q, and their
    eight reductions collapse into one vector store. */
@@ -103,7 +106,7 @@ static float att_exp_sum(float* s, ptrdiff_t n, float mx) {
    the accumulators are registers and the column loops unroll completely. A
    narrow chunk (hd <= 32) would leave too few independent FMA chains to hide
    their latency, so it keeps U sets of accumulators over interleaved positions. */
-SM_INLINE void att_pv_chunk(const float* p, ptrdiff_t n, const float* v, int ldv,
+ATT_INLINE void att_pv_chunk(const float* p, ptrdiff_t n, const float* v, int ldv,
                              float* out, const int nv, const int tail, __m256i m,
                              int fresh, float corr, float post) {
     const int width = nv + tail;

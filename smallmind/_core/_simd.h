@@ -19,7 +19,7 @@
 #include <math.h>
 #include <stddef.h>
 
-#define SM_INLINE static inline __attribute__((always_inline))
+#define SM_INLINE static inline
 /* Functions using 512-bit vectors; callers check smm_isa() first. */
 #define SM_AVX512 __attribute__((target("avx512f")))
 
