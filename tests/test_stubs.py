@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import smallmind  # noqa: F401  (checks the CPU before the kernels load)
+import smallmind
 
 CORE = Path(smallmind.__file__).parent / "_core"
 MODULES = sorted(p.stem for p in CORE.glob("*.pyx"))

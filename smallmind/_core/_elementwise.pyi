@@ -1,10 +1,10 @@
 """Elementwise float32 kernels: add, scale, SwiGLU and row softmax (compiled: _elementwise.pyx)."""
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-_F32 = npt.NDArray[np.float32]
+_F32: TypeAlias = npt.NDArray[np.float32]
 
 def add(a: _F32, b: _F32, out: _F32 | None = None) -> _F32: ...
 def scale(a: _F32, s: float, out: _F32 | None = None) -> _F32: ...

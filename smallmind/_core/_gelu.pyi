@@ -1,12 +1,13 @@
 """GELU activations and GeGLU (compiled: _gelu.pyx)."""
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from smallmind._core._elementwise import _set_simd as _set_simd, _simd as _simd
+from smallmind._core._elementwise import _set_simd as _set_simd
+from smallmind._core._elementwise import _simd as _simd
 
-_F32 = npt.NDArray[np.float32]
+_F32: TypeAlias = npt.NDArray[np.float32]
 
 FAST_MAX_ABS_ERROR: Final[float]
 

@@ -1,12 +1,13 @@
 """Matrix products against weights stored in GGML formats (compiled: _matmul.pyx)."""
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from smallmind.tensors import GGMLType
 
-_F32 = npt.NDArray[np.float32]
+_F32: TypeAlias = npt.NDArray[np.float32]
 
 SUPPORTED_TYPES: tuple[GGMLType, ...]
 
