@@ -1,10 +1,12 @@
 """Attention / RoPE / buffer pool / KV cache micro-benchmarks vs plain NumPy.
 
-    python benchmarks/bench_attention.py [--quick] [--json PATH]
+    python benchmarks/bench_attention.py [--quick] [--threads 1,2] [--json PATH]
 
-Single thread. Times are the best of several repeats of the Python call (including
-its ~1 us argument checking), in microseconds of thread CPU time. Prints a markdown table and writes
-JSON (default benchmarks/results/attention.json).
+Times are the best of several repeats of the Python call (including its ~1 us argument
+checking): "smallmind µs" is one thread, in microseconds of thread CPU time; with
+--threads, attention is also timed in wall-clock microseconds at each thread count
+(n_threads=1 included, so the ratio is from the same run). Prints a markdown table and
+writes JSON (default benchmarks/results/attention.json).
 """
 import os
 
@@ -50,7 +52,12 @@ def numpy_attention(q, k, v, pos0, n_head, n_kv_head):
     return o.transpose(2, 0, 1, 3).reshape(n_q, n_head * hd)
 
 
-def bench_attention(quick: bool):
+def best_wall_us(fn, number: int, repeat: int) -> float:
+    # Wall time: the thread pool's workers do not show in the caller's CPU time.
+    return min(timeit.repeat(fn, number=number, repeat=repeat, timer=time.perf_counter)) / number * 1e6
+
+
+def bench_attention(quick: bool, threads: list[int]):
     rng = np.random.default_rng(0)
     rows = []
     configs = [  # (n_head, n_kv_head, head_dim, n_q, positions)
@@ -74,9 +81,13 @@ def bench_attention(quick: bool):
         t_sm = best_us(lambda: attention(q, k, v, pos0, n_head, n_kv, out=out), number, 5)
         t_np = best_us(lambda: numpy_attention(q, k, v, pos0, n_head, n_kv),
                        max(3, number // 10), 5)
-        rows.append(dict(kernel="attention", case=f"{n_head}x{hd} (kv {n_kv}), {n_q} q over "
-                         f"{n_pos} pos", smallmind_us=t_sm, numpy_us=t_np,
-                         speedup=t_np / t_sm, max_abs_err=err))
+        row = dict(kernel="attention", case=f"{n_head}x{hd} (kv {n_kv}), {n_q} q over "
+                   f"{n_pos} pos", smallmind_us=t_sm, numpy_us=t_np,
+                   speedup=t_np / t_sm, max_abs_err=err)
+        for nt in threads:
+            row[f"wall_us_{nt}t"] = best_wall_us(
+                lambda: attention(q, k, v, pos0, n_head, n_kv, out=out, n_threads=nt), number, 5)
+        rows.append(row)
     # The Python wrapper's fixed cost: one head of one dim over one position.
     q1, k1 = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
     o1 = np.empty_like(q1)
@@ -139,15 +150,19 @@ def fmt(x, spec):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", default="", help="comma-separated thread counts for wall-time columns")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "attention.json"))
     args = ap.parse_args()
-    rows = bench_attention(args.quick) + bench_rope(args.quick) + bench_pool_and_cache(args.quick)
-    print("| kernel | case | smallmind µs | numpy µs | speedup | max abs err |")
-    print("|---|---|---:|---:|---:|---:|")
+    threads = [int(t) for t in args.threads.split(",") if t]
+    rows = bench_attention(args.quick, threads) + bench_rope(args.quick) + bench_pool_and_cache(args.quick)
+    wall = "".join(f" wall µs {nt}t |" for nt in threads)
+    print(f"| kernel | case | smallmind µs | numpy µs | speedup | max abs err |{wall}")
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(threads))
     for r in rows:
+        walls = "".join(f" {fmt(r.get(f'wall_us_{nt}t'), '.2f')} |" for nt in threads)
         print(f"| {r['kernel']} | {r['case']} | {r['smallmind_us']:.2f} | "
               f"{fmt(r['numpy_us'], '.2f')} | {fmt(r['speedup'], '.1f')} | "
-              f"{fmt(r['max_abs_err'], '.1e')} |")
+              f"{fmt(r['max_abs_err'], '.1e')} |{walls}")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(machine=platform.processor() or platform.machine(),

@@ -4,6 +4,8 @@ Real model files live outside the repo: ``$SMALLMIND_MODELS`` (default ``../shar
 next to the checkout) and ``~/.cache/smallmind`` for the PyPI downloads
 (``python tools/fetch_models.py``). Tests that need one skip with the reason when it is
 absent, unless ``SMALLMIND_REQUIRE_MODELS=1`` (CI), where a missing model fails.
+
+Hypothesis: ``HYPOTHESIS_PROFILE=ci`` selects the thorough profile registered below.
 """
 from __future__ import annotations
 
@@ -11,8 +13,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE: "default" is quick, for working
+# on the code; "ci" runs many more examples per property. No deadline in either: kernel
+# timings on a loaded machine say nothing about correctness.
+settings.register_profile("default", max_examples=50, deadline=None)
+settings.register_profile("ci", max_examples=300, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def models_dir() -> Path:

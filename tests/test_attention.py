@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind  # noqa: F401  (checks the CPU before the kernels load)
@@ -54,7 +54,6 @@ def make(rng, n_q, pos0, n_head, n_kv_head, hd, capacity=None, spread=1.0):
     return q, k, v
 
 
-@settings(max_examples=120, deadline=None)
 @given(n_q=st.integers(1, 19), pos0=st.integers(0, 70), n_kv_head=st.integers(1, 3),
        ratio=st.sampled_from([1, 2, 4]), hd=st.sampled_from([1, 3, 7, 8, 13, 16, 24, 32, 37,
                                                              64, 72, 100, 128, 256]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind  # noqa: F401  (checks the CPU before the kernels load)
@@ -53,7 +53,6 @@ def _data(rng, shape, log_scale):
 
 # --- add / scale --------------------------------------------------------------------
 
-@settings(max_examples=60, deadline=None)
 @given(shape=shapes, log_scale=st.floats(-30, 30), seed=st.integers(0, 2**32 - 1))
 def test_add_is_exact(shape, log_scale, seed):
     rng = np.random.default_rng(seed)
@@ -74,7 +73,6 @@ def test_add_in_place_and_specials():
     np.testing.assert_array_equal(b1, expected)
 
 
-@settings(max_examples=40, deadline=None)
 @given(shape=shapes, s=st.floats(-1e6, 1e6, allow_nan=False), seed=st.integers(0, 2**32 - 1))
 def test_scale_is_exact(shape, s, seed):
     rng = np.random.default_rng(seed)
@@ -93,7 +91,6 @@ def swiglu_ref(gate, up):
         return g / (1.0 + np.exp(-g)) * up.astype(np.float64)
 
 
-@settings(max_examples=60, deadline=None)
 @given(shape=shapes, log_scale=st.floats(-3, 2), seed=st.integers(0, 2**32 - 1))
 def test_swiglu_matches_reference(simd, shape, log_scale, seed):
     rng = np.random.default_rng(seed)
@@ -129,7 +126,6 @@ def softmax_ref(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@settings(max_examples=60, deadline=None)
 @given(shape=st.one_of(st.tuples(st.integers(1, 5000)),
                        st.tuples(st.integers(1, 9), st.integers(1, 700))),
        log_scale=st.floats(-3, 2), offset=st.floats(-1e4, 1e4), seed=st.integers(0, 2**32 - 1))

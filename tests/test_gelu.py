@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind  # noqa: F401  (checks the CPU before the kernels load)
@@ -65,7 +65,6 @@ shapes = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None)
 @given(shape=shapes, mode=st.sampled_from(["tanh", "none"]),
        log_scale=st.floats(-3, 3), seed=st.integers(0, 2**32 - 1))
 def test_gelu_matches_float64_reference(shape, mode, log_scale, seed):
@@ -150,7 +149,6 @@ def test_gelu_empty_and_scalar_shapes():
     assert y.shape == () and abs(float(y) - gelu_tanh_ref(1.0)) < 1e-6
 
 
-@settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 3000), seed=st.integers(0, 2**32 - 1))
 def test_geglu_matches_reference(n, seed):
     rng = np.random.default_rng(seed)

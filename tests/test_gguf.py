@@ -417,7 +417,7 @@ def test_every_truncation_is_refused(tmp_path):
             read_gguf(write(tmp_path, blob[:cut], "cut.gguf"))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 700), st.integers(0, 255)), min_size=1, max_size=6))
 def test_corrupted_header_bytes_never_crash(tmp_path, edits):
     """Random byte edits give a clean parse or a ModelFormatError, never anything else."""

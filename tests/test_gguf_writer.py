@@ -86,7 +86,7 @@ def test_bad_tensors_are_refused(tmp_path):
 _QUANT_TYPES = [t for t in BLOCK_LAYOUT if t not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shapes=st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=3), min_size=1, max_size=5),
     kinds=st.lists(st.sampled_from(["f32", "f16", "bf16", "quant"]), min_size=5, max_size=5),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind  # noqa: F401
@@ -129,7 +129,6 @@ def test_shift_discards_enough_for_a_large_request():
         cache.reserve(10)                           # more than capacity - n_keep
 
 
-@settings(max_examples=80, deadline=None)
 @given(capacity=st.integers(2, 40), n_keep_frac=st.floats(0, 0.9),
        chunks=st.lists(st.integers(1, 12), min_size=1, max_size=25))
 def test_shift_window_property(capacity, n_keep_frac, chunks):

@@ -134,7 +134,7 @@ def check_product(name, w32, mag, x, y, bias=None, base=None):
     assert np.all(np.abs(y - ref) <= bound), np.max(np.abs(y - ref) / np.maximum(bound, 1e-30))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@settings(suppress_health_check=FIXTURE_OK)
 @given(name=st.sampled_from(QUANT_TYPES + FLOAT_TYPES), rows=st.integers(1, 23), blocks=st.integers(1, 7),
        n=st.sampled_from([1, 2, 3, 5, 17]), seed=st.integers(0, 2 ** 32 - 1))
 def test_matmul_matches_reference(isa, name, rows, blocks, n, seed):
@@ -153,7 +153,7 @@ def test_matmul_matches_reference(isa, name, rows, blocks, n, seed):
     check_product(name, w32, mag, x[:1], y1[None, :])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@settings(suppress_health_check=FIXTURE_OK)
 @given(name=st.sampled_from(QUANT_TYPES + FLOAT_TYPES), rows=st.integers(1, 41), blocks=st.integers(1, 4),
        n=st.sampled_from([1, 2, 3, 5, 17]), use_bias=st.booleans(), accumulate=st.booleans(),
        pad_x=st.integers(0, 9), pad_y=st.integers(0, 9), seed=st.integers(0, 2 ** 32 - 1))
@@ -175,7 +175,7 @@ def test_bias_accumulate_and_strides(isa, name, rows, blocks, n, use_bias, accum
     np.testing.assert_array_equal(y_full[:, rows:], y_before[:, rows:])  # padding untouched
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=FIXTURE_OK)
+@settings(suppress_health_check=FIXTURE_OK)
 @given(name=st.sampled_from(QUANT_TYPES + FLOAT_TYPES), n=st.sampled_from([1, 3, 17]),
        rows=st.sampled_from([255, 258, 301]), seed=st.integers(0, 2 ** 32 - 1))
 def test_two_threads_match_one(isa, name, n, rows, seed):

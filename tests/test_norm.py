@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind  # noqa: F401  (checks the CPU before the kernels load)
@@ -68,7 +68,6 @@ def norm_case(draw):
     return x, delta, w, b, eps
 
 
-@settings(max_examples=80, deadline=None)
 @given(case=norm_case())
 def test_layernorm_matches_reference(case):
     x, _, w, b, eps = case
@@ -79,7 +78,6 @@ def test_layernorm_matches_reference(case):
     assert_layernorm_close(y, layernorm_ref(x, w, b, np.float32(eps)), w, b)
 
 
-@settings(max_examples=80, deadline=None)
 @given(case=norm_case())
 def test_rmsnorm_matches_reference(case):
     x, _, w, _, eps = case
@@ -87,7 +85,6 @@ def test_rmsnorm_matches_reference(case):
     assert_rmsnorm_close(y, rmsnorm_ref(x, w, np.float32(eps)))
 
 
-@settings(max_examples=60, deadline=None)
 @given(case=norm_case())
 def test_residual_layernorm(case):
     x, delta, w, b, eps = case
@@ -99,7 +96,6 @@ def test_residual_layernorm(case):
     assert_layernorm_close(y, layernorm_ref(summed, w, b, np.float32(eps)), w, b)
 
 
-@settings(max_examples=60, deadline=None)
 @given(case=norm_case())
 def test_residual_rmsnorm(case):
     x, delta, w, _, eps = case

@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind  # noqa: F401
@@ -56,7 +56,6 @@ def test_same_bucket_reuses_the_buffer_and_other_buckets_do_not():
     pool.release(c)
 
 
-@settings(max_examples=60, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 5000)), min_size=1, max_size=60))
 def test_stats_add_up(ops):
     pool = BufferPool()

@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind
@@ -39,7 +39,6 @@ def table_rows(table: str) -> list[list[str]]:
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
 
 
-@settings(max_examples=80, deadline=None)
 @given(events=events_strategy, by=st.sampled_from(["op", "kind", "layer", "op_layer"]))
 def test_summary_matches_a_direct_aggregation(events, by):
     prof = filled(events)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import smallmind  # noqa: F401  (CPU check before the kernels load)
@@ -49,7 +49,6 @@ def reference(name: str, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return gguf_dequantize(raw.reshape(rows, -1), qtype).reshape(rows, cols).astype(np.float32)
 
 
-@settings(max_examples=60, deadline=None)
 @given(name=st.sampled_from(QUANT_TYPES), rows=st.integers(1, 9), blocks=st.integers(1, 5),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_dequantize_matches_gguf(name, rows, blocks, seed):
@@ -97,7 +96,6 @@ def test_q8_k_layout():
     np.testing.assert_array_equal(w.dequantize(), expected)
 
 
-@settings(max_examples=30, deadline=None)
 @given(rows=st.integers(1, 7), cols=st.integers(1, 70), seed=st.integers(0, 2 ** 32 - 1))
 def test_float_types_dequantize(rows, cols, seed):
     rng = np.random.default_rng(seed)

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from smallmind.errors import ShapeError, SmallMindError, TokenizerError
 from smallmind.sampling import Sampler, SamplingError, SamplingParams
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import cached_model, shared_model
@@ -367,7 +367,6 @@ def test_spm_byte_fallback_and_unknown():
 words = st.text(alphabet="abcd", min_size=0, max_size=70)
 
 
-@settings(max_examples=150, deadline=None)
 @given(words, st.integers(0, 2**32 - 1))
 def test_bpe_short_merge_equals_heap(word, seed):
     rng = random.Random(seed)
@@ -382,7 +381,6 @@ def test_bpe_short_merge_equals_heap(word, seed):
         assert merge_by_rank(word, ranks) == _merge._merge_rescan(list(word), key)
 
 
-@settings(max_examples=150, deadline=None)
 @given(words, st.integers(0, 2**32 - 1))
 def test_spm_short_merge_equals_heap(word, seed):
     rng = random.Random(seed)
@@ -394,7 +392,6 @@ def test_spm_short_merge_equals_heap(word, seed):
         assert merge_by_score(list(word), score) == _merge._merge_rescan(list(word), key)
 
 
-@settings(max_examples=100, deadline=None)
 @given(st.text(alphabet="ab \u2581", max_size=60), st.integers(0, 2**32 - 1))
 def test_spm_word_cuts_do_not_change_merges(text, seed):
     # Cutting before "▁" (where no piece spans the cut) must give the whole-text merge.
@@ -437,7 +434,6 @@ def reference_partition(text: str, specials: list[tuple[str, int]]) -> list:
     return [text[f[0]:f[1]] if isinstance(f, tuple) else f for f in fragments]
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.text(alphabet="xy<>", max_size=40), st.lists(st.text(alphabet="xy<>", min_size=1,
                                                                 max_size=4), max_size=6, unique=True),
        st.booleans())
@@ -482,7 +478,6 @@ unicode_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 
 @pytest.mark.parametrize("name", ["smollm", "gpt-2", "default", "llama-bpe", "qwen2"])
-@settings(max_examples=120, deadline=None)
 @given(text=unicode_text)
 def test_pretokenizer_matches_full_unicode_regexes(name, text):
     pieces = _pretokenize.pre_tokenizer(name).split(text)

@@ -6,9 +6,11 @@
 # Query row i sits at position pos0 + i and attends to cache slots
 # [max(0, pos0 + i - window + 1), pos0 + i] (window <= 0: no window).
 # Query head h reads KV head h // (n_head // n_kv_head) (grouped-query attention).
-# scratch: at least attention_scratch_floats(capacity, n_threads) floats.
-# out must not overlap q, k or v. n_threads <= 1 runs on the calling thread without
-# touching OpenMP; more splits (row, group of query heads) tasks over OpenMP threads.
+# scratch: at least attention_scratch_floats(pos0 + n_q, n_threads) floats (one score
+# row per thread; attention_scratch_floats(capacity, n_threads) always suffices).
+# out must not overlap q, k or v. n_threads <= 1 runs on the calling thread; more
+# split (row, set of query heads) tasks over the thread pool of the matrix products
+# when the call is large enough to gain from it.
 cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
                     const float* k, const float* v, Py_ssize_t head_stride, Py_ssize_t pos0,
                     int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,

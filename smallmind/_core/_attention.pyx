@@ -10,9 +10,10 @@ block is read from memory once for all the query heads that share it (grouped-qu
 attention). With one query head per KV head the block is the whole range, i.e. the
 classic max-subtracted two-pass softmax.
 
-The SIMD inner loops (dot products against 8 keys at once, the vectorised exp, the
-P.V accumulation) are plain C with AVX2/FMA intrinsics, kept in the verbatim block
-below; the loops over rows and heads, threading and validation are Cython.
+The SIMD inner loops (dot products against 8 keys at once, the exp of _simd.h, the
+P.V accumulation) are C with AVX2/FMA intrinsics, in ``_attention.h``; the loops over
+rows and heads, threading and validation are Cython. Threads come from the pool the
+matrix products use (``_threadpool.h``, through ``_matmul.parallel_chunks``).
 
 Python API (float32 NumPy arrays, validated once, then the nogil kernels run):
 
@@ -27,275 +28,19 @@ import math
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
 from libc.math cimport cos, sin
+
+from smallmind._core._matmul cimport parallel_chunks
 
 from smallmind.errors import ShapeError
 
 cnp.import_array()
 
 
-cdef extern from *:
-    """
-    #include <immintrin.h>
-    #include <math.h>
-    #include <stddef.h>
-
-    #define ATT_INLINE static inline __attribute__((always_inline))
-
-    /* Lanes [0, rem) set, for the last partial vector of a row. */
-    ATT_INLINE __m256i att_tail_mask(int rem) {
-        return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem),
-                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    }
-
-    ATT_INLINE float att_hsum(__m256 v) {
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        return _mm_cvtss_f32(s);
-    }
-
-    ATT_INLINE float att_hmax(__m256 v) {
-        __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_max_ss(s, _mm_movehdup_ps(s));
-        return _mm_cvtss_f32(s);
-    }
-
-    /* The 8 horizontal sums of a0..a7 as one vector [sum a0, ..., sum a7]: three
-       rounds of hadd instead of eight separate reductions. */
-    ATT_INLINE __m256 att_hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3,
-                              __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
-        __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-        __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
-        /* lo = [a0..a3 over lanes 0-3 | a0..a3 over lanes 4-7], hi likewise for a4..a7 */
-        return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20),
-                             _mm256_permute2f128_ps(lo, hi, 0x31));
-    }
-
-    /* exp(x) to about 2 ulp (Cody-Waite range reduction, degree-6 polynomial).
-       Inputs are clamped to where the result is a normal float, so the softmax
-       never meets denormals or infinities; x goes second to min/max, the operand
-       they return for NaN, so a NaN score stays NaN instead of turning finite. */
-    ATT_INLINE __m256 att_exp(__m256 x) {
-        x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
-        __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-        __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-        p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-        __m256i e = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    }
-
-    /* s[t] = scale * dot(q, k[t]) for n keys of hd floats (k rows contiguous);
-       returns max_t s[t]. Eight keys per step share each load of q, and their
-       eight reductions collapse into one vector store. */
-    static float att_scores(const float* q, const float* k, ptrdiff_t n, int hd,
-                           float scale, float* s) {
-        const int nfull = hd >> 3, rem = hd & 7;
-        const __m256i m = att_tail_mask(rem);
-        const __m256 vscale = _mm256_set1_ps(scale);
-        __m256 vmax = _mm256_set1_ps(-INFINITY);
-        float mx = -INFINITY;
-        ptrdiff_t t = 0;
-        for (; t + 8 <= n; t += 8) {
-            const float* k0 = k + t * hd;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0,
-                   a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-            int d = 0;
-            for (int c = 0; c < nfull; c++, d += 8) {
-                const __m256 qv = _mm256_loadu_ps(q + d);
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + hd + d), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * hd + d), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * hd + d), a3);
-                a4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 4 * hd + d), a4);
-                a5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 5 * hd + d), a5);
-                a6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 6 * hd + d), a6);
-                a7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 7 * hd + d), a7);
-            }
-            if (rem) {
-                const __m256 qv = _mm256_maskload_ps(q + d, m);
-                a0 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + d, m), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + hd + d, m), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + 2 * hd + d, m), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + 3 * hd + d, m), a3);
-                a4 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + 4 * hd + d, m), a4);
-                a5 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + 5 * hd + d, m), a5);
-                a6 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + 6 * hd + d, m), a6);
-                a7 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + 7 * hd + d, m), a7);
-            }
-            const __m256 r = _mm256_mul_ps(att_hsum8(a0, a1, a2, a3, a4, a5, a6, a7), vscale);
-            _mm256_storeu_ps(s + t, r);
-            vmax = _mm256_max_ps(vmax, r);
-        }
-        if (t > 0)
-            mx = att_hmax(vmax);
-        for (; t < n; t++) {
-            const float* kt = k + t * hd;
-            __m256 a = _mm256_setzero_ps();
-            int d = 0;
-            for (int c = 0; c < nfull; c++, d += 8)
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kt + d), a);
-            if (rem)
-                a = _mm256_fmadd_ps(_mm256_maskload_ps(q + d, m), _mm256_maskload_ps(kt + d, m), a);
-            const float r = att_hsum(a) * scale;
-            s[t] = r;
-            if (r > mx) mx = r;
-        }
-        return mx;
-    }
-
-    /* s[t] = exp(s[t] - mx) in place; returns the sum. */
-    static float att_exp_sum(float* s, ptrdiff_t n, float mx) {
-        const __m256 vmx = _mm256_set1_ps(mx);
-        __m256 vsum = _mm256_setzero_ps();
-        ptrdiff_t t = 0;
-        for (; t + 8 <= n; t += 8) {
-            const __m256 e = att_exp(_mm256_sub_ps(_mm256_loadu_ps(s + t), vmx));
-            _mm256_storeu_ps(s + t, e);
-            vsum = _mm256_add_ps(vsum, e);
-        }
-        if (t < n) {
-            const __m256i m = att_tail_mask((int)(n - t));
-            /* masked-off lanes load 0 and would add exp(-mx): zero them explicitly */
-            __m256 e = att_exp(_mm256_sub_ps(_mm256_maskload_ps(s + t, m), vmx));
-            e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
-            _mm256_maskstore_ps(s + t, m, e);
-            vsum = _mm256_add_ps(vsum, e);
-        }
-        return att_hsum(vsum);
-    }
-
-    /* One chunk of at most 72 output columns of
-           out = post * (prev + sum_t p[t] * v[t])   with prev = fresh ? 0 : corr * out,
-       the update of the online softmax. Always inlined with constant nv / tail, so
-       the accumulators are registers and the column loops unroll completely. A
-       narrow chunk (hd <= 32) would leave too few independent FMA chains to hide
-       their latency, so it keeps U sets of accumulators over interleaved positions. */
-    ATT_INLINE void att_pv_chunk(const float* p, ptrdiff_t n, const float* v, int ldv,
-                                 float* out, const int nv, const int tail, __m256i m,
-                                 int fresh, float corr, float post) {
-        const int width = nv + tail;
-        const int U = width == 1 ? 4 : (width <= 4 ? 2 : 1);
-        __m256 acc[4][9];
-        for (int u = 0; u < 4; u++)
-            for (int j = 0; j < 9; j++) acc[u][j] = _mm256_setzero_ps();
-        if (!fresh) {
-            const __m256 vc = _mm256_set1_ps(corr);
-            for (int j = 0; j < nv; j++) acc[0][j] = _mm256_mul_ps(_mm256_loadu_ps(out + 8 * j), vc);
-            if (tail) acc[0][nv] = _mm256_mul_ps(_mm256_maskload_ps(out + 8 * nv, m), vc);
-        }
-        ptrdiff_t t = 0;
-        for (; t + U <= n; t += U) {
-            for (int u = 0; u < U; u++) {
-                const __m256 pt = _mm256_broadcast_ss(p + t + u);
-                const float* vt = v + (t + u) * ldv;
-                for (int j = 0; j < nv; j++)
-                    acc[u][j] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * j), acc[u][j]);
-                if (tail)
-                    acc[u][nv] = _mm256_fmadd_ps(pt, _mm256_maskload_ps(vt + 8 * nv, m), acc[u][nv]);
-            }
-        }
-        for (; t < n; t++) {
-            const __m256 pt = _mm256_broadcast_ss(p + t);
-            const float* vt = v + t * ldv;
-            for (int j = 0; j < nv; j++)
-                acc[0][j] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * j), acc[0][j]);
-            if (tail)
-                acc[0][nv] = _mm256_fmadd_ps(pt, _mm256_maskload_ps(vt + 8 * nv, m), acc[0][nv]);
-        }
-        for (int u = 1; u < U; u++)
-            for (int j = 0; j < width; j++) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]);
-        const __m256 vpost = _mm256_set1_ps(post);
-        for (int j = 0; j < nv; j++)
-            _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(acc[0][j], vpost));
-        if (tail)
-            _mm256_maskstore_ps(out + 8 * nv, m, _mm256_mul_ps(acc[0][nv], vpost));
-    }
-
-    /* All hd columns: 64-column chunks, then one chunk for the rest, dispatched to a
-       fully unrolled instance of att_pv_chunk. */
-    static void att_pv(const float* p, ptrdiff_t n, const float* v, int hd, float* out,
-                       int fresh, float corr, float post) {
-        const __m256i none = _mm256_setzero_si256();
-        int d0 = 0;
-        for (; hd - d0 >= 64; d0 += 64)
-            att_pv_chunk(p, n, v + d0, hd, out + d0, 8, 0, none, fresh, corr, post);
-        const int left = hd - d0, nv = left >> 3, rem = left & 7;
-        const __m256i m = att_tail_mask(rem);
-        const float* vv = v + d0;
-        float* oo = out + d0;
-    #define ATT_PV_CASE(NV, TAIL) \
-        case 2 * NV + TAIL: att_pv_chunk(p, n, vv, hd, oo, NV, TAIL, m, fresh, corr, post); break;
-        switch (nv * 2 + (rem > 0)) {
-        ATT_PV_CASE(0, 1) ATT_PV_CASE(1, 0) ATT_PV_CASE(1, 1) ATT_PV_CASE(2, 0)
-        ATT_PV_CASE(2, 1) ATT_PV_CASE(3, 0) ATT_PV_CASE(3, 1) ATT_PV_CASE(4, 0)
-        ATT_PV_CASE(4, 1) ATT_PV_CASE(5, 0) ATT_PV_CASE(5, 1) ATT_PV_CASE(6, 0)
-        ATT_PV_CASE(6, 1) ATT_PV_CASE(7, 0) ATT_PV_CASE(7, 1)
-        default: break;  /* left == 0 */
-        }
-    #undef ATT_PV_CASE
-    }
-
-    /* Keys per block when several query heads share a KV head: K and V blocks of
-       about 24 KiB together stay in L1 while every head of the group uses them. */
-    static ptrdiff_t att_block_keys(int hd) {
-        ptrdiff_t b = (3072 / hd) & ~(ptrdiff_t)7;
-        return b < 16 ? 16 : (b > 512 ? 512 : b);
-    }
-
-    #define ATT_MAX_GROUP 16
-
-    /* n_g query heads (q + g*hd -> out + g*hd) sharing one KV head, over n cached
-       positions starting at k, v:  out_g = softmax(scale * q_g.K^T) V.
-       Keys are taken in blocks, each block serving every head of the group while it
-       is in L1 (the grouped-query saving), with the online-softmax update: a running
-       max m and sum l per head, and out rescaled by exp(m_old - m_new) when the max
-       grows. With one head the whole range is a single block, which is the plain
-       two-pass softmax. s: one score row of at least min(n, block) floats. */
-    static void att_attend_group(const float* q, const float* k, const float* v,
-                                 ptrdiff_t n, int n_g, int hd, float scale, float* out,
-                                 float* s) {
-        float m[ATT_MAX_GROUP], l[ATT_MAX_GROUP];
-        for (int g0 = 0; g0 < n_g; g0 += ATT_MAX_GROUP) {
-            const int gn = n_g - g0 < ATT_MAX_GROUP ? n_g - g0 : ATT_MAX_GROUP;
-            const ptrdiff_t block = gn == 1 ? n : att_block_keys(hd);
-            for (ptrdiff_t b = 0; b < n; b += block) {
-                const ptrdiff_t nb = n - b < block ? n - b : block;
-                const int last = b + nb == n;
-                for (int g = 0; g < gn; g++) {
-                    const float* qg = q + (ptrdiff_t)(g0 + g) * hd;
-                    float* og = out + (ptrdiff_t)(g0 + g) * hd;
-                    const float mb = att_scores(qg, k + b * hd, nb, hd, scale, s);
-                    float corr = 1.0f;
-                    if (b == 0) {
-                        m[g] = mb;
-                        l[g] = 0.0f;
-                    } else if (mb > m[g]) {
-                        corr = expf(m[g] - mb);
-                        m[g] = mb;
-                        l[g] *= corr;
-                    }
-                    l[g] += att_exp_sum(s, nb, m[g]);
-                    /* l >= 1: the running max contributed exp(0) */
-                    att_pv(s, nb, v + b * hd, hd, og, b == 0, corr, last ? 1.0f / l[g] : 1.0f);
-                }
-            }
-        }
-    }
-    """
+cdef extern from "_attention.h" nogil:
     void att_attend_group(const float* q, const float* k, const float* v, Py_ssize_t n,
-                          int n_g, int hd, float scale, float* out, float* s) noexcept nogil
+                          int n_g, int hd, float scale, float* out, float* s)
+    Py_ssize_t att_next_task(Py_ssize_t* counter)
 
 
 # Scratch rows are padded to 16 floats (64 bytes) so that threads never share a
@@ -316,63 +61,102 @@ cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noe
     return row * (n_threads if n_threads > 1 else 1)
 
 
-cdef inline void _attend_task(const float* q, Py_ssize_t ldq, const float* k, const float* v,
-                              Py_ssize_t head_stride, Py_ssize_t pos0, int head_dim,
-                              float scale, Py_ssize_t window, float* out, Py_ssize_t ldo,
-                              float* row_scratch, Py_ssize_t i, int h0, int n_g,
-                              int group) noexcept nogil:
-    """Query row i, heads [h0, h0 + n_g) (all of KV head h0 // group): attend to
-    slots [first, pos0 + i]."""
-    cdef Py_ssize_t pos = pos0 + i
-    cdef Py_ssize_t first = 0
-    cdef Py_ssize_t kv_off = (h0 // group) * head_stride
-    if window > 0 and pos - window + 1 > 0:
-        first = pos - window + 1
-    kv_off += first * head_dim
-    att_attend_group(q + i * ldq + h0 * head_dim, k + kv_off, v + kv_off, pos - first + 1,
-                     n_g, head_dim, scale, out + i * ldo + h0 * head_dim, row_scratch)
+# Threads pay only when a call has this much work (query rows x keys x query heads x
+# head_dim multiply-adds, for the scores alone): below it, handing out the tasks costs
+# more than the second thread saves (decode at short contexts).
+cdef enum:
+    _MIN_THREADED_WORK = 1 << 16
+
+
+# One call's work, split into tasks: a task is one query row and a set of `sub` query
+# heads sharing a KV head, so the K and V blocks are read once for the whole set.
+# Tasks write disjoint slices of out; lanes (one score row of scratch each) claim
+# tasks one at a time from next_task until none are left.
+ctypedef struct _Job:
+    const float* q
+    Py_ssize_t ldq
+    const float* k
+    const float* v
+    Py_ssize_t head_stride
+    Py_ssize_t pos0
+    Py_ssize_t n_q
+    int n_kv_head
+    int head_dim
+    float scale
+    Py_ssize_t window
+    float* out
+    Py_ssize_t ldo
+    float* scratch
+    Py_ssize_t row_floats       # scratch floats per lane
+    int group                   # query heads per KV head
+    int sub                     # query heads per task
+    int subs_per_group
+    Py_ssize_t n_tasks
+    Py_ssize_t next_task        # claimed atomically (att_next_task)
+
+
+cdef inline void _attend_heads(const _Job* job, Py_ssize_t i, int h0, int n_g,
+                               float* row) noexcept nogil:
+    """Query row i, heads [h0, h0 + n_g) of one KV head: row i sits at position
+    pos0 + i and sees the slots [first, pos0 + i]."""
+    cdef Py_ssize_t pos = job.pos0 + i
+    cdef Py_ssize_t first = pos - job.window + 1 if job.window > 0 and pos - job.window + 1 > 0 else 0
+    cdef Py_ssize_t kv_off = (h0 // job.group) * job.head_stride + first * job.head_dim
+    att_attend_group(job.q + i * job.ldq + h0 * job.head_dim, job.k + kv_off, job.v + kv_off,
+                     pos - first + 1, n_g, job.head_dim, job.scale,
+                     job.out + i * job.ldo + h0 * job.head_dim, row)
+
+
+cdef void _run_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
+    """One thread's share: claims tasks until none are left, with its own score row."""
+    cdef _Job* job = <_Job*>arg
+    cdef float* row = job.scratch + lane * job.row_floats
+    cdef Py_ssize_t task, unit
+    cdef int h0
+    while True:
+        task = att_next_task(&job.next_task)
+        if task >= job.n_tasks:
+            return
+        # Later rows see more keys (causal), so they go first: the cheap early rows
+        # then even out the lanes at the end.
+        unit = task // job.subs_per_group
+        h0 = <int>(unit % job.n_kv_head) * job.group + <int>(task % job.subs_per_group) * job.sub
+        _attend_heads(job, job.n_q - 1 - unit // job.n_kv_head, h0,
+                      min(job.sub, (h0 // job.group + 1) * job.group - h0), row)
 
 
 cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
                     const float* k, const float* v, Py_ssize_t head_stride, Py_ssize_t pos0,
                     int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,
                     float* out, Py_ssize_t ldo, float* scratch, int n_threads) noexcept nogil:
-    # A task is one query row and a set of query heads sharing a KV head, so K and V
-    # blocks are read once for the whole set. Tasks write disjoint slices of out.
-    cdef int group = n_head // n_kv_head
-    cdef int sub = group            # query heads per task
-    cdef int subs_per_group
-    cdef Py_ssize_t i, task, n_tasks, units
-    # The longest score row is pos0 + n_q <= capacity, so per-thread rows this long
-    # fit in attention_scratch_floats(capacity, n_threads).
-    cdef Py_ssize_t row_floats = attention_scratch_floats(pos0 + n_q, 1)
-    cdef int j, h0
+    cdef _Job job
+    cdef Py_ssize_t units = n_q * n_kv_head, lanes = n_threads, i
+    cdef int j
     if n_q <= 0:
         return
-    if n_threads <= 1:
+    job.q, job.ldq, job.k, job.v, job.head_stride = q, ldq, k, v, head_stride
+    job.pos0, job.n_q, job.n_kv_head, job.head_dim = pos0, n_q, n_kv_head, head_dim
+    job.scale, job.window, job.out, job.ldo, job.scratch = scale, window, out, ldo, scratch
+    job.group = n_head // n_kv_head
+    if lanes <= 1 or <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_THREADED_WORK:
         for i in range(n_q):
             for j in range(n_kv_head):
-                _attend_task(q, ldq, k, v, head_stride, pos0, head_dim, scale, window,
-                             out, ldo, scratch, i, j * group, group, group)
+                _attend_heads(&job, i, j * job.group, job.group, scratch)
         return
-    # Too few (row, KV head) units to keep every thread busy (decode with few KV
-    # heads): split each group into smaller sets of query heads, trading K/V reuse
-    # for parallelism.
-    units = n_q * n_kv_head
-    if units < n_threads:
-        sub = <int>((group * units + n_threads - 1) // n_threads)
-        if sub < 1:
-            sub = 1
-    subs_per_group = (group + sub - 1) // sub
-    n_tasks = units * subs_per_group
-    # Later rows see more keys (causal), so tasks differ in cost: schedule dynamically.
-    for task in prange(n_tasks, schedule="dynamic", num_threads=n_threads):
-        h0 = <int>((task // subs_per_group) % n_kv_head) * group \
-            + <int>(task % subs_per_group) * sub
-        _attend_task(q, ldq, k, v, head_stride, pos0, head_dim, scale, window,
-                     out, ldo, scratch + threadid() * row_floats,
-                     task // (subs_per_group * n_kv_head), h0,
-                     min(sub, (h0 // group + 1) * group - h0), group)
+    # The longest score row is pos0 + n_q floats, so lane rows this long fit in
+    # attention_scratch_floats(pos0 + n_q, n_threads).
+    job.row_floats = attention_scratch_floats(pos0 + n_q, 1)
+    job.sub = job.group
+    # Too few (row, KV head) units to keep every lane busy (decode with few KV heads):
+    # split each group into smaller sets of query heads, trading K/V reuse for
+    # parallelism.
+    if units < lanes:
+        job.sub = max(1, <int>((job.group * units + lanes - 1) // lanes))
+    job.subs_per_group = (job.group + job.sub - 1) // job.sub
+    job.n_tasks = units * job.subs_per_group
+    job.next_task = 0
+    lanes = min(lanes, job.n_tasks)
+    parallel_chunks(<int>lanes, lanes, _run_lane, &job)
 
 
 cdef void rope(float* x, Py_ssize_t n_rows, Py_ssize_t ldx, int n_heads, int head_dim,
@@ -483,7 +267,8 @@ def _py_attention(q, k_cache, v_cache, Py_ssize_t pos0, int n_head, int n_kv_hea
     slots [max(0, pos0 + i - window + 1), pos0 + i] (window <= 0: all of them).
     scale defaults to 1 / sqrt(head_dim). out (n_q, n_head * head_dim) float32 is
     written and returned (allocated if None; it must not overlap the inputs).
-    n_threads > 1 splits the work over OpenMP threads.
+    n_threads > 1 splits the (row, query heads) tasks over the matmul thread pool when
+    the call is large enough to gain from it.
     """
     if n_head <= 0 or n_kv_head <= 0:
         raise ShapeError(f"n_head and n_kv_head must be positive, got {n_head}, {n_kv_head}")

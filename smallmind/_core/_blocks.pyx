@@ -259,9 +259,12 @@ cdef inline void _attend(Workspace ws, Layer L, int layer, Py_ssize_t pos0, Py_s
                          Py_ssize_t ldq, int n_threads) noexcept nogil:
     cdef Py_ssize_t head_stride = ws.capacity * ws.head_dim
     cdef Py_ssize_t off = layer * ws.n_kv_head * head_stride
+    # att_scratch holds one score row of the whole cache: attention gets as many threads
+    # as rows of the current length fit in it (all of them until it is half full).
+    cdef Py_ssize_t rows = attention_scratch_floats(ws.capacity, 1) // attention_scratch_floats(pos0 + n, 1)
     attention(ws.qkv, n, ldq, ws.k_cache + off, ws.v_cache + off, head_stride, pos0,
               ws.n_head, ws.n_kv_head, ws.head_dim, L.attn_scale, L.window,
-              ws.att, ws.q_dim, ws.att_scratch, 1)
+              ws.att, ws.q_dim, ws.att_scratch, <int>min(<Py_ssize_t>n_threads, rows))
 
 
 def gpt2_block(Layer L, Workspace ws, int layer, Py_ssize_t pos0, Py_ssize_t n, int n_threads):

@@ -20,7 +20,10 @@ cdef cnp.ndarray _same_shape_input(object array, str name, cnp.ndarray like, str
 # Refuse memory overlap between out and array, except (if may_alias) being the same array.
 cdef int _check_overlap(cnp.ndarray out, str out_name, cnp.ndarray array, str name,
                         bint may_alias) except -1
-# Validated (a, b, out) for an elementwise op on two same-shape arrays; out may be a or b.
-cdef tuple _binary_operands(object a, str a_name, object b, str b_name, object out)
+# An elementwise op on two same-shape arrays: validates (a, b, out) (out may be a or b,
+# None allocates it), runs kernel over them without the GIL and returns out.
+ctypedef void (*binary_kernel)(const float* a, const float* b, float* out, Py_ssize_t n) noexcept nogil
+cdef cnp.ndarray _apply_binary(binary_kernel kernel, object a, str a_name, object b, str b_name,
+                               object out)
 # Whether the dispatching kernels (here and in _gelu) take their AVX-512 paths.
 cdef bint simd_avx512() noexcept nogil

@@ -8,10 +8,16 @@ Accuracy: add and scale are exact float32 operations; swiglu's silu is within a 
 ulp (relative 3e-7), silu(-inf) = 0; softmax is within (1e-6 + 1e-7 |x - max|)
 relative of a float64 softmax (tests/test_elementwise.py).
 """
-import os
-
 cimport numpy as cnp
 from libc.math cimport INFINITY
+
+from smallmind._core._simd cimport (SMM_ISA_AVX2, SMM_ISA_AVX512, __m256, __m256i, _mm256_add_ps,
+                                    _mm256_and_ps, _mm256_blendv_ps, _mm256_castsi256_ps,
+                                    _mm256_loadu_ps, _mm256_maskload_ps, _mm256_maskstore_ps,
+                                    _mm256_max_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps,
+                                    _mm256_storeu_ps, _mm256_sub_ps, sm512_swiglu_array, sm_exp,
+                                    sm_hmax, sm_hsum, sm_swiglu_array, sm_tail_mask, smm_isa,
+                                    smm_set_isa)
 
 import numpy as np
 
@@ -19,46 +25,17 @@ from smallmind.errors import ShapeError
 
 cnp.import_array()
 
-cdef extern from "_simd.h" nogil:
-    # Opaque to Cython: it only passes these values between the intrinsics.
-    ctypedef float __m256
-    ctypedef int __m256i
-    __m256 _mm256_loadu_ps(const float* p)
-    void _mm256_storeu_ps(float* p, __m256 v)
-    __m256 _mm256_maskload_ps(const float* p, __m256i mask)
-    void _mm256_maskstore_ps(float* p, __m256i mask, __m256 v)
-    __m256 _mm256_set1_ps(float v)
-    __m256 _mm256_setzero_ps()
-    __m256 _mm256_add_ps(__m256 a, __m256 b)
-    __m256 _mm256_sub_ps(__m256 a, __m256 b)
-    __m256 _mm256_mul_ps(__m256 a, __m256 b)
-    __m256 _mm256_max_ps(__m256 a, __m256 b)
-    __m256 _mm256_and_ps(__m256 a, __m256 b)
-    __m256 _mm256_blendv_ps(__m256 a, __m256 b, __m256 mask)
-    __m256 _mm256_castsi256_ps(__m256i v)
-    __m256i sm_tail_mask(Py_ssize_t count)
-    float sm_hsum(__m256 v)
-    float sm_hmax(__m256 v)
-    __m256 sm_exp_flush(__m256 x)
-    __m256 sm_silu(__m256 x)
-    int sm_cpu_has_avx512()
-    void sm512_swiglu_array(const float* gate, const float* up, float* out, Py_ssize_t n)
 
-
-# AVX-512 path for swiglu (add, scale and softmax stay AVX2: they are
-# limited by memory or already fast), chosen once at import when the CPU has it;
-# SMALLMIND_SIMD=avx2 in the environment keeps the AVX2 path (as does _set_simd).
-cdef bint _use_avx512 = (sm_cpu_has_avx512() != 0
-                         and os.environ.get("SMALLMIND_SIMD", "").lower() != "avx2")
-
-
+# swiglu and the GELUs of _gelu take their AVX-512 paths when the one instruction-set
+# switch (_simd_dispatch.h, shared with the matmul kernels) says so; add, scale and
+# softmax stay AVX2: they are limited by memory or already fast.
 cdef bint simd_avx512() noexcept nogil:
-    return _use_avx512
+    return smm_isa() == SMM_ISA_AVX512
 
 
 def _simd():
     """The instruction set the dispatching kernels use (here and in _gelu): "avx512" or "avx2"."""
-    return "avx512" if _use_avx512 else "avx2"
+    return "avx512" if simd_avx512() else "avx2"
 
 
 def _set_simd(name):
@@ -66,14 +43,12 @@ def _set_simd(name):
 
     Returns the previous setting. Asking for "avx512" on a CPU without it raises ValueError.
     """
-    global _use_avx512
     previous = _simd()
     if name == "avx2":
-        _use_avx512 = False
+        smm_set_isa(SMM_ISA_AVX2)
     elif name == "avx512":
-        if not sm_cpu_has_avx512():
-            raise ValueError("this CPU has no AVX-512F")
-        _use_avx512 = True
+        if smm_set_isa(SMM_ISA_AVX512) != SMM_ISA_AVX512:
+            raise ValueError("this CPU has no AVX-512 path")
     else:
         raise ValueError(f"simd must be 'avx2' or 'avx512', got {name!r}")
     return previous
@@ -136,18 +111,10 @@ cdef inline void _scale(const float* a, float s, float* out, Py_ssize_t n) noexc
 
 
 cdef inline void _swiglu(const float* gate, const float* up, float* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    cdef __m256i mask
-    if _use_avx512:
+    if simd_avx512():
         sm512_swiglu_array(gate, up, out, n)
-        return
-    while i + 8 <= n:
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(sm_silu(_mm256_loadu_ps(gate + i)), _mm256_loadu_ps(up + i)))
-        i += 8
-    if i < n:
-        mask = sm_tail_mask(n - i)
-        _mm256_maskstore_ps(out + i, mask, _mm256_mul_ps(sm_silu(_mm256_maskload_ps(gate + i, mask)),
-                                                          _mm256_maskload_ps(up + i, mask)))
+    else:
+        sm_swiglu_array(gate, up, out, n)
 
 
 cdef void softmax_inplace(float* x, Py_ssize_t n) noexcept nogil:
@@ -208,21 +175,21 @@ cdef void softmax_row(const float* x, float* out, Py_ssize_t n) noexcept nogil:
         acc0 = _mm256_setzero_ps()
         acc1 = _mm256_setzero_ps()
         while i + 16 <= block_end:
-            e = sm_exp_flush(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax))
+            e = sm_exp(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax))
             _mm256_storeu_ps(out + i, e)
             acc0 = _mm256_add_ps(acc0, e)
-            e = sm_exp_flush(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vmax))
+            e = sm_exp(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vmax))
             _mm256_storeu_ps(out + i + 8, e)
             acc1 = _mm256_add_ps(acc1, e)
             i += 16
         while i + 8 <= block_end:
-            e = sm_exp_flush(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax))
+            e = sm_exp(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax))
             _mm256_storeu_ps(out + i, e)
             acc0 = _mm256_add_ps(acc0, e)
             i += 8
         if i < block_end:
             mask = sm_tail_mask(block_end - i)
-            e = sm_exp_flush(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), vmax))
+            e = sm_exp(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), vmax))
             _mm256_maskstore_ps(out + i, mask, e)
             acc0 = _mm256_add_ps(acc0, _mm256_and_ps(e, _mm256_castsi256_ps(mask)))
             i = block_end
@@ -298,13 +265,20 @@ cdef int _check_overlap(cnp.ndarray out, str out_name, cnp.ndarray array, str na
     raise ShapeError(f"{out_name} must not share memory with {name}")
 
 
-cdef tuple _binary_operands(object a, str a_name, object b, str b_name, object out):
+cdef cnp.ndarray _apply_binary(binary_kernel kernel, object a, str a_name, object b, str b_name,
+                               object out):
     cdef cnp.ndarray va = _f32_array(a, a_name, 0, 32, False)
     cdef cnp.ndarray vb = _same_shape_input(b, b_name, va, a_name)
     cdef cnp.ndarray vo = _f32_out(out, va, "out")
     _check_overlap(vo, "out", va, a_name, True)
     _check_overlap(vo, "out", vb, b_name, True)
-    return va, vb, vo
+    cdef const float* pa = <const float*>cnp.PyArray_DATA(va)
+    cdef const float* pb = <const float*>cnp.PyArray_DATA(vb)
+    cdef float* po = <float*>cnp.PyArray_DATA(vo)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(va)
+    with nogil:
+        kernel(pa, pb, po, n)
+    return vo
 
 
 cdef cnp.ndarray _same_shape_input(object array, str name, cnp.ndarray like, str like_name):
@@ -324,13 +298,7 @@ def add(a, b, out=None):
 
     ``out`` may be ``a`` or ``b`` (in place). Returns ``out``.
     """
-    cdef cnp.ndarray va, vb, vo
-    va, vb, vo = _binary_operands(a, "a", b, "b", out)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(va)
-    with nogil:
-        _add(<const float*>cnp.PyArray_DATA(va), <const float*>cnp.PyArray_DATA(vb),
-            <float*>cnp.PyArray_DATA(vo), n)
-    return vo
+    return _apply_binary(_add, a, "a", b, "b", out)
 
 
 def scale(a, s, out=None):
@@ -351,13 +319,7 @@ def swiglu(gate, up, out=None):
     silu is accurate to a few float32 ulp (relative); silu(-inf) = 0, silu(+inf) = inf.
     ``out`` may be ``gate`` or ``up``. Returns ``out``.
     """
-    cdef cnp.ndarray vg, vu, vo
-    vg, vu, vo = _binary_operands(gate, "gate", up, "up", out)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(vg)
-    with nogil:
-        _swiglu(<const float*>cnp.PyArray_DATA(vg), <const float*>cnp.PyArray_DATA(vu),
-                <float*>cnp.PyArray_DATA(vo), n)
-    return vo
+    return _apply_binary(_swiglu, gate, "gate", up, "up", out)
 
 
 def softmax(x, out=None, axis=-1):

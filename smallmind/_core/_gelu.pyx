@@ -1,12 +1,13 @@
 """GELU activations (tanh form, exact erf form, a fast approximation) and GeGLU.
 
 The ``cdef`` kernels (declared in ``_gelu.pxd``) run without the GIL on raw float32
-pointers, eight lanes at a time with the AVX2/FMA helpers of ``_simd.h``; a ragged
+pointers, eight lanes at a time with the AVX2/FMA loops of ``_activations.h``; a ragged
 tail goes through the same vector code with masked loads and stores, so every
 element gets the same arithmetic whatever the array length.
 
-On CPUs with AVX-512F the kernels switch, at import, to 16-lane versions of the same
-math (also in ``_simd.h``); ``SMALLMIND_SIMD=avx2`` or ``_set_simd("avx2")`` keeps AVX2.
+Where ``_simd_dispatch.h`` chooses AVX-512 (``SMALLMIND_ISA`` can force AVX2), the
+kernels run 16-lane versions of the same math (also in ``_activations.h``);
+``_set_simd("avx2")`` switches a running process back, for tests and benchmarks.
 
 Errors, measured on both paths over 3M points (``tests/test_gelu.py`` checks each bound):
 
@@ -19,86 +20,43 @@ Errors, measured on both paths over 3M points (``tests/test_gelu.py`` checks eac
 
 cimport numpy as cnp
 
-from smallmind._core._elementwise cimport (_binary_operands, _check_overlap, _f32_array,
+from smallmind._core._elementwise cimport (_apply_binary, _check_overlap, _f32_array,
                                            _f32_out, simd_avx512)
+from smallmind._core._simd cimport (sm512_geglu_array, sm512_gelu_erf_array, sm512_gelu_fast_array,
+                                    sm512_gelu_tanh_array, sm_geglu_array, sm_gelu_erf_array,
+                                    sm_gelu_fast_array, sm_gelu_tanh_array)
 
 cnp.import_array()
 
 # Bound on |gelu_fast(x) - exact erf GELU(x)| over x in [-10, 10] (measured 4.75e-4).
 FAST_MAX_ABS_ERROR = 5e-4
 
-cdef extern from "_simd.h" nogil:
-    ctypedef float __m256
-    ctypedef int __m256i
-    __m256 _mm256_loadu_ps(const float* p)
-    void _mm256_storeu_ps(float* p, __m256 v)
-    __m256 _mm256_maskload_ps(const float* p, __m256i mask)
-    void _mm256_maskstore_ps(float* p, __m256i mask, __m256 v)
-    __m256 _mm256_mul_ps(__m256 a, __m256 b)
-    __m256i sm_tail_mask(Py_ssize_t count)
-    __m256 sm_gelu_tanh(__m256 x)
-    __m256 sm_gelu_erf(__m256 x)
-    __m256 sm_gelu_fast(__m256 x)
-    void sm512_gelu_tanh_array(const float* x, float* out, Py_ssize_t n)
-    void sm512_gelu_erf_array(const float* x, float* out, Py_ssize_t n)
-    void sm512_gelu_fast_array(const float* x, float* out, Py_ssize_t n)
-    void sm512_geglu_array(const float* gate, const float* up, float* out, Py_ssize_t n)
-
-
-# The AVX-512 paths follow the one switch in _elementwise (see simd_avx512 there):
-# on when the CPU has AVX-512F, off with SMALLMIND_SIMD=avx2 or _elementwise._set_simd.
+# The AVX-512 paths follow the one switch (simd_avx512 in _elementwise, which asks
+# _simd_dispatch.h); _set_simd and _simd are re-exported for tests and benchmarks.
 from smallmind._core._elementwise import _set_simd, _simd  # noqa: E402,F401  (re-exported)
 
 
-# Three near-identical loops: Cython cannot pass an inline vector function as a
-# parameter without an indirect call per vector, which would stop the inlining.
+# The loops themselves are C (_activations.h), one per activation and vector width.
 
 cdef void gelu_tanh(const float* x, float* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    cdef __m256i mask
     if simd_avx512():
         sm512_gelu_tanh_array(x, out, n)
-        return
-    while i + 16 <= n:
-        _mm256_storeu_ps(out + i, sm_gelu_tanh(_mm256_loadu_ps(x + i)))
-        _mm256_storeu_ps(out + i + 8, sm_gelu_tanh(_mm256_loadu_ps(x + i + 8)))
-        i += 16
-    while i < n:
-        mask = sm_tail_mask(n - i)
-        _mm256_maskstore_ps(out + i, mask, sm_gelu_tanh(_mm256_maskload_ps(x + i, mask)))
-        i += 8
+    else:
+        sm_gelu_tanh_array(x, out, n)
 
 
 cdef void gelu_erf(const float* x, float* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    cdef __m256i mask
     if simd_avx512():
         sm512_gelu_erf_array(x, out, n)
-        return
-    while i + 16 <= n:
-        _mm256_storeu_ps(out + i, sm_gelu_erf(_mm256_loadu_ps(x + i)))
-        _mm256_storeu_ps(out + i + 8, sm_gelu_erf(_mm256_loadu_ps(x + i + 8)))
-        i += 16
-    while i < n:
-        mask = sm_tail_mask(n - i)
-        _mm256_maskstore_ps(out + i, mask, sm_gelu_erf(_mm256_maskload_ps(x + i, mask)))
-        i += 8
+    else:
+        sm_gelu_erf_array(x, out, n)
 
 
 cdef void gelu_fast(const float* x, float* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    cdef __m256i mask
     if simd_avx512():
         sm512_gelu_fast_array(x, out, n)
-        return
-    while i + 16 <= n:
-        _mm256_storeu_ps(out + i, sm_gelu_fast(_mm256_loadu_ps(x + i)))
-        _mm256_storeu_ps(out + i + 8, sm_gelu_fast(_mm256_loadu_ps(x + i + 8)))
-        i += 16
-    while i < n:
-        mask = sm_tail_mask(n - i)
-        _mm256_maskstore_ps(out + i, mask, sm_gelu_fast(_mm256_maskload_ps(x + i, mask)))
-        i += 8
+    else:
+        sm_gelu_fast_array(x, out, n)
 
 
 cdef void geglu(const float* gate, const float* up, float* out, Py_ssize_t n) noexcept nogil:
@@ -107,17 +65,10 @@ cdef void geglu(const float* gate, const float* up, float* out, Py_ssize_t n) no
 
 # The def wrapper geglu reuses the name for Python, so the body is _geglu.
 cdef inline void _geglu(const float* gate, const float* up, float* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    cdef __m256i mask
     if simd_avx512():
         sm512_geglu_array(gate, up, out, n)
-        return
-    while i < n:
-        # sm_tail_mask(>= 8) is all lanes, so one loop covers the body and the tail.
-        mask = sm_tail_mask(n - i)
-        _mm256_maskstore_ps(out + i, mask, _mm256_mul_ps(sm_gelu_tanh(_mm256_maskload_ps(gate + i, mask)),
-                                                          _mm256_maskload_ps(up + i, mask)))
-        i += 8
+    else:
+        sm_geglu_array(gate, up, out, n)
 
 
 cdef int _approximation(object approximate) except -1:
@@ -168,10 +119,4 @@ def geglu(gate, up, out=None):
     ``gate`` and ``up`` are float32 C-contiguous arrays of one shape; ``out`` may be
     either of them. Returns ``out``.
     """
-    cdef cnp.ndarray vg, vu, vo
-    vg, vu, vo = _binary_operands(gate, "gate", up, "up", out)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(vg)
-    with nogil:
-        _geglu(<const float*>cnp.PyArray_DATA(vg), <const float*>cnp.PyArray_DATA(vu),
-               <float*>cnp.PyArray_DATA(vo), n)
-    return vo
+    return _apply_binary(_geglu, gate, "gate", up, "up", out)

@@ -27,3 +27,10 @@ cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t l
 cdef Py_ssize_t matmul_scratch_bytes(const WeightView* w, Py_ssize_t n) noexcept nogil
 # Dequantise row `row` of w into out[0:cols] (embedding lookup).
 cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogil
+
+# Runs fn(arg, c) for every c in [0, n_chunks) on the calling thread and up to
+# n_threads - 1 workers of the pool the products use (_threadpool.h), returning when
+# all are done: other kernels (attention) share the one pool through this. Chunks must
+# be independent; n_chunks <= 65535 (more run on the calling thread).
+ctypedef void (*chunk_fn)(const void* arg, Py_ssize_t chunk) noexcept nogil
+cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil

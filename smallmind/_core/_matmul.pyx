@@ -44,6 +44,15 @@ SUPPORTED_TYPES = tuple(t for t in GGMLType if smm_block_elems(int(t)) > 0)
 smm_isa()  # probe the CPU once at import, not inside the first threaded call
 
 
+cdef extern from "_threadpool.h" nogil:
+    ctypedef void (*smp_chunk_fn)(const void* arg, Py_ssize_t chunk) noexcept nogil
+    void smp_parallel(int n_threads, Py_ssize_t n_chunks, smp_chunk_fn fn, const void* arg)
+
+
+cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil:
+    smp_parallel(n_threads, n_chunks, fn, arg)
+
+
 cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t ldx,
                  float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
                  int n_threads, void* scratch) noexcept nogil:

@@ -21,28 +21,15 @@ cimport numpy as cnp
 from libc.math cimport isfinite, sqrt
 
 from smallmind._core._elementwise cimport _check_overlap, _f32_array, _f32_out, _same_shape_input
+from smallmind._core._simd cimport (__m256, __m256i, _mm256_add_ps, _mm256_and_ps, _mm256_castsi256_ps,
+                                    _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps,
+                                    _mm256_maskstore_ps, _mm256_mul_ps, _mm256_set1_ps,
+                                    _mm256_setzero_ps, _mm256_storeu_ps, _mm256_sub_ps, sm_hsum,
+                                    sm_tail_mask)
 
 from smallmind.errors import ShapeError
 
 cnp.import_array()
-
-cdef extern from "_simd.h" nogil:
-    ctypedef float __m256
-    ctypedef int __m256i
-    __m256 _mm256_loadu_ps(const float* p)
-    void _mm256_storeu_ps(float* p, __m256 v)
-    __m256 _mm256_maskload_ps(const float* p, __m256i mask)
-    void _mm256_maskstore_ps(float* p, __m256i mask, __m256 v)
-    __m256 _mm256_set1_ps(float v)
-    __m256 _mm256_setzero_ps()
-    __m256 _mm256_add_ps(__m256 a, __m256 b)
-    __m256 _mm256_sub_ps(__m256 a, __m256 b)
-    __m256 _mm256_mul_ps(__m256 a, __m256 b)
-    __m256 _mm256_fmadd_ps(__m256 a, __m256 b, __m256 c)
-    __m256 _mm256_and_ps(__m256 a, __m256 b)
-    __m256 _mm256_castsi256_ps(__m256i v)
-    __m256i sm_tail_mask(Py_ssize_t count)
-    float sm_hsum(__m256 v)
 
 # Values summed in float32 before the running total moves to float64: each of the
 # 4 x 8 accumulator lanes adds 8 values per block, so a block's rounding is ~8 ulp.
