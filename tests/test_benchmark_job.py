@@ -29,8 +29,10 @@ def test_an_isa_path_or_metric_without_baseline_is_reported_not_checked():
     assert "| fast | — | 0.1 | — | new (not checked) |" in text and "- a note" in text
 
 
-def test_best_of_runs_keeps_each_metric_best():
-    assert regression.best_of([{"a": 1.0, "b": 5.0}, {"a": 2.0}]) == {"a": 2.0, "b": 5.0}
+def test_each_side_of_a_ratio_is_its_best_over_the_runs():
+    # Run 1: smallmind disturbed; run 2: the peer disturbed. Neither disturbance survives.
+    runs = [{"a": (1.0, 4.0), "b": (5.0, 1.0)}, {"a": (8.0, 2.0)}]
+    assert regression.ratios(runs) == {"a": 2.0, "b": 5.0}
 
 
 def test_committed_baseline_is_well_formed():
