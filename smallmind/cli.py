@@ -19,22 +19,10 @@ from .errors import SmallMindError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine, Timings
+    from .sampling import SamplingParams
 
 DESCRIPTION = ("Fast CPU inference for small transformer language models (GGUF, llama2.c). "
                "Without --model, the small Shakespeare model embedded in the package is used.")
-
-# Sampling options: (SamplingParams field, value type, help). Flags and defaults come from
-# the field, so the command line and the Python API cannot disagree.
-SAMPLING_OPTIONS: tuple[tuple[str, type, str], ...] = (
-    ("temperature", float, "sampling temperature; 0 is greedy decoding"),
-    ("top_k", int, "keep only the K most likely tokens (0 or unset: off)"),
-    ("top_p", float, "keep the most likely tokens whose probabilities add up to P (1 or unset: off)"),
-    ("min_p", float, "keep tokens at least P times as likely as the most likely one (0 or unset: off)"),
-    ("repetition_penalty", float, "shrink the logits of recently seen tokens by this factor; 1 is off"),
-    ("presence_penalty", float, "subtract this from the logit of every recently seen token; 0 is off"),
-    ("frequency_penalty", float, "subtract this times its count from a recent token's logit; 0 is off"),
-    ("seed", int, "random seed: the same seed gives the same text (unset: a fresh one each run)"),
-)
 
 
 class _UsageError(Exception):
@@ -89,11 +77,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _default_max_new_tokens() -> int:
-    from .sampling import DEFAULT_MAX_NEW_TOKENS
-    return DEFAULT_MAX_NEW_TOKENS
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", metavar="FILE",
                    help="GGUF or llama2.c .bin file (default: the embedded Shakespeare model); "
@@ -106,28 +89,33 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """One option per SamplingParams field, with its help text and default (the one definition)."""
     from .sampling import SamplingParams
-    defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
-    p.add_argument("-n", "--max-new-tokens", type=_count, default=_default_max_new_tokens(), metavar="N",
-                   help="tokens to generate at most; fewer when the context is full")
-    for name, kind, text in SAMPLING_OPTIONS:
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=defaults[name],
-                       metavar=name.split("_")[-1].upper(), help=text)
-    p.add_argument("--stop", action="append", metavar="TEXT",
-                   help="stop when this text appears (repeatable; default: none)")
+    for opt in SamplingParams.options():
+        if opt.type is None:  # not a plain value (logit_bias): Python API only
+            continue
+        flags = [f"--{opt.name.replace('_', '-')}"]
+        if opt.name == "max_new_tokens":
+            p.add_argument("-n", *flags, type=_count, default=opt.default, metavar="N", help=opt.help)
+        elif opt.repeated:
+            p.add_argument(*flags, dest=opt.name, action="append", type=opt.type, metavar="TEXT",
+                           help=f"{opt.help} (repeatable; default: none)")
+        else:
+            p.add_argument(*flags, dest=opt.name, type=opt.type, default=opt.default,
+                           metavar=opt.name.split("_")[-1].upper(), help=opt.help)
 
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for generate(), checked now so that misuse is an error before any output."""
-    from .sampling import SamplingParams
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    """The generation parameters, checked now so that misuse is an error before any output."""
     from .errors import SamplingError
-    params = {name: getattr(args, name) for name, _, _ in SAMPLING_OPTIONS}
-    for name, value in params.items():  # one at a time, so the error names the option
+    from .sampling import SamplingParams
+    values = {o.name: getattr(args, o.name) for o in SamplingParams.options() if hasattr(args, o.name)}
+    for name, value in values.items():  # one at a time, so the error names the option
         try:
             SamplingParams(**{name: value})
         except SamplingError as exc:
             raise _UsageError(f"argument --{name.replace('_', '-')}: {exc}") from None
-    return dict(params, max_new_tokens=args.max_new_tokens, stop=args.stop)
+    return SamplingParams(**values)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -157,15 +145,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         # Learned absolute positions cannot slide: stop where the context ends.
         session = engine.session()
         room = engine.n_ctx - max(len(ids), 1)
-        if sampling["max_new_tokens"] > room:
+        if sampling.max_new_tokens > room:
             print(f"smallmind: the context holds {engine.n_ctx} tokens: generating {room}, "
-                  f"not {sampling['max_new_tokens']}", file=sys.stderr)
-            sampling["max_new_tokens"] = room
+                  f"not {sampling.max_new_tokens}", file=sys.stderr)
+            sampling = dataclasses.replace(sampling, max_new_tokens=room)
     else:
         # Rotary models slide their window past the context, keeping BOS.
         keep = 1 if engine.tokenizer.add_bos else 0
         session = engine.session(overflow="shift", n_keep=keep)
-    chunks = session.generate(ids, stream=True, **sampling)  # validates before any output
+    chunks = session.generate(ids, sampling, stream=True)  # validates before any output
     out = sys.stdout
     out.write(prompt)
     out.flush()
@@ -180,7 +168,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from ._repl import ChatREPL
     sampling = _sampling(args)
-    return ChatREPL(_engine(args), system=args.system, sampling=sampling).run()
+    values = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(sampling)}
+    return ChatREPL(_engine(args), system=args.system, sampling=values).run()
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -201,7 +190,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     engine = _engine(args)
     with profile() as prof:
-        engine.generate(args.prompt, **sampling)
+        engine.generate(args.prompt, sampling)
     print(prof.table(by=args.by))
     if args.trace:
         prof.to_chrome_trace(args.trace)

@@ -427,16 +427,11 @@ def test_decode_refuses_non_integer_ids(seed_engine):
     assert tok.decode(np.array([65, 66])) == "AB"
 
 
-def test_cli_options_can_be_derived_from_sampling_params():
-    import argparse
-    parser = argparse.ArgumentParser()
-    for opt in SamplingParams.options():
-        if opt.type is None:
-            continue
-        parser.add_argument("--" + opt.name.replace("_", "-"), type=opt.type, default=opt.default,
-                            help=opt.help, action="append" if opt.repeated else "store")
-    args = parser.parse_args(["--top-p", "0.9", "--stop", "a", "--stop", "b", "--max-new-tokens", "5"])
-    p = SamplingParams.build(**vars(args))
-    assert (p.top_p, p.stop, p.max_new_tokens, p.temperature) == (0.9, ("a", "b"), 5, 0.8)
+def test_cli_options_are_derived_from_sampling_params():
+    from smallmind.cli import _sampling, build_parser
+    args = build_parser().parse_args(["generate", "x", "--top-p", "0.9", "--stop", "a", "--stop", "b",
+                                      "-n", "5", "--penalty-last-n", "16"])
+    p = _sampling(args)
+    assert (p.top_p, p.stop, p.max_new_tokens, p.temperature, p.penalty_last_n) == (0.9, ("a", "b"), 5, 0.8, 16)
     names = {o.name for o in SamplingParams.options()}
     assert names == set(SamplingParams.names()) and "penalty_last_n" in names
