@@ -79,6 +79,13 @@ def cmd_chat(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.kernels:  # which instruction-set path multiplies each weight type (issue #7)
+        from ._core._matmul import kernel_paths
+        paths = kernel_paths()
+        print(json.dumps(paths, indent=2) if args.json else
+              f"CPU: {paths['cpu']}, active: {paths['active']} (SMALLMIND_ISA=avx2 forces AVX2)\n"
+              + "\n".join(f"{name:5} {path}" for name, path in paths["types"].items()))
+        return 0
     from ._bench import run_seed_workload, format_table
     result = run_seed_workload(quick=args.quick, model=args.model)
     if args.json:
@@ -143,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", default=None, help="run the workload on this model file instead")
+    p.add_argument("--kernels", action="store_true", help="print the kernel path of each weight type")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("profile", help="generate once and print where the time went")
