@@ -12,7 +12,8 @@ fly to int8 per block (32 elements, or 256 for K-quants), ``d = amax/127``; the 
 part is exact, so the only approximation is that rounding of x: the error is at most
 ``sqrt(B-1)/254 * |w| |x|`` (0.022 for B = 32, 0.063 for B = 256) and typically 1e-3 of
 it, as in llama.cpp. AVX-512 (VNNI, VBMI, GFNI) kernels are chosen at run time when the
-CPU has them, AVX2 ones otherwise.
+CPU has them, AVX2 ones otherwise; ``SMALLMIND_ISA=avx2`` forces the AVX2 ones for the whole
+process (the switch in _simd_dispatch.h) and :func:`kernel_paths` says which path each type uses.
 
 Threads (``n_threads > 1``) split the weight rows in chunks claimed from a small thread
 pool (_threadpool.h), the caller included, so a worker whose core is busy never holds the
