@@ -372,7 +372,7 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++)
-            out[r][c] = smm_hsum8(_mm256_add_ps(acc[r][c], _mm256_castps128_ps256(accm[r][c])));
+            out[r][c] = smm_hsum8(_mm256_add_ps(acc[r][c], _mm256_set_m128(_mm_setzero_ps(), accm[r][c])));
 }
 
 /* ------------------------------------------------------------------------------------
