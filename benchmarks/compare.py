@@ -22,8 +22,14 @@ prefill, and from the first sampled token to the end); llama.cpp is driven throu
 low-level ctypes API (llama_decode + argmax over llama_get_logits_ith in numpy), and its own
 perf counters (llama_perf_context: time inside llama_decode) are reported beside it to show
 the Python loop's share. Each engine runs in its own child process so the two OpenMP runtimes
-never share a process. llama.cpp runs with ``use_extra_bufts=False`` (see
-tools/make_logit_fixtures.py: its AMX matmul path faults on this VM).
+never share a process. llama.cpp runs with ``use_extra_bufts=False`` unless
+``--llama-extra-bufts`` (see tools/make_logit_fixtures.py: its AMX matmul path faulted on an
+earlier VM; CPUs without AMX do not need the guard).
+
+Effective weight bandwidth: the weight bytes one decoded token reads (every matrix; the token
+embedding only when it is also the output matrix) x smallmind's decode tok/s, and its share of
+this machine's read bandwidth at that thread count, measured in the same run before the models
+(benchmarks/roofline.py's read loop).
 
 Prints a markdown table, writes JSON (default benchmarks/results/compare.json) and, when
 matplotlib is importable, a PNG bar chart (default benchmarks/results/compare.png). Rows of
@@ -60,7 +66,28 @@ RUN_C_REPORTED = {"engine": "llama2.c run.c -Ofast", "model": "stories260K",
 
 def model_paths() -> dict[str, Path]:
     return {"stories260K": CACHE / "stories260K.gguf",
-            "SmolLM2-135M-Instruct Q4_1": CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"}
+            "SmolLM2-135M-Instruct Q4_1": CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "Gemma 3 270M Q4_K_M": CACHE / "gemma-3-270m-q4_k_m.gguf"}
+
+
+def weight_bytes_per_token(path: Path) -> int:
+    """Bytes of weights one decoded token reads: every matrix, except a token embedding that
+    is only looked up (one row) because the model has a separate output matrix."""
+    from smallmind.formats.gguf import read_gguf
+    tensors = read_gguf(path).tensors
+    tied = "output.weight" not in tensors
+    return sum(int(t.data.nbytes) for name, t in tensors.items()
+               if len(t.shape) >= 2 and (tied or name != "token_embd.weight"))
+
+
+def read_bandwidths(threads: list[int], quick: bool) -> dict[int, float]:
+    """This machine's read GB/s per thread count (benchmarks/roofline.py), measured now."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from roofline import READ_MB, aligned_buffer, read_bandwidth
+    buf = aligned_buffer(READ_MB << 20)
+    with ThreadPoolExecutor(max(threads)) as pool:
+        return {t: read_bandwidth(buf, t, 3 if quick else 5, pool, 0.05)["read"] for t in threads}
 
 
 def ensure_stories_gguf(path: Path) -> str | None:
@@ -95,7 +122,8 @@ class LlamaCppRunner:
             pass
         lc.llama_backend_init()
         mparams = lc.llama_model_default_params()
-        mparams.use_extra_bufts = False  # the AMX path faults on this VM; see module docstring
+        # the AMX path faulted on an earlier VM; see module docstring (--llama-extra-bufts)
+        mparams.use_extra_bufts = os.environ.get("SMALLMIND_BENCH_EXTRA_BUFTS") == "1"
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
@@ -312,7 +340,7 @@ def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
 
 COLUMNS = ["model", "threads", "llama.cpp prompt tok/s", "smallmind prompt tok/s",
            "prompt ratio", "llama.cpp decode tok/s", "smallmind decode tok/s", "decode ratio",
-           "same greedy ids"]
+           "weight MB/token", "smallmind weight GB/s", "% of read", "same greedy ids"]
 
 
 def table_rows(results: list[dict]) -> list[dict]:
@@ -327,6 +355,9 @@ def table_rows(results: list[dict]) -> list[dict]:
             "llama.cpp decode tok/s": lc.get("decode_tok_per_s"),
             "smallmind decode tok/s": sm.get("decode_tok_per_s"),
             "decode ratio": r["decode_ratio"],
+            "weight MB/token": r.get("weight_MB_per_token"),
+            "smallmind weight GB/s": r.get("weight_GB_per_s"),
+            "% of read": r.get("weight_pct_of_read"),
             "same greedy ids": r["greedy_agreement"],
         })
     return rows
@@ -435,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=None, help="comma list of model names (default: all)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "compare.json")
     ap.add_argument("--png", type=Path, default=HERE / "results" / "compare.png")
+    ap.add_argument("--llama-extra-bufts", action="store_true",
+                    help="let llama.cpp use its extra buffer types (repacked/AMX weights); off by default")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     ap.add_argument("--_model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--_runs", type=int, help=argparse.SUPPRESS)
@@ -452,9 +485,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(engines) - set(ENGINES)
     if unknown:
         ap.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
+    if args.llama_extra_bufts:
+        os.environ["SMALLMIND_BENCH_EXTRA_BUFTS"] = "1"  # inherited by the worker processes
     paths = model_paths()
     wanted = args.models.split(",") if args.models else list(paths)
     load_before = os.getloadavg()
+    bandwidth = read_bandwidths(threads, args.quick)
+    print("read bandwidth: " + ", ".join(f"{t} thread(s) {gbs:.1f} GB/s" for t, gbs in bandwidth.items()),
+          file=sys.stderr)
     results = []
     for name in wanted:
         path = paths[name]
@@ -470,7 +508,13 @@ def main(argv: list[str] | None = None) -> int:
         for i, t in enumerate(threads):
             rows = {e: per_engine[e][i] for e in engines}
             lc, sm = rows.get("llama.cpp"), rows.get("smallmind")
+            per_token = None if missing else weight_bytes_per_token(path)
+            sm_rate = (sm or {}).get("decode_tok_per_s")
+            weight_gbs = per_token * sm_rate / 1e9 if per_token and sm_rate else None
             results.append({
+                "weight_MB_per_token": per_token / 1e6 if per_token else None,
+                "weight_GB_per_s": weight_gbs, "read_GB_per_s": bandwidth[t],
+                "weight_pct_of_read": 100 * weight_gbs / bandwidth[t] if weight_gbs else None,
                 "model": name, "file": str(path), "threads": t, "engines": rows,
                 "prompt_ratio": _ratio(sm, lc, "prompt_tok_per_s"),
                 "decode_ratio": _ratio(sm, lc, "decode_tok_per_s"),
@@ -488,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens,
         "decode_prompt": DECODE_PROMPT,
         "timing": "wall clock (perf_counter) in a Python loop, best of runs; see docstring",
-        "loadavg_before": load_before,
+        "loadavg_before": load_before, "read_GB_per_s": bandwidth,
         "loadavg_after": os.getloadavg(), "reference": RUN_C_REPORTED, "details": results,
     }
     write_outputs(table_rows(results), meta, args.json)

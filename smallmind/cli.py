@@ -179,6 +179,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.kernels:  # which instruction-set path multiplies each weight type
+        from ._core._matmul import kernel_paths
+        paths = kernel_paths()
+        print(json.dumps(paths, indent=2) if args.json else
+              f"CPU: {paths['cpu']}, active: {paths['active']} (SMALLMIND_ISA=avx2 forces AVX2)\n"
+              + "\n".join(f"{name:5} {path}" for name, path in paths["types"].items()))
+        return 0
     from ._bench import format_table, run_seed_workload
     result = run_seed_workload(quick=args.quick, model=args.model)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
@@ -293,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repeats: a rough figure in seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--model", metavar="FILE", help="run the workload on this model file instead")
+    p.add_argument("--kernels", action="store_true",
+                   help="print which instruction-set path multiplies each weight type, and exit")
     return parser
 
 

@@ -63,6 +63,13 @@ def test_bench_json(capsys):
     assert result["workload"]["params"] == 470_528
 
 
+def test_bench_kernels_names_each_weight_type(capsys):
+    assert main(["bench", "--kernels", "--json"]) == 0
+    paths = json.loads(capsys.readouterr().out)
+    assert paths["active"] in ("avx2", "avx512")
+    assert paths["types"]["Q4_1"].startswith(paths["active"]) and "Q6_K" in paths["types"]
+
+
 def test_profile_prints_table(tiny_gguf, capsys, tmp_path):
     trace = tmp_path / "t.json"
     assert main(["profile", "ab", "-n", "5", "--model", str(tiny_gguf), "--trace", str(trace)]) == 0

@@ -18,6 +18,10 @@ Every check runs for each instruction set the CPU has (AVX2 always, AVX-512 when
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,8 +37,8 @@ pytest.importorskip("gguf")
 
 QUANT_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
 FLOAT_TYPES = ["F32", "F16", "BF16"]
-ISA_LEVELS = [level for level in (1, 2) if _matmul._set_isa(level) == level]
-_matmul._set_isa(2)
+DEFAULT_ISA = _matmul._isa()  # what the process chose (SMALLMIND_ISA may have lowered it)
+ISA_LEVELS = [level for level in (1, 2) if level <= _matmul._detected_isa()]
 
 
 # the `isa` fixture sets the instruction set once for all examples of a test, on purpose
@@ -45,7 +49,7 @@ FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 def isa(request):
     assert _matmul._set_isa(request.param) == request.param
     yield request.param
-    _matmul._set_isa(2)
+    _matmul._set_isa(DEFAULT_ISA)
 
 
 MIN_TYPES = {"Q4_1": 2, "Q5_1": 2, "Q4_K": 2, "Q5_K": 2}  # byte offset of the f16 min / dmin
@@ -302,3 +306,42 @@ def test_scratch_bytes_cover_every_path():
             assert need >= 0
             if name in QUANT_TYPES:  # one int8 code per activation at least
                 assert need >= n * 512
+
+
+def _isa_in_child(value: str) -> subprocess.CompletedProcess:
+    """Import the kernels in a fresh process with SMALLMIND_ISA=value; print the paths."""
+    code = "from smallmind._core import _matmul; print(_matmul._isa(), _matmul.kernel_paths())"
+    env = dict(os.environ, SMALLMIND_ISA=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+
+
+def test_isa_env_forces_avx2_for_every_type():
+    child = _isa_in_child("avx2")
+    assert child.returncode == 0, child.stderr
+    level, paths = child.stdout.split(" ", 1)
+    assert level == "1"
+    assert "avx512" not in paths and "'Q4_1': 'avx2'" in paths
+
+
+def test_isa_env_avx512_runs_or_is_refused():
+    child = _isa_in_child("avx512")
+    if _matmul._detected_isa() >= 2:
+        assert child.returncode == 0 and child.stdout.startswith("2 "), child.stderr
+    else:
+        assert child.returncode != 0
+        assert "CPUFeatureError" in child.stderr and "SMALLMIND_ISA=avx512" in child.stderr
+
+
+def test_isa_env_rejects_unknown_values():
+    child = _isa_in_child("avx1024")
+    assert child.returncode != 0
+    assert "ValueError" in child.stderr and "avx1024" in child.stderr
+
+
+def test_kernel_paths_name_every_weight_type():
+    paths = _matmul.kernel_paths()
+    assert paths["cpu"] == {1: "avx2", 2: "avx512"}[_matmul._detected_isa()]
+    assert paths["active"] == {1: "avx2", 2: "avx512"}[_matmul._isa()]
+    expected = {t.name for t in _matmul.SUPPORTED_TYPES} - {"Q8_K"}
+    assert set(paths["types"]) == expected
+    assert all(path.startswith(paths["active"]) for path in paths["types"].values())

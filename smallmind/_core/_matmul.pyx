@@ -12,7 +12,8 @@ fly to int8 per block (32 elements, or 256 for K-quants), ``d = amax/127``; the 
 part is exact, so the only approximation is that rounding of x: the error is at most
 ``sqrt(B-1)/254 * |w| |x|`` (0.022 for B = 32, 0.063 for B = 256) and typically 1e-3 of
 it, as in llama.cpp. AVX-512 (VNNI, VBMI, GFNI) kernels are chosen at run time when the
-CPU has them, AVX2 ones otherwise.
+CPU has them, AVX2 ones otherwise; ``SMALLMIND_ISA=avx2`` forces the AVX2 ones for the whole
+process (the switch in _simd_dispatch.h) and :func:`kernel_paths` says which path each type uses.
 
 Threads (``n_threads > 1``) split the weight rows in chunks claimed from a small thread
 pool (_threadpool.h), the caller included, so a worker whose core is busy never holds the
@@ -20,9 +21,11 @@ call up; ``n_threads <= 1`` and matrices under 65536 elements never use the pool
 then mallocs ``matmul_scratch_bytes`` itself; on allocation failure y is filled with NaN,
 as a void nogil function cannot raise).
 """
+import os
+
 import numpy as np
 
-from smallmind.errors import ShapeError, UnsupportedModelError
+from smallmind.errors import CPUFeatureError, ShapeError, UnsupportedModelError
 from smallmind.tensors import GGMLType
 
 cdef extern from "_matmul_impl.h" nogil:
@@ -30,6 +33,8 @@ cdef extern from "_matmul_impl.h" nogil:
     int smm_block_bytes(int type)
     int smm_isa()
     int smm_set_isa(int level)
+    int smm_isa_detected
+    unsigned long long smm_read_bandwidth(const unsigned char* p, Py_ssize_t nbytes, int n_threads)
     Py_ssize_t smm_scratch_bytes(int type, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n)
     void smm_matmul(int type, const unsigned char* w, Py_ssize_t rows, Py_ssize_t cols,
                     Py_ssize_t row_bytes, const float* x, Py_ssize_t n, Py_ssize_t ldx,
@@ -42,6 +47,24 @@ cdef extern from "_matmul_impl.h" nogil:
 SUPPORTED_TYPES = tuple(t for t in GGMLType if smm_block_elems(int(t)) > 0)
 
 smm_isa()  # probe the CPU once at import, not inside the first threaded call
+
+ISA_NAMES = {1: "avx2", 2: "avx512"}
+
+
+def _check_isa_request():
+    """SMALLMIND_ISA (read by the C switch in _simd_dispatch.h) must name a path this CPU has."""
+    value = os.environ.get("SMALLMIND_ISA", "")
+    if value in ("", "auto"):
+        return
+    if value not in ("avx2", "avx512"):
+        raise ValueError(f"SMALLMIND_ISA must be 'auto', 'avx2' or 'avx512', got {value!r}")
+    if value == "avx512" and smm_isa_detected < 2:
+        raise CPUFeatureError(
+            "SMALLMIND_ISA=avx512, but this CPU (or OS) lacks AVX-512 F/BW/VL/DQ/VNNI/VBMI, GFNI "
+            "or BMI2; unset it or use SMALLMIND_ISA=avx2")
+
+
+_check_isa_request()
 
 
 cdef extern from "_threadpool.h" nogil:
@@ -235,6 +258,30 @@ def _isa():
     return smm_isa()
 
 
+def _detected_isa():
+    """Best instruction set this CPU supports: 1 = AVX2, 2 = AVX-512 (VNNI)."""
+    smm_isa()
+    return smm_isa_detected
+
+
+def kernel_paths():
+    """Which instruction-set path multiplies each weight type in this process.
+
+    ``{"cpu": "avx512", "active": "avx2", "types": {"Q4_1": "avx2", ...}}``: ``cpu`` is
+    the best path the CPU has, ``active`` the one in use (lowered by SMALLMIND_ISA=avx2),
+    and every supported type maps to the kernel family that runs it.
+    """
+    active = smm_isa()
+    types = {}
+    for t in SUPPORTED_TYPES:
+        if t == GGMLType.Q8_K:  # an activation format, never a model weight
+            continue
+        # every type has both AVX2 and AVX-512 kernels (_matmul_avx2.h, _matmul_avx512.h,
+        # _matmul_q512.h, _matmul_k512.h); the AVX-512 ones run when the switch allows them
+        types[t.name] = ISA_NAMES[active] + ("-vnni" if active == 2 and smm_block_elems(int(t)) > 1 else "")
+    return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[active], "types": types}
+
+
 def _set_isa(int level):
     """Use at most `level` (1 = AVX2, 2 = AVX-512); returns the level now active.
 
@@ -242,6 +289,23 @@ def _set_isa(int level):
     thread-safe against concurrent matmuls.
     """
     return smm_set_isa(level)
+
+
+def _bench_read(buf, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
+    """Seconds for `iters` reads of the 64-byte aligned uint8 array `buf` on n_threads of the
+    matmul thread pool (4 loads in flight per thread): the read bandwidth the kernels can reach."""
+    import time
+    cdef const unsigned char[::1] b = buf
+    cdef Py_ssize_t nbytes = b.shape[0], i
+    if (<size_t>&b[0]) % 64:
+        raise ShapeError("buf must be 64-byte aligned")
+    cdef unsigned long long check = 0
+    clock = time.thread_time if cpu_time else time.perf_counter
+    t0 = clock()
+    with nogil:
+        for i in range(iters):
+            check += smm_read_bandwidth(&b[0], nbytes, n_threads)
+    return clock() - t0
 
 
 def _bench_sweep(list weights, Py_ssize_t n, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):

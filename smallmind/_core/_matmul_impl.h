@@ -399,4 +399,46 @@ static void smm_get_row(int type, const uint8_t* w, ptrdiff_t cols, ptrdiff_t ro
     smm_dequant_row(type, w + row * row_bytes, cols, out);
 }
 
+/* ------------------------------------------------------------------------------------
+ * Read bandwidth (the roofline's ceiling): stream `bytes` through the same thread pool and
+ * chunking as the products, 4 independent 256-bit loads in flight per iteration, nothing
+ * stored. Returns a checksum so that the loads cannot be optimised away.
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t* p;
+    ptrdiff_t bytes, per_chunk;
+    _Atomic uint64_t sum;
+} smm_read_job;
+
+static void smm_read_chunk(const void* arg, ptrdiff_t c)
+{
+    smm_read_job* r = (smm_read_job*)arg;
+    ptrdiff_t b0 = c * r->per_chunk, b1 = b0 + r->per_chunk < r->bytes ? b0 + r->per_chunk : r->bytes;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    const uint8_t* p = r->p;
+    for (ptrdiff_t i = b0; i + 128 <= b1; i += 128) {
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i*)(p + i)));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i*)(p + i + 32)));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i*)(p + i + 64)));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256((const __m256i*)(p + i + 96)));
+    }
+    __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    uint64_t v = (uint64_t)_mm256_extract_epi64(s, 0) + (uint64_t)_mm256_extract_epi64(s, 3);
+    atomic_fetch_add_explicit(&r->sum, v, memory_order_relaxed);
+}
+
+/* p must be 64-byte aligned; bytes a multiple of 128 per chunk is not required (tails skipped). */
+static uint64_t smm_read_bandwidth(const uint8_t* p, ptrdiff_t bytes, int n_threads)
+{
+    smm_read_job r;
+    r.p = p;
+    r.bytes = bytes;
+    ptrdiff_t chunks = n_threads <= 1 ? 1 : (ptrdiff_t)n_threads * SMM_CHUNKS_PER_THREAD;
+    r.per_chunk = ((bytes + chunks - 1) / chunks + 127) & ~(ptrdiff_t)127;
+    atomic_init(&r.sum, 0);
+    smp_parallel(n_threads, (bytes + r.per_chunk - 1) / r.per_chunk, smm_read_chunk, &r);
+    return atomic_load(&r.sum);
+}
+
 #endif

@@ -105,10 +105,10 @@ SMM_INLINE512 void smm_qk_tile512(const int type, const int R, const int C, cons
     for (ptrdiff_t b = 0; b < nb; b++) {
         smm_k512_block kb[4];
         __m512i isum[4][4];
+        smm_prefetch_next_tile(w, R, wstride, b * R * bb, R * bb);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             smm_k512_decode(type, w + r * wstride + b * bb, &kb[r]);
-            _mm_prefetch((const char*)(w + r * wstride + b * bb + SMM_PREFETCH_BYTES), _MM_HINT_T1);
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) isum[r][c] = _mm512_setzero_si512();
         }

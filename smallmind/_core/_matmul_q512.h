@@ -195,7 +195,7 @@ SMM_INLINE512 void smm_q32_tile512(const int type, const int R, const int C, con
     for (int p = 0; p < npairs; p++) {                                                                            \
         const int half = 2 * p + 1 == nbc;                                                                        \
         __m512i wq[4];                                                                                            \
-        _mm_prefetch((const char*)(w + (R - 1) * wstride + (b0 + 2 * p) * bb + SMM_PREFETCH_BYTES), _MM_HINT_T1); \
+        smm_prefetch_next_tile(w, R, wstride, (b0 + 2 * p) * R * bb, 2 * R * bb);                              \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                       \
             wq[r] = smm_w_pair512(type, w + r * wstride + (b0 + 2 * p) * bb, half, masked, pidx, gf);             \
         _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) {                                                     \

@@ -11,6 +11,9 @@
 #ifndef SMALLMIND_SIMD_DISPATCH_H
 #define SMALLMIND_SIMD_DISPATCH_H
 
+#include <stdlib.h>
+#include <string.h>
+
 #define SMM_ISA_AVX2 1
 #define SMM_ISA_AVX512 2
 
@@ -35,11 +38,26 @@ static int smm_detect_isa(void)
     return SMM_ISA_AVX2;
 }
 
+/* SMALLMIND_ISA=avx2|avx512 asks for a path for the whole process (every module that
+ * includes this header reads it on its first call). Returns the level asked for, 0 when
+ * unset or "auto", -1 for anything else. The Python side (_matmul import) refuses an
+ * invalid value, or avx512 on a CPU without it, with a clear error; here a request is only
+ * ever clamped to what the CPU can run, so no path can raise SIGILL. */
+static int smm_isa_requested(void)
+{
+    const char* v = getenv("SMALLMIND_ISA");
+    if (v == NULL || v[0] == 0 || strcmp(v, "auto") == 0) return 0;
+    if (strcmp(v, "avx2") == 0) return SMM_ISA_AVX2;
+    if (strcmp(v, "avx512") == 0) return SMM_ISA_AVX512;
+    return -1;
+}
+
 static inline int smm_isa(void)
 {
     if (!smm_isa_active) {
+        int want = smm_isa_requested();
         smm_isa_detected = smm_detect_isa();
-        smm_isa_active = smm_isa_detected;
+        smm_isa_active = want > 0 && want < smm_isa_detected ? want : smm_isa_detected;
     }
     return smm_isa_active;
 }
