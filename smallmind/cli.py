@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_perplexity)
+
+    from .serve.cli import add_serve_command  # the serve package registers its own options
+    add_serve_command(sub)
     return parser
 
 
