@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["create_app", "Scheduler", "add_serve_command"]
+__all__ = ["Scheduler", "add_serve_command", "create_app"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import create_app

@@ -15,13 +15,14 @@ chunk did not reach the end of its prompt).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..chat import chat_stop_strings, encode_chat
 from ..engine import Engine, Session, TokenChunk
 
-__all__ = ["Backend", "Slot", "Request", "Emitted", "run_step", "load_engine"]
+__all__ = ["Backend", "Emitted", "Request", "Slot", "load_engine", "run_step"]
 
 
 DEFAULT_MAX_CTX = 4096  # each slot holds a whole cache: a model's full 8k+ context is a lot of RAM
@@ -94,7 +95,7 @@ class Backend:
     def chat_stops(self) -> list[str]:
         return chat_stop_strings(self.engine)
 
-    def new_slot(self) -> "Slot":
+    def new_slot(self) -> Slot:
         return Slot(self.engine.session())
 
 
@@ -209,7 +210,7 @@ def run_step(work: Sequence[tuple[Slot, int]]) -> list[Emitted | BaseException |
     for slot, budget in work:
         try:
             out.append(slot.advance(budget))
-        except Exception as exc:  # one bad sequence must not take the others down
+        except Exception as exc:  # noqa: BLE001  one bad sequence must not take the others down
             out.append(exc)
     return out
 

@@ -3,14 +3,21 @@ scheduler requests. Unknown fields are ignored, as OpenAI's own clients expect; 
 range is rejected with the name of the field."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ._backend import Backend, Request
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest",
-           "ApiError", "Limits", "build_requests"]
+__all__ = [
+    "ApiError",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "DetokenizeRequest",
+    "Limits",
+    "TokenizeRequest",
+    "build_requests",
+]
 
 MAX_STOP = 16
 
@@ -49,7 +56,7 @@ class TextPart(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -73,7 +80,7 @@ class _Sampling(_Body):
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
@@ -97,7 +104,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=0)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
@@ -185,11 +192,11 @@ def build_requests(body: ChatCompletionRequest | CompletionRequest, backend: Bac
     stops = _stop(body.stop)
     if chat:
         stops += [s for s in backend.chat_stops() if s not in stops]
-    sampling: dict[str, Any] = dict(
-        temperature=body.temperature, top_p=None if body.top_p == 1.0 else body.top_p,
-        top_k=body.top_k, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
-        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-        logit_bias=_logit_bias(body.logit_bias, backend.vocab_size))
+    sampling: dict[str, Any] = {
+        "temperature": body.temperature, "top_p": None if body.top_p == 1.0 else body.top_p,
+        "top_k": body.top_k, "min_p": body.min_p, "repetition_penalty": body.repetition_penalty,
+        "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
+        "logit_bias": _logit_bias(body.logit_bias, backend.vocab_size)}
     requests = []
     param = "messages" if chat else "prompt"
     for ids in _prompts(body, backend):

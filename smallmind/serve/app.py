@@ -10,10 +10,12 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Union
+from typing import Any
 
-from fastapi import FastAPI, Request as HttpRequest
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,8 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..engine import Engine
 from ._backend import Backend, Emitted
 from ._metrics import CONTENT_TYPE_LATEST, ServeMetrics
-from ._protocol import (ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, Limits,
-                        TokenizeRequest, build_requests)
+from ._protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    Limits,
+    TokenizeRequest,
+    build_requests,
+)
 from .scheduler import Event, Failed, Finished, Handle, QueueFullError, Scheduler
 
 __all__ = ["create_app"]
@@ -120,7 +129,7 @@ def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_ke
     return _Guard(app, api_key=api_key, max_body_bytes=max_body_bytes)
 
 
-Body = Union[ChatCompletionRequest, CompletionRequest]
+Body = ChatCompletionRequest | CompletionRequest
 
 
 class _Server:
@@ -166,7 +175,7 @@ class _Server:
         run.raise_failure()
         return JSONResponse(run.response())
 
-    async def _sse(self, run: "_Run", queue: "asyncio.Queue[tuple[int, Event]]",
+    async def _sse(self, run: _Run, queue: asyncio.Queue[tuple[int, Event]],
                    handles: list[Handle]) -> AsyncIterator[str]:
         try:
             for chunk in run.opening_chunks():
@@ -196,7 +205,7 @@ class _Server:
             self.scheduler.wake()
 
 
-def _sink(loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[tuple[int, Event]]", index: int):
+def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event]], index: int):
     def sink(event: Event) -> None:
         try:
             loop.call_soon_threadsafe(queue.put_nowait, (index, event))

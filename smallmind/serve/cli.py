@@ -30,6 +30,7 @@ def add_serve_command(sub: Any) -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
+
         from .app import create_app
     except ImportError as exc:
         print(f"smallmind: error: serve needs the server extra (pip install 'smallmind[server]'): {exc}",

@@ -15,15 +15,19 @@ the engine thread: one :class:`~smallmind.serve._backend.Emitted` per produced t
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, Union
+from typing import Protocol
 
 from ._backend import Backend, Emitted, Request, Slot, run_step
 
-__all__ = ["Scheduler", "Handle", "Finished", "Failed", "QueueFullError", "Event"]
+_log = logging.getLogger("smallmind.serve")
+
+__all__ = ["Event", "Failed", "Finished", "Handle", "QueueFullError", "Scheduler"]
 
 
 class QueueFullError(Exception):
@@ -47,7 +51,7 @@ class Failed:
     error: BaseException
 
 
-Event = Union[Emitted, Finished, Failed]
+Event = Emitted | Finished | Failed
 
 
 class Metrics(Protocol):
@@ -122,7 +126,7 @@ class Scheduler:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="smallmind-engine", daemon=True)
             self._thread.start()
@@ -269,7 +273,7 @@ class Scheduler:
                     if self.metrics is not None:
                         self.metrics.first_token(h.first_token_at - h.t_submit)
             if result.text or result.token is not None:
-                h.sink(Emitted(result.token, result.text))
+                self._send(h, Emitted(result.token, result.text))
             if result.finish_reason is not None:
                 self._release(h, result.finish_reason)
 
@@ -290,10 +294,14 @@ class Scheduler:
         if self.metrics is not None and isinstance(event, Finished):
             ran = event.prompt_tokens - event.cached_tokens if h.admitted else 0
             self.metrics.finished(ran, event.completion_tokens, event.finish_reason)
+        self._send(h, event)
+
+    @staticmethod
+    def _send(h: Handle, event: Event) -> None:
         try:
             h.sink(event)
-        except Exception:  # a sink that fails must not stop the engine thread
-            pass
+        except Exception as exc:  # noqa: BLE001  a failing sink must not stop the engine thread
+            _log.warning("dropping an event: the request's sink raised %r", exc)
 
     def _retry_after(self) -> int:
         return max(1, min(60, int(len(self._waiting) / max(self.parallel, 1)) + 1))
