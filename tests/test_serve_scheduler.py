@@ -84,8 +84,8 @@ def make(backend):
 def test_interleaved_sequences_match_their_solo_runs(backend, make):
     engine = backend.engine
     prompts = ["ROMEO:", "JULIET:\nO", "First Citizen:\nWe are", "KING", "What, ho!"]
-    params = [dict(temperature=0.0), dict(temperature=0.9, seed=7), dict(temperature=1.0, top_p=0.9, seed=3),
-              dict(temperature=0.7, seed=11, presence_penalty=0.5), dict(temperature=0.0)]
+    params = [{"temperature": 0.0}, {"temperature": 0.9, "seed": 7}, {"temperature": 1.0, "top_p": 0.9, "seed": 3},
+              {"temperature": 0.7, "seed": 11, "presence_penalty": 0.5}, {"temperature": 0.0}]
     gate = Gate()
     s = make(parallel=3, prefill_chunk=4, step=gate)
     sinks = [Collector() for _ in prompts]
@@ -162,7 +162,7 @@ def test_cancel_frees_the_slot_at_the_next_step(backend, make):
 
 def test_time_limit_stops_a_running_request_and_fails_a_waiting_one(backend, make):
     gate = Gate(delay=0.01)
-    s = make(parallel=1, step=gate, timeout=0.4)
+    s = make(parallel=1, step=gate, timeout=0.4, queue_timeout=0.2)
     running, waiting = Collector(), Collector()
     t0 = time.monotonic()
     s.submit(greedy(backend, "ROMEO:", 250), running)
@@ -207,6 +207,6 @@ def test_stop_strings_and_zero_max_tokens(backend, make):
 
 
 def test_invalid_settings_are_refused(backend):
-    for kwargs in ({"parallel": 0}, {"prefill_chunk": 0}, {"max_queue": -1}, {"timeout": 0}):
+    for kwargs in ({"parallel": 0}, {"prefill_chunk": 0}, {"max_queue": -1}, {"timeout": 0}, {"queue_timeout": -1}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             Scheduler(backend, **kwargs)

@@ -42,7 +42,8 @@ _KEEPALIVE_S = 5.0  # an SSE comment line this often while a stream has nothing 
 
 def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_key: str | None = None,
                max_prompt_tokens: int | None = None, max_tokens: int | None = None,
-               max_body_bytes: int = 1 << 20, timeout: float = 600.0, prefill_chunk: int = 128,
+               max_body_bytes: int = 1 << 20, timeout: float = 600.0, queue_timeout: float | None = None,
+               prefill_chunk: int = 128,
                model_id: str | None = None) -> Any:
     """An ASGI app serving ``engine`` on ``parallel`` slots (one KV cache each).
 
@@ -50,7 +51,8 @@ def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_ke
     ``api_key`` makes every route but ``/health`` require ``Authorization: Bearer <key>``;
     ``max_prompt_tokens`` / ``max_tokens`` cap a request's prompt and answer (default: the
     context); ``max_body_bytes`` caps a request body (413 above); ``timeout`` (seconds) caps a
-    request from arrival to its last token.
+    request from arrival to its last token (generation stops there, finish_reason "length");
+    ``queue_timeout`` (default: ``timeout``) caps its wait for a slot (then 503).
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
@@ -60,7 +62,7 @@ def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_ke
     holder: dict[str, Scheduler] = {}
     metrics = ServeMetrics(running=lambda: holder["s"].running, waiting=lambda: holder["s"].waiting)
     scheduler = Scheduler(backend, parallel=parallel, max_queue=max_queue, prefill_chunk=prefill_chunk,
-                          timeout=timeout, metrics=metrics).start()
+                          timeout=timeout, queue_timeout=queue_timeout, metrics=metrics).start()
     holder["s"] = scheduler
     served = _Server(backend, scheduler, limits, model_id or backend.model_id)
 
@@ -162,14 +164,17 @@ class _Server:
             return StreamingResponse(self._sse(run, queue, handles), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
+            next_check = time.monotonic() + _POLL_S
             while not run.done:
                 try:
                     index, event = await asyncio.wait_for(queue.get(), _POLL_S)
+                    run.add(index, event)
                 except asyncio.TimeoutError:
+                    pass
+                if time.monotonic() >= next_check:  # events may flow while nobody listens any more
                     if await http.is_disconnected():
                         return Response(status_code=499)
-                    continue
-                run.add(index, event)
+                    next_check = time.monotonic() + _POLL_S
         finally:
             self._cancel(handles)
         run.raise_failure()

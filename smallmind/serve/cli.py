@@ -22,6 +22,8 @@ def add_serve_command(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
     p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take in all")
+    p.add_argument("--queue-timeout", type=float, default=None,
+                   help="seconds a request may wait for a slot (default: --timeout; then 503)")
     p.add_argument("--model-id", default=None, help="model name reported by /v1/models")
     p.set_defaults(func=cmd_serve)
     return p
@@ -44,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     engine = load_engine(args.model, n_threads=args.threads, n_ctx=args.ctx)
     app = create_app(engine, parallel=args.parallel, max_queue=args.max_queue, api_key=args.api_key,
-                     max_tokens=args.max_tokens, timeout=args.timeout, model_id=args.model_id)
+                     max_tokens=args.max_tokens, timeout=args.timeout,
+                     queue_timeout=args.queue_timeout, model_id=args.model_id)
     print(f"smallmind: serving {engine!r} on http://{args.host}:{args.port}/v1 "
           f"({args.parallel} slots, {engine.n_threads} threads)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

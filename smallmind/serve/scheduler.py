@@ -63,10 +63,12 @@ class Metrics(Protocol):
 class Handle:
     """A submitted request, as the scheduler tracks it. ``cancel()`` is thread-safe."""
 
-    def __init__(self, request: Request, sink: Callable[[Event], None], deadline: float):
+    def __init__(self, request: Request, sink: Callable[[Event], None], deadline: float,
+                 queue_deadline: float):
         self.request = request
         self.sink = sink
         self.deadline = deadline
+        self.queue_deadline = queue_deadline
         self.t_submit = time.monotonic()
         self.cancelled = False
         self.slot: Slot | None = None
@@ -82,26 +84,30 @@ class Handle:
 class Scheduler:
     """Runs requests on ``parallel`` slots of one engine, from one thread (see the module doc).
 
-    ``timeout`` is the longest a request may take from submission (seconds): one still
-    waiting then fails with ``finish_reason="timeout"``; one generating stops with
-    ``finish_reason="length"`` and keeps what it produced.
+    ``timeout`` is the longest a request may take from submission (seconds): one generating
+    then stops with ``finish_reason="length"`` and keeps what it produced. ``queue_timeout``
+    (default: ``timeout``) is the longest it may wait for a slot; past it, it ends with
+    ``finish_reason="timeout"`` and nothing generated.
     """
 
     def __init__(self, backend: Backend, *, parallel: int = 4, max_queue: int = 64,
-                 prefill_chunk: int = 128, timeout: float = 600.0, metrics: Metrics | None = None,
+                 prefill_chunk: int = 128, timeout: float = 600.0, queue_timeout: float | None = None,
+                 metrics: Metrics | None = None,
                  step: Callable[[Sequence[tuple[Slot, int]]], list] = run_step):
         for name, value in (("parallel", parallel), ("prefill_chunk", prefill_chunk)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if int(max_queue) < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout}")
+        for name, value in (("timeout", timeout), ("queue_timeout", queue_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.backend = backend
         self.parallel = int(parallel)
         self.max_queue = int(max_queue)
         self.prefill_chunk = int(prefill_chunk)
         self.timeout = float(timeout)
+        self.queue_timeout = min(float(queue_timeout or timeout), self.timeout)
         self.metrics = metrics
         self._step = step
         self._slots: list[Slot] = []  # created on first use: each holds a full KV cache
@@ -146,7 +152,8 @@ class Scheduler:
 
         Raises :class:`QueueFullError` when ``max_queue`` requests already wait."""
         limit = self.timeout if timeout is None else min(float(timeout), self.timeout)
-        handle = Handle(request, sink, time.monotonic() + limit)
+        now = time.monotonic()
+        handle = Handle(request, sink, now + limit, now + min(limit, self.queue_timeout))
         with self._cond:
             if self._stopping or self.error is not None:
                 raise RuntimeError("the scheduler is not running")
@@ -192,11 +199,11 @@ class Scheduler:
     def _next_deadline_in(self) -> float | None:
         if not self._waiting:
             return None
-        return max(0.0, min(h.deadline for h in self._waiting) - time.monotonic()) + 0.01
+        return max(0.0, min(h.queue_deadline for h in self._waiting) - time.monotonic()) + 0.01
 
     def _drop_finished_waiting(self) -> None:
         now = time.monotonic()
-        for h in [h for h in self._waiting if h.cancelled or now >= h.deadline]:
+        for h in [h for h in self._waiting if h.cancelled or now >= h.queue_deadline]:
             self._waiting.remove(h)
             self._end(h, self._finished(h, "cancelled" if h.cancelled else "timeout"))
 
