@@ -33,11 +33,12 @@ class SmallmindServer:
                  **app_options: Any):
         import ray
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        self.engine = load_engine(model, n_threads=max(1, int(cpus)), n_ctx=ctx)
-        self.app = create_app(self.engine, parallel=parallel, **app_options)
+        # Not `self.app`: Ray's ingress wrapper owns that name.
+        self._engine = load_engine(model, n_threads=max(1, int(cpus)), n_ctx=ctx)
+        self._asgi_app = create_app(self._engine, parallel=parallel, **app_options)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return self.app
+        return self._asgi_app
 
 
 _INT_ARGS = ("replicas", "min_replicas", "max_replicas", "parallel", "ctx", "max_queue", "max_tokens")
