@@ -53,10 +53,15 @@ def test_smallmind_serve_from_a_shell():
     assert proc.returncode in (0, -15)
 
 
-def test_serve_refuses_bad_options():
-    done = subprocess.run([sys.executable, "-m", "smallmind", "serve", "--parallel", "0"], cwd=REPO,
+@pytest.mark.parametrize(("option", "named"), [
+    (["--parallel", "0"], "parallel"), (["--timeout", "0"], "timeout"), (["--max-tokens", "-1"], "max_tokens"),
+    (["--port", "70000"], "--port"), (["--prefill-chunk", "0"], "prefill_chunk"),
+])
+def test_serve_refuses_bad_options(option, named):
+    done = subprocess.run([sys.executable, "-m", "smallmind", "serve", *option], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 2 and "--parallel" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.startswith("smallmind: error:") and named in done.stderr
 
 
 def test_smollm2_chat_template_and_prefix_reuse_across_turns():

@@ -54,8 +54,10 @@ def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_ke
     request from arrival to its last token (generation stops there, finish_reason "length");
     ``queue_timeout`` (default: ``timeout``) caps its wait for a slot (then 503).
     """
-    if max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    for name, value in (("max_body_bytes", max_body_bytes), ("max_prompt_tokens", max_prompt_tokens),
+                        ("max_tokens", max_tokens), ("n_threads", engine.n_threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     backend = Backend(engine)
     limits = Limits(max_prompt_tokens=min(max_prompt_tokens or backend.n_ctx - 1, backend.n_ctx - 1),
                     max_tokens=min(max_tokens or backend.n_ctx, backend.n_ctx))

@@ -21,6 +21,9 @@ def add_serve_command(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (except on /health)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
     p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (tokens)")
+    p.add_argument("--prefill-chunk", type=int, default=128,
+                   help="prompt tokens read per step, between decode steps of the other requests")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take in all")
     p.add_argument("--queue-timeout", type=float, default=None,
                    help="seconds a request may wait for a slot (default: --timeout; then 503)")
@@ -39,15 +42,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     from ._backend import load_engine
-    for name in ("parallel", "max_queue", "port"):
-        if getattr(args, name) < (0 if name == "max_queue" else 1):
-            print(f"smallmind: error: --{name.replace('_', '-')} is out of range: {getattr(args, name)}",
-                  file=sys.stderr)
-            return 2
-    engine = load_engine(args.model, n_threads=args.threads, n_ctx=args.ctx)
-    app = create_app(engine, parallel=args.parallel, max_queue=args.max_queue, api_key=args.api_key,
-                     max_tokens=args.max_tokens, timeout=args.timeout,
-                     queue_timeout=args.queue_timeout, model_id=args.model_id)
+    if not 0 <= args.port <= 65535:
+        print(f"smallmind: error: --port must be in [0, 65535], got {args.port}", file=sys.stderr)
+        return 2
+    try:
+        engine = load_engine(args.model, n_threads=args.threads, n_ctx=args.ctx)
+        app = create_app(engine, parallel=args.parallel, max_queue=args.max_queue, api_key=args.api_key,
+                         max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                         prefill_chunk=args.prefill_chunk, timeout=args.timeout,
+                         queue_timeout=args.queue_timeout, model_id=args.model_id)
+    except ValueError as exc:  # an option out of range, named by the message
+        print(f"smallmind: error: {exc}", file=sys.stderr)
+        return 2
     print(f"smallmind: serving {engine!r} on http://{args.host}:{args.port}/v1 "
           f"({args.parallel} slots, {engine.n_threads} threads)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
