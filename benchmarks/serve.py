@@ -23,6 +23,7 @@ errors (non-200 answers, broken streams, timeouts). Prints a markdown table, wri
 (default benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
 Figures from a machine shared with other work are noisy: compare servers within one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,27 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = Path(os.environ.get("SMALLMIND_CACHE", Path.home() / ".cache" / "smallmind"))
 DEFAULT_MODEL = CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
-PROMPTS = ["Once upon a time, in a small village by the sea,", "The history of the printing press begins",
-           "Here is a recipe for a simple tomato soup:", "The three laws of motion state that",
-           "Dear diary, today I finally", "In the year 2150, the first city on Mars"]
+PROMPTS = [
+    "Once upon a time, in a small village by the sea,",
+    "The history of the printing press begins",
+    "Here is a recipe for a simple tomato soup:",
+    "The three laws of motion state that",
+    "Dear diary, today I finally",
+    "In the year 2150, the first city on Mars",
+]
 START_S = 180.0
 REQUEST_S = 300.0
-COLUMNS = ["server", "clients", "requests", "errors", "tok_per_s", "ttft_p50_ms", "ttft_p99_ms",
-           "itl_p50_ms", "itl_p99_ms"]
+COLUMNS = [
+    "server",
+    "clients",
+    "requests",
+    "errors",
+    "tok_per_s",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+]
 
 
 def free_port() -> int:
@@ -62,23 +77,67 @@ def free_port() -> int:
 def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] | None:
     model, threads = str(args.model), str(args.threads)
     if name == "smallmind":
-        return [sys.executable, "-m", "smallmind", "serve", "--model", model, "--threads", threads,
-                "--parallel", str(args.parallel), "--ctx", str(args.ctx), "--port", str(port),
-                "--max-queue", "256"]
+        return [
+            sys.executable,
+            "-m",
+            "smallmind",
+            "serve",
+            "--model",
+            model,
+            "--threads",
+            threads,
+            "--parallel",
+            str(args.parallel),
+            "--ctx",
+            str(args.ctx),
+            "--port",
+            str(port),
+            "--max-queue",
+            "256",
+        ]
     if name == "llama-cpp-python":
         try:
             import llama_cpp
             import llama_cpp.server  # noqa: F401
         except ImportError:
             return None
-        return [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", threads,
-                "--n_threads_batch", threads, "--n_ctx", str(args.ctx), "--host", "127.0.0.1",
-                "--port", str(port)]
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            model,
+            "--n_threads",
+            threads,
+            "--n_threads_batch",
+            threads,
+            "--n_ctx",
+            str(args.ctx),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
     if name == "llama-server":
         if not args.llama_server:
             return None
-        return [args.llama_server, "-m", model, "-t", threads, "-tb", threads, "-np", str(args.parallel),
-                "-c", str(args.ctx * args.parallel), "--host", "127.0.0.1", "--port", str(port)]
+        return [
+            args.llama_server,
+            "-m",
+            model,
+            "-t",
+            threads,
+            "-tb",
+            threads,
+            "-np",
+            str(args.parallel),
+            "-c",
+            str(args.ctx * args.parallel),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
     raise ValueError(f"unknown server {name!r}")
 
 
@@ -127,8 +186,12 @@ def stream_one(client: httpx.Client, url: str, body: dict) -> dict:
     if not stamps:
         return {"error": "no text streamed"}
     tokens = usage["completion_tokens"] if usage else len(stamps)
-    return {"ttft": stamps[0] - t0, "gaps": [b - a for a, b in itertools.pairwise(stamps)], "tokens": tokens,
-            "end": stamps[-1]}
+    return {
+        "ttft": stamps[0] - t0,
+        "gaps": [b - a for a, b in itertools.pairwise(stamps)],
+        "tokens": tokens,
+        "end": stamps[-1],
+    }
 
 
 def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[int]) -> dict:
@@ -138,10 +201,15 @@ def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[in
     def client_loop(k: int) -> None:
         with httpx.Client() as client:
             for i in range(args.requests):
-                body = {"prompt": PROMPTS[(k + i) % len(PROMPTS)], "max_tokens": args.max_tokens,
-                        "temperature": 0.7, "seed": 1000 * k + i, "stream": True,
-                        "stream_options": {"include_usage": True},
-                        "logit_bias": {str(t): -100 for t in banned}}
+                body = {
+                    "prompt": PROMPTS[(k + i) % len(PROMPTS)],
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0.7,
+                    "seed": 1000 * k + i,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "logit_bias": {str(t): -100 for t in banned},
+                }
                 out = stream_one(client, url, body)
                 with lock:
                     results.append(out)
@@ -155,13 +223,22 @@ def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[in
     wall = time.perf_counter() - t0
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r] + ["client still running"] * sum(
-        t.is_alive() for t in threads)
+        t.is_alive() for t in threads
+    )
     ttft = sorted(r["ttft"] for r in ok)
     gaps = sorted(g for r in ok for g in r["gaps"])
-    return {"clients": n_clients, "requests": len(results), "errors": len(errors), "error_samples": errors[:3],
-            "tok_per_s": sum(r["tokens"] for r in ok) / wall if ok else 0.0, "wall_s": wall,
-            "ttft_p50_ms": _pct(ttft, 50) * 1e3, "ttft_p99_ms": _pct(ttft, 99) * 1e3,
-            "itl_p50_ms": _pct(gaps, 50) * 1e3, "itl_p99_ms": _pct(gaps, 99) * 1e3}
+    return {
+        "clients": n_clients,
+        "requests": len(results),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "tok_per_s": sum(r["tokens"] for r in ok) / wall if ok else 0.0,
+        "wall_s": wall,
+        "ttft_p50_ms": _pct(ttft, 50) * 1e3,
+        "ttft_p99_ms": _pct(ttft, 99) * 1e3,
+        "itl_p50_ms": _pct(gaps, 50) * 1e3,
+        "itl_p99_ms": _pct(gaps, 99) * 1e3,
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -176,6 +253,7 @@ def banned_tokens(model: Path) -> list[int]:
     """End-of-text ids of the model, banned so every answer runs to max_tokens."""
     sys.path.insert(0, str(REPO))
     from smallmind.formats.loader import load_model
+
     tok = load_model(model).tokenizer
     return sorted(tok.stop_ids()) if tok is not None else []
 
@@ -196,8 +274,11 @@ def bench_server(name: str, args: argparse.Namespace, banned: list[int]) -> list
             stream_one(client, url, {"prompt": "Hello", "max_tokens": 8, "stream": True})
         for n in args.clients:
             row = {"server": name, **run_load(url, n, args, banned)}
-            print(f"{name:>16}  {n:>3} clients: {row['tok_per_s']:8.1f} tok/s, TTFT p50 "
-                  f"{row['ttft_p50_ms']:8.0f} ms, errors {row['errors']}", file=sys.stderr)
+            print(
+                f"{name:>16}  {n:>3} clients: {row['tok_per_s']:8.1f} tok/s, TTFT p50 "
+                f"{row['ttft_p50_ms']:8.0f} ms, errors {row['errors']}",
+                file=sys.stderr,
+            )
             rows.append(row)
     except RuntimeError as exc:
         rows.append({"server": name, "skipped": str(exc)})
@@ -214,6 +295,7 @@ def bench_server(name: str, args: argparse.Namespace, banned: list[int]) -> list
 def plot(rows: list[dict], path: Path) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -222,7 +304,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for server in sorted({r["server"] for r in rows if "clients" in r}):
         mine = [r for r in rows if r["server"] == server and "clients" in r]
         ax1.plot([r["clients"] for r in mine], [r["tok_per_s"] for r in mine], marker="o", label=server)
-        ax2.plot([r["clients"] for r in mine], [r["ttft_p99_ms"] / 1e3 for r in mine], marker="o", label=server)
+        ax2.plot(
+            [r["clients"] for r in mine], [r["ttft_p99_ms"] / 1e3 for r in mine], marker="o", label=server
+        )
     ax1.set(xlabel="concurrent streaming clients", ylabel="aggregate tokens/s", xscale="log", xticks=[])
     ax2.set(xlabel="concurrent streaming clients", ylabel="p99 time to first token (s)", xscale="log")
     for ax in (ax1, ax2):
@@ -261,8 +345,15 @@ def main() -> int:
     rows = []
     for name in args.servers.split(","):
         rows += bench_server(name.strip(), args, banned)
-    meta = {**machine_info(), "model": args.model.name, "threads": args.threads, "max_tokens": args.max_tokens,
-            "parallel": args.parallel, "requests_per_client": args.requests, "command": " ".join(sys.argv)}
+    meta = {
+        **machine_info(),
+        "model": args.model.name,
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
+        "parallel": args.parallel,
+        "requests_per_client": args.requests,
+        "command": " ".join(sys.argv),
+    }
     measured = [r for r in rows if "clients" in r]
     write_report("serve", measured, COLUMNS, meta, json_path=args.json)
     for r in rows:

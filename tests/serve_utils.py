@@ -1,4 +1,5 @@
 """Running a server for the tests: uvicorn in a thread, on a loopback port the OS picked."""
+
 from __future__ import annotations
 
 import contextlib

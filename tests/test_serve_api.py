@@ -1,5 +1,6 @@
 """The OpenAI-compatible server over real HTTP: uvicorn on a loopback port, driven by the official
 ``openai`` client and by raw ``httpx`` (SSE parsed by hand). Every wait is bounded."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -42,22 +43,26 @@ def sse_events(response) -> list:
     events = []
     for line in response.iter_lines():
         if line.startswith("data: "):
-            payload = line[len("data: "):]
+            payload = line[len("data: ") :]
             events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
 
 
 def slow_steps(app, delay: float) -> None:
     """Make each engine step of ``app`` take at least ``delay`` seconds (for timing tests)."""
+
     def step(work):
         time.sleep(delay)
         return run_step(work)
+
     app.state.scheduler._step = step
 
 
 def metric(url: str, name: str, **headers) -> float:
     text = httpx.get(url + "/metrics", headers=headers, timeout=TIMEOUT).text
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
+    values = [
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))
+    ]
     return sum(values)
 
 
@@ -74,8 +79,9 @@ def test_completion_is_the_engines_greedy_text(server, engine):
 
 def test_chat_completion_uses_the_chat_format(server, engine):
     messages = [{"role": "system", "content": "Speak verse."}, {"role": "user", "content": "Who art thou?"}]
-    reply = client(server).chat.completions.create(model="x", messages=messages, max_tokens=16,
-                                                   temperature=0, user="tester", extra_body={"unknown": 1})
+    reply = client(server).chat.completions.create(
+        model="x", messages=messages, max_tokens=16, temperature=0, user="tester", extra_body={"unknown": 1}
+    )
     solo = engine.chat(messages, max_new_tokens=16, temperature=0)
     choice = reply.choices[0]
     assert choice.message.role == "assistant"
@@ -86,7 +92,12 @@ def test_chat_completion_uses_the_chat_format(server, engine):
 
 def test_streaming_chat_joins_to_the_full_answer_and_reports_usage(server):
     c = client(server)
-    kwargs = {"model": "x", "messages": [{"role": "user", "content": "Speak."}], "max_tokens": 30, "temperature": 0}
+    kwargs = {
+        "model": "x",
+        "messages": [{"role": "user", "content": "Speak."}],
+        "max_tokens": 30,
+        "temperature": 0,
+    }
     full = c.chat.completions.create(**kwargs).choices[0].message.content
     chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -95,21 +106,31 @@ def test_streaming_chat_joins_to_the_full_answer_and_reports_usage(server):
     finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert finishes in (["length"], ["stop"])
     assert chunks[-1].choices == []
-    assert chunks[-1].usage.completion_tokens == (30 if finishes == ["length"] else len(text) and
-                                                  chunks[-1].usage.completion_tokens)
+    assert chunks[-1].usage.completion_tokens == (
+        30 if finishes == ["length"] else len(text) and chunks[-1].usage.completion_tokens
+    )
 
 
 def test_raw_sse_stream_of_completions(server, engine):
-    body = {"prompt": "KING:", "max_tokens": 12, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": "KING:",
+        "max_tokens": 12,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with httpx.stream("POST", server + "/v1/completions", json=body, timeout=TIMEOUT) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
     assert events[-1] == "[DONE]"
     usage = events[-2]["usage"]
-    assert usage == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17,
-                     "prompt_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]}}
+    assert usage == {
+        "prompt_tokens": 5,
+        "completion_tokens": 12,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]},
+    }
     text = "".join(e["choices"][0]["text"] for e in events[:-2])
     assert text == engine.generate("KING:", max_new_tokens=12, temperature=0).text
     assert events[-3]["choices"][0]["finish_reason"] == "length"
@@ -117,8 +138,18 @@ def test_raw_sse_stream_of_completions(server, engine):
 
 def test_n_choices_with_a_seed_are_reproducible(server):
     c = client(server)
-    kwargs = {"model": "x", "prompt": "ROMEO:", "max_tokens": 20, "temperature": 1.0, "top_p": 0.95, "seed": 5, "n": 3,
-                  "presence_penalty": 0.3, "frequency_penalty": 0.2, "logit_bias": {"101": -100}}
+    kwargs = {
+        "model": "x",
+        "prompt": "ROMEO:",
+        "max_tokens": 20,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "seed": 5,
+        "n": 3,
+        "presence_penalty": 0.3,
+        "frequency_penalty": 0.2,
+        "logit_bias": {"101": -100},
+    }
     first = c.completions.create(**kwargs)
     second = c.completions.create(**kwargs)
     assert [ch.index for ch in first.choices] == [0, 1, 2]
@@ -132,8 +163,9 @@ def test_concurrent_streams_get_their_solo_answers(server, engine):
     prompts = ["ROMEO:", "JULIET:", "KING:", "QUEEN:", "First Citizen:", "MENENIUS:"]
 
     def run(prompt: str) -> str:
-        stream = client(server).completions.create(model="x", prompt=prompt, max_tokens=40, temperature=0,
-                                                   stream=True)
+        stream = client(server).completions.create(
+            model="x", prompt=prompt, max_tokens=40, temperature=0, stream=True
+        )
         return "".join(ch.choices[0].text for ch in stream)
 
     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
@@ -142,21 +174,24 @@ def test_concurrent_streams_get_their_solo_answers(server, engine):
         assert text == engine.generate(prompt, max_new_tokens=40, temperature=0).text
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"temperature": 3}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"n": 0}, "n"),
-    ({"max_tokens": -1}, "max_tokens"),
-    ({"max_tokens": 10**6}, "max_tokens"),
-    ({"presence_penalty": 9}, "presence_penalty"),
-    ({"logit_bias": {"99999": 1}}, "logit_bias"),
-    ({"logit_bias": {"x": 1}}, "logit_bias"),
-    ({"stop": [""]}, "stop"),
-    ({"logprobs": True}, "logprobs"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-    ({"messages": [{"role": "user", "content": "x" * 400}]}, "messages"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": 3}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"presence_penalty": 9}, "presence_penalty"),
+        ({"logit_bias": {"99999": 1}}, "logit_bias"),
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
+        ({"stop": [""]}, "stop"),
+        ({"logprobs": True}, "logprobs"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": "x" * 400}]}, "messages"),
+    ],
+)
 def test_invalid_requests_get_openai_errors(server, body, param):
     request = {"model": "x", "messages": [{"role": "user", "content": "hi"}], **body}
     r = httpx.post(server + "/v1/chat/completions", json=request, timeout=TIMEOUT)
@@ -171,8 +206,12 @@ def test_openai_client_raises_bad_request(server):
     with pytest.raises(openai.BadRequestError) as info:
         client(server).completions.create(model="x", prompt="hi", temperature=-1)
     assert info.value.status_code == 400 and "temperature" in str(info.value)
-    r = httpx.post(server + "/v1/completions", content=b"{not json", timeout=TIMEOUT,
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        server + "/v1/completions",
+        content=b"{not json",
+        timeout=TIMEOUT,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "json_invalid"
     r = httpx.post(server + "/v1/completions", json={"prompt": [1, 2, 999]}, timeout=TIMEOUT)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
@@ -191,8 +230,13 @@ def test_models_health_tokenize_detokenize_metrics(server, engine):
     client(server).completions.create(model="x", prompt="ROMEO:", max_tokens=7, temperature=0)
     assert metric(server, "smallmind_tokens_generated_total") == before + 7
     text = httpx.get(server + "/metrics", timeout=TIMEOUT).text
-    for name in ("smallmind_requests_running", "smallmind_requests_waiting", "smallmind_prompt_tokens_total",
-                 "smallmind_time_to_first_token_seconds_bucket", "smallmind_batch_size_bucket"):
+    for name in (
+        "smallmind_requests_running",
+        "smallmind_requests_waiting",
+        "smallmind_prompt_tokens_total",
+        "smallmind_time_to_first_token_seconds_bucket",
+        "smallmind_batch_size_bucket",
+    ):
         assert name in text
 
 
@@ -212,8 +256,12 @@ def test_body_size_limit(engine):
     with running(create_app(engine, parallel=1, max_body_bytes=2000)) as url:
         r = httpx.post(url + "/v1/completions", json={"prompt": "x" * 5000}, timeout=TIMEOUT)
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
-        assert httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2},
-                          timeout=TIMEOUT).status_code == 200
+        assert (
+            httpx.post(
+                url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=TIMEOUT
+            ).status_code
+            == 200
+        )
 
 
 def test_queue_full_gets_503_with_retry_after(engine):
@@ -244,7 +292,14 @@ def test_a_disconnected_stream_is_cancelled_and_its_slot_freed(engine):
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
         deadline = time.monotonic() + 10
-        while metric(url, "smallmind_requests_total", ) < 1 and time.monotonic() < deadline:
+        while (
+            metric(
+                url,
+                "smallmind_requests_total",
+            )
+            < 1
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         text = httpx.get(url + "/metrics", timeout=TIMEOUT).text
         assert 'smallmind_requests_total{finish_reason="cancelled"} 1.0' in text
@@ -259,8 +314,11 @@ def test_a_client_that_gives_up_on_a_plain_request_is_cancelled(engine):
     slow_steps(app, 0.02)
     with running(app) as url:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 200},
-                       timeout=httpx.Timeout(30.0, read=0.3))
+            httpx.post(
+                url + "/v1/completions",
+                json={"prompt": "ROMEO:", "max_tokens": 200},
+                timeout=httpx.Timeout(30.0, read=0.3),
+            )
         deadline = time.monotonic() + 10
         while metric(url, "smallmind_requests_total") < 1 and time.monotonic() < deadline:
             time.sleep(0.05)

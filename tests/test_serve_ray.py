@@ -1,5 +1,6 @@
 """Scale-out on Ray Serve: a local Ray instance, 2 replicas of the smallmind app, driven by the
 official ``openai`` client (slow: starting Ray takes a while on 2 cores)."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -28,14 +29,26 @@ def test_app_builder_validates_its_arguments():
 def test_two_replicas_answer_the_openai_client():
     port = free_port()
     # Everything on the loopback interface: this test talks to nothing but this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(app_builder({"replicas": 2, "cpus": 1, "parallel": 2}), name="smallmind",
-                  route_prefix="/", blocking=False)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
-                               timeout=60.0)
+        serve.run(
+            app_builder({"replicas": 2, "cpus": 1, "parallel": 2}),
+            name="smallmind",
+            route_prefix="/",
+            blocking=False,
+        )
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60.0
+        )
 
         def ask(prompt: str) -> str:
             reply = client.completions.create(model="x", prompt=prompt, max_tokens=20, temperature=0)
@@ -47,8 +60,9 @@ def test_two_replicas_answer_the_openai_client():
         engine = Engine.default()
         for prompt, text in zip(prompts, texts):
             assert text == engine.generate(prompt, max_new_tokens=20, temperature=0).text
-        stream = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],
-                                                max_tokens=8, stream=True, temperature=0)
+        stream = client.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True, temperature=0
+        )
         assert len("".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)) > 0
         status = serve.status().applications["smallmind"].deployments["smallmind"]
         assert status.replica_states.get("RUNNING") == 2

@@ -1,6 +1,7 @@
 """The continuous-batching scheduler, driven directly (no HTTP): sequences run interleaved give
 the tokens they give alone, prompts are read in chunks between decode steps, prefixes are
 reused, the queue is bounded, and cancellation / time limits free the slot."""
+
 from __future__ import annotations
 
 import threading
@@ -84,8 +85,13 @@ def make(backend):
 def test_interleaved_sequences_match_their_solo_runs(backend, make):
     engine = backend.engine
     prompts = ["ROMEO:", "JULIET:\nO", "First Citizen:\nWe are", "KING", "What, ho!"]
-    params = [{"temperature": 0.0}, {"temperature": 0.9, "seed": 7}, {"temperature": 1.0, "top_p": 0.9, "seed": 3},
-              {"temperature": 0.7, "seed": 11, "presence_penalty": 0.5}, {"temperature": 0.0}]
+    params = [
+        {"temperature": 0.0},
+        {"temperature": 0.9, "seed": 7},
+        {"temperature": 1.0, "top_p": 0.9, "seed": 3},
+        {"temperature": 0.7, "seed": 11, "presence_penalty": 0.5},
+        {"temperature": 0.0},
+    ]
     gate = Gate()
     s = make(parallel=3, prefill_chunk=4, step=gate)
     sinks = [Collector() for _ in prompts]
@@ -199,7 +205,7 @@ def test_stop_strings_and_zero_max_tokens(backend, make):
     sink = Collector()
     s.submit(Request(backend.encode("ROMEO:"), 40, {"temperature": 0.0}, (stop,)), sink)
     assert sink.wait().finish_reason == "stop"
-    assert sink.text == solo[:solo.index(stop)]
+    assert sink.text == solo[: solo.index(stop)]
     empty = Collector()
     s.submit(greedy(backend, "ROMEO:", 0), empty)
     end = empty.wait()
@@ -207,6 +213,12 @@ def test_stop_strings_and_zero_max_tokens(backend, make):
 
 
 def test_invalid_settings_are_refused(backend):
-    for kwargs in ({"parallel": 0}, {"prefill_chunk": 0}, {"max_queue": -1}, {"timeout": 0}, {"queue_timeout": -1}):
+    for kwargs in (
+        {"parallel": 0},
+        {"prefill_chunk": 0},
+        {"max_queue": -1},
+        {"timeout": 0},
+        {"queue_timeout": -1},
+    ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             Scheduler(backend, **kwargs)

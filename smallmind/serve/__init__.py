@@ -6,6 +6,7 @@
 
 ``python -m smallmind serve`` runs it on uvicorn; ``smallmind.serve.ray`` runs it on Ray Serve.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -26,4 +27,5 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'smallmind.serve' has no attribute {name!r}")
     from importlib import import_module
+
     return getattr(import_module(f".{module}", __name__), name)

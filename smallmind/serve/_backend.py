@@ -13,6 +13,7 @@ through the weights together, attend per slot over its own cache, sample per slo
 :class:`Request` parameters, and return one :class:`Emitted` per slot (None for a slot whose
 chunk did not reach the end of its prompt).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -152,9 +153,13 @@ class Slot:
             if request.max_tokens == 0:
                 self._session.generate(last, max_new_tokens=0)
                 return self._finish("")
-            self._stream = self._session.generate(last, max_new_tokens=request.max_tokens,
-                                                  stop=list(request.stop), stream=True,
-                                                  **request.sampling)
+            self._stream = self._session.generate(  # type: ignore[assignment]  # stream=True: a TokenStream
+                last,
+                max_new_tokens=request.max_tokens,
+                stop=list(request.stop),
+                stream=True,
+                **request.sampling,
+            )
         return self._next()
 
     def _next(self) -> Emitted:

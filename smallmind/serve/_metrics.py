@@ -1,5 +1,6 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process, as in the
 tests, do not share counters)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,20 +20,29 @@ class ServeMetrics:
     def __init__(self, running: Callable[[], float], waiting: Callable[[], float]):
         self.registry = CollectorRegistry()
         r = self.registry
-        Gauge("smallmind_requests_running", "Sequences in the running batch", registry=r
-              ).set_function(running)
-        Gauge("smallmind_requests_waiting", "Sequences waiting for a slot", registry=r
-              ).set_function(waiting)
+        Gauge("smallmind_requests_running", "Sequences in the running batch", registry=r).set_function(
+            running
+        )
+        Gauge("smallmind_requests_waiting", "Sequences waiting for a slot", registry=r).set_function(waiting)
         self._generated = Counter("smallmind_tokens_generated", "Tokens generated", registry=r)
-        self._prompt = Counter("smallmind_prompt_tokens", "Prompt tokens run through the model "
-                               "(tokens reused from a slot's cache are not counted)", registry=r)
-        self._requests = Counter("smallmind_requests", "Finished sequences", ["finish_reason"],
-                                 registry=r)
-        self._ttft = Histogram("smallmind_time_to_first_token_seconds",
-                               "From submission to the first generated token", buckets=_TTFT_BUCKETS,
-                               registry=r)
-        self._batch = Histogram("smallmind_batch_size", "Sequences advanced by one engine step",
-                                buckets=_BATCH_BUCKETS, registry=r)
+        self._prompt = Counter(
+            "smallmind_prompt_tokens",
+            "Prompt tokens run through the model (tokens reused from a slot's cache are not counted)",
+            registry=r,
+        )
+        self._requests = Counter("smallmind_requests", "Finished sequences", ["finish_reason"], registry=r)
+        self._ttft = Histogram(
+            "smallmind_time_to_first_token_seconds",
+            "From submission to the first generated token",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self._batch = Histogram(
+            "smallmind_batch_size",
+            "Sequences advanced by one engine step",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
 
     def step(self, batch_size: int) -> None:
         self._batch.observe(batch_size)

@@ -3,6 +3,7 @@
 ``create_app(engine)`` returns a plain ASGI application: uvicorn runs it for ``smallmind serve``,
 and a Ray Serve deployment ingresses it (``smallmind/serve/ray.py``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,11 +41,20 @@ _POLL_S = 0.25  # how often a waiting handler checks that its client is still th
 _KEEPALIVE_S = 5.0  # an SSE comment line this often while a stream has nothing to send
 
 
-def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_key: str | None = None,
-               max_prompt_tokens: int | None = None, max_tokens: int | None = None,
-               max_body_bytes: int = 1 << 20, timeout: float = 600.0, queue_timeout: float | None = None,
-               prefill_chunk: int = 128,
-               model_id: str | None = None) -> Any:
+def create_app(
+    engine: Engine,
+    *,
+    parallel: int = 4,
+    max_queue: int = 64,
+    api_key: str | None = None,
+    max_prompt_tokens: int | None = None,
+    max_tokens: int | None = None,
+    max_body_bytes: int = 1 << 20,
+    timeout: float = 600.0,
+    queue_timeout: float | None = None,
+    prefill_chunk: int = 128,
+    model_id: str | None = None,
+) -> Any:
     """An ASGI app serving ``engine`` on ``parallel`` slots (one KV cache each).
 
     ``max_queue`` requests may wait for a slot (more get 503 with ``Retry-After``);
@@ -54,17 +64,30 @@ def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_ke
     request from arrival to its last token (generation stops there, finish_reason "length");
     ``queue_timeout`` (default: ``timeout``) caps its wait for a slot (then 503).
     """
-    for name, value in (("max_body_bytes", max_body_bytes), ("max_prompt_tokens", max_prompt_tokens),
-                        ("max_tokens", max_tokens), ("n_threads", engine.n_threads)):
+    for name, value in (
+        ("max_body_bytes", max_body_bytes),
+        ("max_prompt_tokens", max_prompt_tokens),
+        ("max_tokens", max_tokens),
+        ("n_threads", engine.n_threads),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     backend = Backend(engine)
-    limits = Limits(max_prompt_tokens=min(max_prompt_tokens or backend.n_ctx - 1, backend.n_ctx - 1),
-                    max_tokens=min(max_tokens or backend.n_ctx, backend.n_ctx))
+    limits = Limits(
+        max_prompt_tokens=min(max_prompt_tokens or backend.n_ctx - 1, backend.n_ctx - 1),
+        max_tokens=min(max_tokens or backend.n_ctx, backend.n_ctx),
+    )
     holder: dict[str, Scheduler] = {}
     metrics = ServeMetrics(running=lambda: holder["s"].running, waiting=lambda: holder["s"].waiting)
-    scheduler = Scheduler(backend, parallel=parallel, max_queue=max_queue, prefill_chunk=prefill_chunk,
-                          timeout=timeout, queue_timeout=queue_timeout, metrics=metrics).start()
+    scheduler = Scheduler(
+        backend,
+        parallel=parallel,
+        max_queue=max_queue,
+        prefill_chunk=prefill_chunk,
+        timeout=timeout,
+        queue_timeout=queue_timeout,
+        metrics=metrics,
+    ).start()
     holder["s"] = scheduler
     served = _Server(backend, scheduler, limits, model_id or backend.model_id)
 
@@ -105,9 +128,20 @@ def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_ke
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [
-            {"id": served.model_id, "object": "model", "created": served.created, "owned_by": "smallmind",
-             "context_length": backend.n_ctx}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": served.model_id,
+                        "object": "model",
+                        "created": served.created,
+                        "owned_by": "smallmind",
+                        "context_length": backend.n_ctx,
+                    }
+                ],
+            }
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: HttpRequest) -> Response:
@@ -126,8 +160,9 @@ def create_app(engine: Engine, *, parallel: int = 4, max_queue: int = 64, api_ke
     async def detokenize(body: DetokenizeRequest) -> JSONResponse:
         bad = next((i for i in body.tokens if not 0 <= i < backend.vocab_size), None)
         if bad is not None:
-            raise ApiError(400, f"token id {bad} is outside the vocabulary [0, {backend.vocab_size})",
-                           param="tokens")
+            raise ApiError(
+                400, f"token id {bad} is outside the vocabulary [0, {backend.vocab_size})", param="tokens"
+            )
         return JSONResponse({"content": backend.decode(body.tokens)})
 
     return _Guard(app, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -156,15 +191,23 @@ class _Server:
                 handles.append(self.scheduler.submit(req, _sink(loop, queue, index)))
         except QueueFullError as exc:
             self._cancel(handles)
-            raise ApiError(503, f"the server is busy: {exc}", type="server_busy", code="queue_full",
-                           headers={"Retry-After": str(exc.retry_after)})
+            raise ApiError(
+                503,
+                f"the server is busy: {exc}",
+                type="server_busy",
+                code="queue_full",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         except RuntimeError as exc:
             self._cancel(handles)
             raise ApiError(503, str(exc), type="server_error")
         run = _Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests])
         if body.stream:
-            return StreamingResponse(self._sse(run, queue, handles), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                self._sse(run, queue, handles),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             next_check = time.monotonic() + _POLL_S
             while not run.done:
@@ -182,8 +225,9 @@ class _Server:
         run.raise_failure()
         return JSONResponse(run.response())
 
-    async def _sse(self, run: _Run, queue: asyncio.Queue[tuple[int, Event]],
-                   handles: list[Handle]) -> AsyncIterator[str]:
+    async def _sse(
+        self, run: _Run, queue: asyncio.Queue[tuple[int, Event]], handles: list[Handle]
+    ) -> AsyncIterator[str]:
         try:
             for chunk in run.opening_chunks():
                 yield _data(chunk)
@@ -193,9 +237,9 @@ class _Server:
                 except asyncio.TimeoutError:
                     yield ": keep-alive\n\n"  # also finds out when the client has gone
                     continue
-                chunk = run.add(index, event)
-                if chunk is not None:
-                    yield _data(chunk)
+                piece = run.add(index, event)
+                if piece is not None:
+                    yield _data(piece)
             failure = run.failure()
             if failure is not None:
                 yield _data(failure.body())
@@ -218,6 +262,7 @@ def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event
             loop.call_soon_threadsafe(queue.put_nowait, (index, event))
         except RuntimeError:  # the event loop has closed: nobody is listening any more
             pass
+
     return sink
 
 
@@ -269,8 +314,13 @@ class _Run:
             choice["delta"] = delta
         else:
             choice.update(delta)
-        chunk = {"id": self.id, "object": self.object + (".chunk" if self.chat else ""),
-                 "created": self.created, "model": self.model_id, "choices": [choice]}
+        chunk = {
+            "id": self.id,
+            "object": self.object + (".chunk" if self.chat else ""),
+            "created": self.created,
+            "model": self.model_id,
+            "choices": [choice],
+        }
         if self.include_usage:
             chunk["usage"] = None
         return chunk
@@ -286,11 +336,20 @@ class _Run:
             return ApiError(500, f"generation failed: {type(err).__name__}: {err}", type="server_error")
         reasons = {f.finish_reason for f in self.finish if f is not None}
         if "timeout" in reasons:
-            return ApiError(503, "the request waited longer than the server's time limit for a slot",
-                            type="server_busy", code="timeout", headers={"Retry-After": "1"})
+            return ApiError(
+                503,
+                "the request waited longer than the server's time limit for a slot",
+                type="server_busy",
+                code="timeout",
+                headers={"Retry-After": "1"},
+            )
         if "cancelled" in reasons:
-            return ApiError(503, "the request was cancelled (the server is shutting down)",
-                            type="server_error", code="cancelled")
+            return ApiError(
+                503,
+                "the request was cancelled (the server is shutting down)",
+                type="server_error",
+                code="cancelled",
+            )
         return None
 
     def raise_failure(self) -> None:
@@ -299,15 +358,25 @@ class _Run:
             raise failure
 
     def usage(self) -> dict[str, Any]:
-        prompt = sum(self.prompt_lengths[::self.n_per_prompt])
+        prompt = sum(self.prompt_lengths[:: self.n_per_prompt])
         completion = sum(f.completion_tokens for f in self.finish if f is not None)
         cached = sum(f.cached_tokens for f in self.finish if f is not None)
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": cached}}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
 
     def usage_chunk(self) -> dict[str, Any]:
-        return {"id": self.id, "object": self.object + (".chunk" if self.chat else ""),
-                "created": self.created, "model": self.model_id, "choices": [], "usage": self.usage()}
+        return {
+            "id": self.id,
+            "object": self.object + (".chunk" if self.chat else ""),
+            "created": self.created,
+            "model": self.model_id,
+            "choices": [],
+            "usage": self.usage(),
+        }
 
     def response(self) -> dict[str, Any]:
         choices = []
@@ -316,12 +385,24 @@ class _Run:
             reason = finished.finish_reason if finished is not None else "stop"
             text = "".join(parts)
             if self.chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "finish_reason": reason, "logprobs": None})
+                choices.append(
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": reason,
+                        "logprobs": None,
+                    }
+                )
             else:
                 choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
-        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model_id,
-                "choices": choices, "usage": self.usage()}
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model_id,
+            "choices": choices,
+            "usage": self.usage(),
+        }
 
 
 class _Guard:
@@ -344,8 +425,12 @@ class _Guard:
         if self.api_key is not None and scope.get("path") != "/health":
             auth = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(auth, b"Bearer " + self.api_key):
-                await _send_error(send, ApiError(401, "invalid or missing API key (Authorization: Bearer ...)",
-                                                 code="invalid_api_key"))
+                await _send_error(
+                    send,
+                    ApiError(
+                        401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key"
+                    ),
+                )
                 return
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
@@ -357,8 +442,14 @@ class _Guard:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_body:
-                await _send_error(send, ApiError(413, f"the request body is larger than {self.max_body} bytes",
-                                                 code="request_too_large"))
+                await _send_error(
+                    send,
+                    ApiError(
+                        413,
+                        f"the request body is larger than {self.max_body} bytes",
+                        code="request_too_large",
+                    ),
+                )
                 return
             if not message.get("more_body", False):
                 break

@@ -11,6 +11,7 @@ From Python::
     from smallmind.serve.ray import app_builder
     serve.run(app_builder({"replicas": 2, "cpus": 1}), route_prefix="/")
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,9 +30,11 @@ __all__ = ["SmallmindServer", "app_builder"]
 class SmallmindServer:
     """One replica: an engine on this replica's CPUs, behind the OpenAI-compatible app."""
 
-    def __init__(self, model: str | None = None, *, parallel: int = 4, ctx: int | None = None,
-                 **app_options: Any):
+    def __init__(
+        self, model: str | None = None, *, parallel: int = 4, ctx: int | None = None, **app_options: Any
+    ):
         import ray
+
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         # Not `self.app`: Ray's ingress wrapper owns that name.
         self._engine = load_engine(model, n_threads=max(1, int(cpus)), n_ctx=ctx)
@@ -67,11 +70,14 @@ def app_builder(args: dict[str, Any]) -> Application:
     deployment_options: dict[str, Any] = {"ray_actor_options": {"num_cpus": cpus}}
     if "min_replicas" in opts or "max_replicas" in opts:
         deployment_options["autoscaling_config"] = {
-            "min_replicas": opts.pop("min_replicas", 1), "max_replicas": opts.pop("max_replicas", 4),
-            "target_ongoing_requests": opts.pop("target_ongoing_requests", parallel)}
+            "min_replicas": opts.pop("min_replicas", 1),
+            "max_replicas": opts.pop("max_replicas", 4),
+            "target_ongoing_requests": opts.pop("target_ongoing_requests", parallel),
+        }
         opts.pop("replicas", None)
     else:
         deployment_options["num_replicas"] = opts.pop("replicas", 1)
         opts.pop("target_ongoing_requests", None)
     model = opts.pop("model", None)
-    return SmallmindServer.options(**deployment_options).bind(model, parallel=parallel, **opts)
+    deployment: Any = SmallmindServer  # a serve.Deployment, which the decorators' types do not show
+    return deployment.options(**deployment_options).bind(model, parallel=parallel, **opts)

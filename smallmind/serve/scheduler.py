@@ -13,6 +13,7 @@ Everything the engine thread reports goes through the request's ``sink`` callbac
 the engine thread: one :class:`~smallmind.serve._backend.Emitted` per produced text, then a
 :class:`Finished` (or a :class:`Failed`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,9 @@ class Metrics(Protocol):
 class Handle:
     """A submitted request, as the scheduler tracks it. ``cancel()`` is thread-safe."""
 
-    def __init__(self, request: Request, sink: Callable[[Event], None], deadline: float,
-                 queue_deadline: float):
+    def __init__(
+        self, request: Request, sink: Callable[[Event], None], deadline: float, queue_deadline: float
+    ):
         self.request = request
         self.sink = sink
         self.deadline = deadline
@@ -90,18 +92,26 @@ class Scheduler:
     ``finish_reason="timeout"`` and nothing generated.
     """
 
-    def __init__(self, backend: Backend, *, parallel: int = 4, max_queue: int = 64,
-                 prefill_chunk: int = 128, timeout: float = 600.0, queue_timeout: float | None = None,
-                 metrics: Metrics | None = None,
-                 step: Callable[[Sequence[tuple[Slot, int]]], list] = run_step):
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        parallel: int = 4,
+        max_queue: int = 64,
+        prefill_chunk: int = 128,
+        timeout: float = 600.0,
+        queue_timeout: float | None = None,
+        metrics: Metrics | None = None,
+        step: Callable[[Sequence[tuple[Slot, int]]], list] = run_step,
+    ):
         for name, value in (("parallel", parallel), ("prefill_chunk", prefill_chunk)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if int(max_queue) < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
-        for name, value in (("timeout", timeout), ("queue_timeout", queue_timeout)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        for name, limit in (("timeout", timeout), ("queue_timeout", queue_timeout)):
+            if limit is not None and not limit > 0:
+                raise ValueError(f"{name} must be > 0, got {limit}")
         self.backend = backend
         self.parallel = int(parallel)
         self.max_queue = int(max_queue)
@@ -146,8 +156,7 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, request: Request, sink: Callable[[Event], None],
-               timeout: float | None = None) -> Handle:
+    def submit(self, request: Request, sink: Callable[[Event], None], timeout: float | None = None) -> Handle:
         """Queue ``request``; events go to ``sink`` on the engine thread.
 
         Raises :class:`QueueFullError` when ``max_queue`` requests already wait."""
@@ -159,8 +168,9 @@ class Scheduler:
                 raise RuntimeError("the scheduler is not running")
             free_slots = self.parallel - len(self._running)
             if len(self._waiting) >= self.max_queue + max(free_slots, 0):
-                raise QueueFullError(f"{len(self._waiting)} requests are already waiting",
-                                     retry_after=self._retry_after())
+                raise QueueFullError(
+                    f"{len(self._waiting)} requests are already waiting", retry_after=self._retry_after()
+                )
             self._waiting.append(handle)
             self._cond.notify_all()
         return handle
