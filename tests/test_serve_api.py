@@ -347,3 +347,26 @@ def test_shutdown_ends_the_engine_thread(engine):
         assert httpx.get(url + "/health", timeout=TIMEOUT).status_code == 200
     assert not app.state.scheduler.alive
     assert threading.active_count() < 50
+
+
+def test_prompt_batches_and_streamed_choices_keep_their_index(server, engine):
+    prompts = ["ROMEO:", "KING:"]
+    reply = client(server).completions.create(model="x", prompt=prompts, max_tokens=10, temperature=0, n=2)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    expected = [engine.generate(p, max_new_tokens=10, temperature=0).text for p in prompts for _ in range(2)]
+    assert [c.text for c in reply.choices] == expected
+    assert reply.usage.prompt_tokens == sum(len(engine.tokenizer.encode(p)) for p in prompts)
+    stream = client(server).chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=10,
+        temperature=0.8,
+        seed=1,
+        n=2,
+        stream=True,
+    )
+    texts = ["", ""]
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert all(texts) and texts[0] != texts[1]
