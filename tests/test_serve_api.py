@@ -370,3 +370,46 @@ def test_prompt_batches_and_streamed_choices_keep_their_index(server, engine):
         for choice in chunk.choices:
             texts[choice.index] += choice.delta.content or ""
     assert all(texts) and texts[0] != texts[1]
+
+
+def test_many_clients_with_random_disconnects_leave_nothing_behind(engine):
+    import random
+
+    app = create_app(engine, parallel=4, max_queue=64)
+    with running(app) as url:
+
+        def client_loop(k: int) -> list[int]:
+            rng = random.Random(k)
+            lengths = []
+            with httpx.Client(timeout=TIMEOUT) as http:
+                for i in range(3):
+                    body = {
+                        "prompt": "ROMEO:",
+                        "max_tokens": 30,
+                        "temperature": 0.8,
+                        "seed": k * 10 + i,
+                        "stream": True,
+                        "stream_options": {"include_usage": True},
+                    }
+                    quit_after = rng.choice([1, 3, None])
+                    with http.stream("POST", url + "/v1/completions", json=body) as r:
+                        assert r.status_code == 200
+                        seen = 0
+                        for line in r.iter_lines():
+                            seen += line.startswith("data: ")
+                            if quit_after is not None and seen >= quit_after:
+                                break
+                            if line.startswith("data: {") and '"usage":{' in line:
+                                lengths.append(json.loads(line[6:])["usage"]["completion_tokens"])
+            return lengths
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            finished = [n for lengths in pool.map(client_loop, range(12), timeout=120) for n in lengths]
+        assert finished and all(n == 30 for n in finished)
+        deadline = time.monotonic() + 10
+        while metric(url, "smallmind_requests_running") > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(url, "smallmind_requests_running") == 0
+        assert metric(url, "smallmind_requests_waiting") == 0
+        assert app.state.scheduler.alive
+        assert len(app.state.scheduler._slots) <= 4
