@@ -28,14 +28,14 @@ def test_app_builder_validates_its_arguments():
 @pytest.mark.slow
 def test_two_replicas_answer_the_openai_client():
     port = free_port()
-    # Everything on the loopback interface: this test talks to nothing but this machine.
+    # A new single-node Ray on this machine only. Ray's own processes talk over this machine's
+    # interface address (Ray resolves 127.0.0.1 to it); the HTTP proxy listens on 127.0.0.1.
     ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
     )
     try:
