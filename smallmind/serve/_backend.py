@@ -11,7 +11,11 @@ Today a step is one forward pass per slot, in turn, through the public streaming
 :func:`run_step`: gather the input rows of every slot (a prompt chunk, or one token), run them
 through the weights together, attend per slot over its own cache, sample per slot with its own
 :class:`Request` parameters, and return one :class:`Emitted` per slot (None for a slot whose
-chunk did not reach the end of its prompt).
+chunk did not reach the end of its prompt). For that a slot keeps, instead of the stream it
+holds today, its own sampler (seeded), token history and text assembler (stop strings, UTF-8),
+and the model provides one forward over several caches that returns the last row's logits of
+each. The scheduler (``scheduler.py``) and the HTTP layer do not change; the tests that compare
+served tokens with ``Engine.generate`` check that batching changes no token.
 """
 
 from __future__ import annotations
