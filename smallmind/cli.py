@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="FILE", help="run the workload on this model file instead")
     p.add_argument("--kernels", action="store_true",
                    help="print which instruction-set path multiplies each weight type, and exit")
+
+    from .serve.cli import add_serve_command  # the serve package registers its own options
+    add_serve_command(sub)
     return parser
 
 

@@ -1,0 +1,368 @@
+"""Concurrent streaming clients against OpenAI-compatible servers on this machine.
+
+    python benchmarks/serve.py [--model PATH] [--threads 2] [--clients 1,4,8,16,32]
+                               [--requests 2] [--max-tokens 64] [--parallel 8]
+                               [--servers smallmind,llama-cpp-python] [--llama-server BIN]
+                               [--quick] [--json PATH] [--png PATH]
+
+Each server runs in its own process on a free 127.0.0.1 port, on the same GGUF file (default:
+SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind) with the same thread count:
+
+* ``smallmind``: ``python -m smallmind serve --parallel P`` (continuous batching over P slots);
+* ``llama-cpp-python``: ``python -m llama_cpp.server`` (one request at a time, behind a lock),
+  when ``import llama_cpp`` works;
+* ``llama-server``: llama.cpp's own server with ``-np P``, when ``--llama-server BIN`` is given.
+
+For each client count N, N threads each send ``--requests`` streaming ``/v1/completions``
+requests one after another (a plain-text prompt, ``max_tokens`` tokens, temperature 0.7 with a
+seed, end-of-text tokens banned through ``logit_bias`` so every answer has ``max_tokens``
+tokens). Measured per request, on the client: time to first token (request sent -> first text
+chunk) and the gaps between later chunks (inter-token latency); per run: aggregate tokens/s =
+completion tokens of all requests / wall time from the first request to the last answer, and
+errors (non-200 answers, broken streams, timeouts). Prints a markdown table, writes JSON
+(default benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
+Figures from a machine shared with other work are noisy: compare servers within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from _report import machine_info, write_report
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = Path(os.environ.get("SMALLMIND_CACHE", Path.home() / ".cache" / "smallmind"))
+DEFAULT_MODEL = CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = [
+    "Once upon a time, in a small village by the sea,",
+    "The history of the printing press begins",
+    "Here is a recipe for a simple tomato soup:",
+    "The three laws of motion state that",
+    "Dear diary, today I finally",
+    "In the year 2150, the first city on Mars",
+]
+START_S = 180.0
+REQUEST_S = 300.0
+COLUMNS = [
+    "server",
+    "clients",
+    "requests",
+    "errors",
+    "tok_per_s",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] | None:
+    model, threads = str(args.model), str(args.threads)
+    if name == "smallmind":
+        return [
+            sys.executable,
+            "-m",
+            "smallmind",
+            "serve",
+            "--model",
+            model,
+            "--threads",
+            threads,
+            "--parallel",
+            str(args.parallel),
+            "--ctx",
+            str(args.ctx),
+            "--port",
+            str(port),
+            "--max-queue",
+            "256",
+        ]
+    if name == "llama-cpp-python":
+        try:
+            import llama_cpp
+            import llama_cpp.server  # noqa: F401
+        except ImportError:
+            return None
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            model,
+            "--n_threads",
+            threads,
+            "--n_threads_batch",
+            threads,
+            "--n_ctx",
+            str(args.ctx),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    if name == "llama-server":
+        if not args.llama_server:
+            return None
+        return [
+            args.llama_server,
+            "-m",
+            model,
+            "-t",
+            threads,
+            "-tb",
+            threads,
+            "-np",
+            str(args.parallel),
+            "-c",
+            str(args.ctx * args.parallel),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    raise ValueError(f"unknown server {name!r}")
+
+
+def wait_ready(proc: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server was not ready after {START_S:.0f} s")
+
+
+def stream_one(client: httpx.Client, url: str, body: dict) -> dict:
+    """One streaming request: TTFT, inter-token gaps, completion tokens, or the error."""
+    t0 = time.perf_counter()
+    stamps: list[float] = []
+    usage = None
+    try:
+        with client.stream("POST", url + "/v1/completions", json=body, timeout=REQUEST_S) as r:
+            if r.status_code != 200:
+                r.read()
+                return {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
+            done = False
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = json.loads(data)
+                if event.get("usage"):
+                    usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    if choice.get("text"):
+                        stamps.append(time.perf_counter())
+            if not done:
+                return {"error": "the stream ended without [DONE]"}
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if not stamps:
+        return {"error": "no text streamed"}
+    tokens = usage["completion_tokens"] if usage else len(stamps)
+    return {
+        "ttft": stamps[0] - t0,
+        "gaps": [b - a for a, b in itertools.pairwise(stamps)],
+        "tokens": tokens,
+        "end": stamps[-1],
+    }
+
+
+def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[int]) -> dict:
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def client_loop(k: int) -> None:
+        with httpx.Client() as client:
+            for i in range(args.requests):
+                body = {
+                    "prompt": PROMPTS[(k + i) % len(PROMPTS)],
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0.7,
+                    "seed": 1000 * k + i,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "logit_bias": {str(t): -100 for t in banned},
+                }
+                out = stream_one(client, url, body)
+                with lock:
+                    results.append(out)
+
+    threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(n_clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(REQUEST_S * args.requests + 60)
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if "error" not in r]
+    errors = [r["error"] for r in results if "error" in r] + ["client still running"] * sum(
+        t.is_alive() for t in threads
+    )
+    ttft = sorted(r["ttft"] for r in ok)
+    gaps = sorted(g for r in ok for g in r["gaps"])
+    return {
+        "clients": n_clients,
+        "requests": len(results),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "tok_per_s": sum(r["tokens"] for r in ok) / wall if ok else 0.0,
+        "wall_s": wall,
+        "ttft_p50_ms": _pct(ttft, 50) * 1e3,
+        "ttft_p99_ms": _pct(ttft, 99) * 1e3,
+        "itl_p50_ms": _pct(gaps, 50) * 1e3,
+        "itl_p99_ms": _pct(gaps, 99) * 1e3,
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, int(q) - 1))]
+
+
+def banned_tokens(model: Path) -> list[int]:
+    """End-of-text ids of the model, banned so every answer runs to max_tokens."""
+    sys.path.insert(0, str(REPO))
+    from smallmind.formats.loader import load_model
+
+    tok = load_model(model).tokenizer
+    return sorted(tok.stop_ids()) if tok is not None else []
+
+
+def bench_server(name: str, args: argparse.Namespace, banned: list[int]) -> list[dict]:
+    port = free_port()
+    cmd = server_command(name, args, port)
+    if cmd is None:
+        print(f"{name}: not installed, skipped", file=sys.stderr)
+        return [{"server": name, "skipped": "not installed"}]
+    url = f"http://127.0.0.1:{port}"
+    log = open(HERE / "results" / f"serve_{name}.log", "w")  # noqa: SIM115  closed below
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    rows = []
+    try:
+        wait_ready(proc, url)
+        with httpx.Client() as client:  # warm-up: first-request costs stay out of the figures
+            stream_one(client, url, {"prompt": "Hello", "max_tokens": 8, "stream": True})
+        for n in args.clients:
+            row = {"server": name, **run_load(url, n, args, banned)}
+            print(
+                f"{name:>16}  {n:>3} clients: {row['tok_per_s']:8.1f} tok/s, TTFT p50 "
+                f"{row['ttft_p50_ms']:8.0f} ms, errors {row['errors']}",
+                file=sys.stderr,
+            )
+            rows.append(row)
+    except RuntimeError as exc:
+        rows.append({"server": name, "skipped": str(exc)})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for server in sorted({r["server"] for r in rows if "clients" in r}):
+        mine = [r for r in rows if r["server"] == server and "clients" in r]
+        ax1.plot([r["clients"] for r in mine], [r["tok_per_s"] for r in mine], marker="o", label=server)
+        ax2.plot(
+            [r["clients"] for r in mine], [r["ttft_p99_ms"] / 1e3 for r in mine], marker="o", label=server
+        )
+    ax1.set(xlabel="concurrent streaming clients", ylabel="aggregate tokens/s", xscale="log", xticks=[])
+    ax2.set(xlabel="concurrent streaming clients", ylabel="p99 time to first token (s)", xscale="log")
+    for ax in (ax1, ax2):
+        ax.set_xticks(sorted({r["clients"] for r in rows if "clients" in r}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clients", default="1,4,8,16,32", help="comma-separated client counts")
+    p.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--parallel", type=int, default=8, help="slots of smallmind serve / llama-server -np")
+    p.add_argument("--ctx", type=int, default=512, help="context per slot")
+    p.add_argument("--servers", default="smallmind,llama-cpp-python,llama-server")
+    p.add_argument("--llama-server", default=None, help="path of llama.cpp's llama-server binary")
+    p.add_argument("--quick", action="store_true", help="1, 4 and 8 clients, one request each")
+    p.add_argument("--json", type=Path, default=HERE / "results" / "serve.json")
+    p.add_argument("--png", type=Path, default=HERE / "results" / "serve.png")
+    args = p.parse_args()
+    args.clients = [int(c) for c in ("1,4,8" if args.quick else args.clients).split(",")]
+    if args.quick:
+        args.requests = 1
+    if not args.model.exists():
+        print(f"model {args.model} is missing (python tools/fetch_models.py)", file=sys.stderr)
+        return 2
+    (HERE / "results").mkdir(exist_ok=True)
+    banned = banned_tokens(args.model)
+    rows = []
+    for name in args.servers.split(","):
+        rows += bench_server(name.strip(), args, banned)
+    meta = {
+        **machine_info(),
+        "model": args.model.name,
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
+        "parallel": args.parallel,
+        "requests_per_client": args.requests,
+        "command": " ".join(sys.argv),
+    }
+    measured = [r for r in rows if "clients" in r]
+    write_report("serve", measured, COLUMNS, meta, json_path=args.json)
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['server']}: skipped ({r['skipped']})")
+    if measured:
+        plot(measured, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

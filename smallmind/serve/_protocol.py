@@ -1,0 +1,248 @@
+"""Request bodies of the OpenAI-compatible API (pydantic), and their translation into
+scheduler requests. Unknown fields are ignored, as OpenAI's own clients expect; a value out of
+range is rejected with the name of the field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from ._backend import Backend, Request
+
+__all__ = [
+    "ApiError",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "DetokenizeRequest",
+    "Limits",
+    "TokenizeRequest",
+    "build_requests",
+]
+
+MAX_STOP = 16
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class _Sampling(_Body):
+    """Fields shared by both endpoints, with OpenAI's ranges."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: Probability = 1.0
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    user: str | None = None
+    # llama.cpp's extensions, which llama-cpp-python's clients send too.
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, le=10.0, validation_alias=AliasChoices("repetition_penalty", "repeat_penalty")
+    )
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=0)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+
+
+class TokenizeRequest(_Body):
+    content: str = Field(validation_alias=AliasChoices("content", "input", "text"))
+    add_special: bool = True
+
+
+class DetokenizeRequest(_Body):
+    tokens: list[int]
+
+
+class Limits(BaseModel):
+    """Server-side caps on what one request may ask."""
+
+    max_prompt_tokens: int
+    max_tokens: int
+
+
+def _stop(value: str | list[str] | None) -> list[str]:
+    stops = [value] if isinstance(value, str) else list(value or [])
+    if len(stops) > MAX_STOP:
+        raise ApiError(400, f"stop takes at most {MAX_STOP} strings, got {len(stops)}", param="stop")
+    if any(not s for s in stops):
+        raise ApiError(400, "stop strings must not be empty", param="stop")
+    return stops
+
+
+def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | None:
+    if not raw:
+        return None
+    bias: dict[int, float] = {}
+    for key, value in raw.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise ApiError(400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+        if not 0 <= token < vocab:
+            raise ApiError(
+                400, f"logit_bias token id {token} is outside the vocabulary [0, {vocab})", param="logit_bias"
+            )
+        bias[token] = float(value)
+    return bias
+
+
+def _prompts(body: ChatCompletionRequest | CompletionRequest, backend: Backend) -> list[list[int]]:
+    if isinstance(body, ChatCompletionRequest):
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        return [backend.encode_chat(messages)]
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [backend.encode(prompt)]
+    if not prompt:
+        raise ApiError(400, "prompt must not be empty", param="prompt")
+    prompts: list[list[int]] = []
+    if all(isinstance(p, int) for p in prompt):
+        prompts.append([int(p) for p in prompt])  # type: ignore[arg-type]
+    else:
+        for item in prompt:
+            prompts.append(backend.encode(item) if isinstance(item, str) else [int(i) for i in item])  # type: ignore[union-attr]
+    for ids in prompts:
+        if not ids:
+            raise ApiError(400, "prompt must not be empty", param="prompt")
+        bad = next((i for i in ids if not 0 <= i < backend.vocab_size), None)
+        if bad is not None:
+            raise ApiError(
+                400, f"token id {bad} is outside the vocabulary [0, {backend.vocab_size})", param="prompt"
+            )
+    return prompts
+
+
+def build_requests(
+    body: ChatCompletionRequest | CompletionRequest, backend: Backend, limits: Limits
+) -> list[Request]:
+    """One scheduler :class:`Request` per choice: ``n`` per prompt, prompt by prompt (the
+    choice index OpenAI gives is ``prompt_index * n + i``)."""
+    if body.logprobs:
+        raise ApiError(
+            400,
+            "logprobs are not supported by this server yet",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
+    chat = isinstance(body, ChatCompletionRequest)
+    wanted = body.max_tokens
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        wanted = body.max_completion_tokens
+    if wanted is not None and wanted > limits.max_tokens:
+        raise ApiError(
+            400,
+            f"max_tokens is {wanted}, more than this server's limit of {limits.max_tokens}",
+            param="max_tokens",
+        )
+    stops = _stop(body.stop)
+    if chat:
+        stops += [s for s in backend.chat_stops() if s not in stops]
+    sampling: dict[str, Any] = {
+        "temperature": body.temperature,
+        "top_p": None if body.top_p == 1.0 else body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "repetition_penalty": body.repetition_penalty,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "logit_bias": _logit_bias(body.logit_bias, backend.vocab_size),
+    }
+    requests = []
+    param = "messages" if chat else "prompt"
+    for ids in _prompts(body, backend):
+        if len(ids) > limits.max_prompt_tokens:
+            raise ApiError(
+                400,
+                f"the prompt has {len(ids)} tokens, more than this server's limit of "
+                f"{limits.max_prompt_tokens}",
+                param=param,
+                code="context_length_exceeded",
+            )
+        room = backend.n_ctx - len(ids)
+        if room < 1:
+            raise ApiError(
+                400,
+                f"the prompt has {len(ids)} tokens and the context holds {backend.n_ctx}: "
+                "no room for an answer",
+                param=param,
+                code="context_length_exceeded",
+            )
+        max_tokens = min(room, limits.max_tokens if wanted is None else wanted)
+        for i in range(body.n):
+            seed = None if body.seed is None else (body.seed + i) % 2**63
+            requests.append(Request(ids, max_tokens, dict(sampling, seed=seed), tuple(stops)))
+    return requests

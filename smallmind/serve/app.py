@@ -1,0 +1,475 @@
+"""The OpenAI-compatible HTTP API (FastAPI), in front of a :class:`~smallmind.serve.scheduler.Scheduler`.
+
+``create_app(engine)`` returns a plain ASGI application: uvicorn runs it for ``smallmind serve``,
+and a Ray Serve deployment ingresses it (``smallmind/serve/ray.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine import Engine
+from ._backend import Backend, Emitted
+from ._metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from ._protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    Limits,
+    TokenizeRequest,
+    build_requests,
+)
+from .scheduler import Event, Failed, Finished, Handle, QueueFullError, Scheduler
+
+__all__ = ["create_app"]
+
+_POLL_S = 0.25  # how often a waiting handler checks that its client is still there
+_KEEPALIVE_S = 5.0  # an SSE comment line this often while a stream has nothing to send
+
+
+def create_app(
+    engine: Engine,
+    *,
+    parallel: int = 4,
+    max_queue: int = 64,
+    api_key: str | None = None,
+    max_prompt_tokens: int | None = None,
+    max_tokens: int | None = None,
+    max_body_bytes: int = 1 << 20,
+    timeout: float = 600.0,
+    queue_timeout: float | None = None,
+    prefill_chunk: int = 128,
+    model_id: str | None = None,
+) -> Any:
+    """An ASGI app serving ``engine`` on ``parallel`` slots (one KV cache each).
+
+    ``max_queue`` requests may wait for a slot (more get 503 with ``Retry-After``);
+    ``api_key`` makes every route but ``/health`` require ``Authorization: Bearer <key>``;
+    ``max_prompt_tokens`` / ``max_tokens`` cap a request's prompt and answer (default: the
+    context); ``max_body_bytes`` caps a request body (413 above); ``timeout`` (seconds) caps a
+    request from arrival to its last token (generation stops there, finish_reason "length");
+    ``queue_timeout`` (default: ``timeout``) caps its wait for a slot (then 503).
+    """
+    for name, value in (
+        ("max_body_bytes", max_body_bytes),
+        ("max_prompt_tokens", max_prompt_tokens),
+        ("max_tokens", max_tokens),
+        ("n_threads", engine.n_threads),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    backend = Backend(engine)
+    limits = Limits(
+        max_prompt_tokens=min(max_prompt_tokens or backend.n_ctx - 1, backend.n_ctx - 1),
+        max_tokens=min(max_tokens or backend.n_ctx, backend.n_ctx),
+    )
+    holder: dict[str, Scheduler] = {}
+    metrics = ServeMetrics(running=lambda: holder["s"].running, waiting=lambda: holder["s"].waiting)
+    scheduler = Scheduler(
+        backend,
+        parallel=parallel,
+        max_queue=max_queue,
+        prefill_chunk=prefill_chunk,
+        timeout=timeout,
+        queue_timeout=queue_timeout,
+        metrics=metrics,
+    ).start()
+    holder["s"] = scheduler
+    served = _Server(backend, scheduler, limits, model_id or backend.model_id)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(scheduler.stop)
+
+    app = FastAPI(title="smallmind", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler = scheduler
+    app.state.metrics = metrics
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: HttpRequest, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request"))
+        return JSONResponse(ApiError(400, message, param=param, code=first.get("type")).body(), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), exc.status_code)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if not scheduler.alive:
+            return JSONResponse({"status": "error", "error": repr(scheduler.error)}, 503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": served.model_id,
+                        "object": "model",
+                        "created": served.created,
+                        "owned_by": "smallmind",
+                        "context_length": backend.n_ctx,
+                    }
+                ],
+            }
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: HttpRequest) -> Response:
+        return await served.complete(body, request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: HttpRequest) -> Response:
+        return await served.complete(body, request)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        ids = backend.encode(body.content, add_special=body.add_special)
+        return JSONResponse({"tokens": ids})
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        bad = next((i for i in body.tokens if not 0 <= i < backend.vocab_size), None)
+        if bad is not None:
+            raise ApiError(
+                400, f"token id {bad} is outside the vocabulary [0, {backend.vocab_size})", param="tokens"
+            )
+        return JSONResponse({"content": backend.decode(body.tokens)})
+
+    return _Guard(app, api_key=api_key, max_body_bytes=max_body_bytes)
+
+
+Body = ChatCompletionRequest | CompletionRequest
+
+
+class _Server:
+    """Runs one API request: submits its choices, then answers in one body or as SSE."""
+
+    def __init__(self, backend: Backend, scheduler: Scheduler, limits: Limits, model_id: str):
+        self.backend = backend
+        self.scheduler = scheduler
+        self.limits = limits
+        self.model_id = model_id
+        self.created = int(time.time())
+
+    async def complete(self, body: Body, http: HttpRequest) -> Response:
+        requests = await asyncio.to_thread(build_requests, body, self.backend, self.limits)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        handles: list[Handle] = []
+        try:
+            for index, req in enumerate(requests):
+                handles.append(self.scheduler.submit(req, _sink(loop, queue, index)))
+        except QueueFullError as exc:
+            self._cancel(handles)
+            raise ApiError(
+                503,
+                f"the server is busy: {exc}",
+                type="server_busy",
+                code="queue_full",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        except RuntimeError as exc:
+            self._cancel(handles)
+            raise ApiError(503, str(exc), type="server_error")
+        run = _Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests])
+        if body.stream:
+            return StreamingResponse(
+                self._sse(run, queue, handles),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            next_check = time.monotonic() + _POLL_S
+            while not run.done:
+                try:
+                    index, event = await asyncio.wait_for(queue.get(), _POLL_S)
+                    run.add(index, event)
+                except asyncio.TimeoutError:
+                    pass
+                if time.monotonic() >= next_check:  # events may flow while nobody listens any more
+                    if await http.is_disconnected():
+                        return Response(status_code=499)
+                    next_check = time.monotonic() + _POLL_S
+        finally:
+            self._cancel(handles)
+        run.raise_failure()
+        return JSONResponse(run.response())
+
+    async def _sse(
+        self, run: _Run, queue: asyncio.Queue[tuple[int, Event]], handles: list[Handle]
+    ) -> AsyncIterator[str]:
+        try:
+            for chunk in run.opening_chunks():
+                yield _data(chunk)
+            while not run.done:
+                try:
+                    index, event = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"  # also finds out when the client has gone
+                    continue
+                piece = run.add(index, event)
+                if piece is not None:
+                    yield _data(piece)
+            failure = run.failure()
+            if failure is not None:
+                yield _data(failure.body())
+            elif run.include_usage:
+                yield _data(run.usage_chunk())
+            yield "data: [DONE]\n\n"
+        finally:  # normal end, or the client disconnected and the response was cancelled
+            self._cancel(handles)
+
+    def _cancel(self, handles: list[Handle]) -> None:
+        for h in handles:
+            h.cancel()
+        if handles:
+            self.scheduler.wake()
+
+
+def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event]], index: int):
+    def sink(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            pass
+
+    return sink
+
+
+def _data(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+class _Run:
+    """The choices of one API request as their events arrive, and the OpenAI objects made of them."""
+
+    def __init__(self, body: Body, model_id: str, n_choices: int, prompt_lengths: list[int]):
+        self.chat = isinstance(body, ChatCompletionRequest)
+        self.include_usage = body.include_usage()
+        self.model_id = model_id
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.object = "chat.completion" if self.chat else "text_completion"
+        self.created = int(time.time())
+        self.texts: list[list[str]] = [[] for _ in range(n_choices)]
+        self.finish: list[Finished | None] = [None] * n_choices
+        self.failed: list[Failed] = []
+        self.n_per_prompt = body.n
+        self.prompt_lengths = prompt_lengths
+        self.left = n_choices
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
+
+    def add(self, index: int, event: Event) -> dict[str, Any] | None:
+        """Record ``event``; returns the stream chunk it makes (or None)."""
+        if isinstance(event, Emitted):
+            self.texts[index].append(event.text)
+            if not event.text:
+                return None
+            delta: dict[str, Any] = {"content": event.text} if self.chat else {"text": event.text}
+            return self._chunk(index, delta, None)
+        self.left -= 1
+        if isinstance(event, Failed):
+            self.failed.append(event)
+            return None
+        self.finish[index] = event
+        if event.finish_reason not in ("stop", "length"):
+            return None
+        return self._chunk(index, {} if self.chat else {"text": ""}, event.finish_reason)
+
+    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": None}
+        if self.chat:
+            choice["delta"] = delta
+        else:
+            choice.update(delta)
+        chunk = {
+            "id": self.id,
+            "object": self.object + (".chunk" if self.chat else ""),
+            "created": self.created,
+            "model": self.model_id,
+            "choices": [choice],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def opening_chunks(self) -> list[dict[str, Any]]:
+        if not self.chat:
+            return []
+        return [self._chunk(i, {"role": "assistant", "content": ""}, None) for i in range(len(self.texts))]
+
+    def failure(self) -> ApiError | None:
+        if self.failed:
+            err = self.failed[0].error
+            return ApiError(500, f"generation failed: {type(err).__name__}: {err}", type="server_error")
+        reasons = {f.finish_reason for f in self.finish if f is not None}
+        if "timeout" in reasons:
+            return ApiError(
+                503,
+                "the request waited longer than the server's time limit for a slot",
+                type="server_busy",
+                code="timeout",
+                headers={"Retry-After": "1"},
+            )
+        if "cancelled" in reasons:
+            return ApiError(
+                503,
+                "the request was cancelled (the server is shutting down)",
+                type="server_error",
+                code="cancelled",
+            )
+        return None
+
+    def raise_failure(self) -> None:
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+
+    def usage(self) -> dict[str, Any]:
+        prompt = sum(self.prompt_lengths[:: self.n_per_prompt])
+        completion = sum(f.completion_tokens for f in self.finish if f is not None)
+        cached = sum(f.cached_tokens for f in self.finish if f is not None)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+
+    def usage_chunk(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.object + (".chunk" if self.chat else ""),
+            "created": self.created,
+            "model": self.model_id,
+            "choices": [],
+            "usage": self.usage(),
+        }
+
+    def response(self) -> dict[str, Any]:
+        choices = []
+        for i, parts in enumerate(self.texts):
+            finished = self.finish[i]
+            reason = finished.finish_reason if finished is not None else "stop"
+            text = "".join(parts)
+            if self.chat:
+                choices.append(
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": reason,
+                        "logprobs": None,
+                    }
+                )
+            else:
+                choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model_id,
+            "choices": choices,
+            "usage": self.usage(),
+        }
+
+
+class _Guard:
+    """ASGI middleware: the bearer API key, and the request body size limit (read before the app
+    sees the body, so an oversized body is refused without being parsed)."""
+
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int):
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body = max_body_bytes
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.api_key is not None and scope.get("path") != "/health":
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(auth, b"Bearer " + self.api_key):
+                await _send_error(
+                    send,
+                    ApiError(
+                        401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key"
+                    ),
+                )
+                return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                await _send_error(
+                    send,
+                    ApiError(
+                        413,
+                        f"the request body is larger than {self.max_body} bytes",
+                        code="request_too_large",
+                    ),
+                )
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # later calls wait for the disconnect
+
+        await self.app(scope, replay, send)
+
+
+async def _send_error(send: Any, error: ApiError) -> None:
+    payload = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    if error.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
