@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print which instruction-set path multiplies each weight type, and exit")
 
     from .serve.cli import add_serve_command  # the serve package registers its own options
-    add_serve_command(sub)
+    add_serve_command(sub, formatter_class=_HelpFormatter)
     return parser
 
 

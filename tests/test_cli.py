@@ -136,7 +136,7 @@ def test_every_command_and_option_explains_itself(capsys):
     from smallmind.cli import build_parser
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {"generate", "chat", "pull", "inspect", "perplexity", "profile", "bench"}
+    assert set(sub.choices) == {"generate", "chat", "pull", "inspect", "perplexity", "profile", "bench", "serve"}
     for name, p in sub.choices.items():
         assert p.description, name
         for action in p._actions:

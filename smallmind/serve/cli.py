@@ -7,10 +7,12 @@ import sys
 from typing import Any
 
 
-def add_serve_command(sub: Any) -> argparse.ArgumentParser:
-    """Register ``serve`` on the CLI's subparsers (``sub`` from ``add_subparsers``)."""
+def add_serve_command(sub: Any, **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """Register ``serve`` on the CLI's subparsers (``sub`` from ``add_subparsers``);
+    ``parser_kwargs`` (e.g. the CLI's help formatter) go to ``add_parser``."""
     p = sub.add_parser(
         "serve",
+        **parser_kwargs,
         help="OpenAI-compatible HTTP server (needs the `server` extra)",
         description="Serve a model over an OpenAI-compatible HTTP API, with continuous "
         "batching across --parallel slots.",
@@ -21,7 +23,7 @@ def add_serve_command(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--threads", "-t", type=int, default=None, help="threads per forward pass")
     p.add_argument(
         "--parallel", "-np", type=int, default=4, help="sequences generated at once (one KV cache each)"
