@@ -1,6 +1,7 @@
 """Build the Cython kernels.
 
-Every ``smallmind/_core/*.pyx`` becomes an extension compiled with AVX2+FMA+F16C
+Every ``smallmind/_core/*.pyx`` (kernels) and ``smallmind/models/*.pyx`` (the layers
+built from them) becomes an extension compiled with AVX2+FMA+F16C
 (``smallmind/_cpu.py`` refuses to import them on a CPU without those) and OpenMP,
 which the matmul kernels use to split large matrices across threads.
 
@@ -21,7 +22,7 @@ LINK_ARGS = ["-fopenmp"]
 only = {name for name in os.environ.get("SMALLMIND_ONLY", "").split(",") if name}
 extensions = [
     Extension(
-        f"smallmind._core.{pyx.stem}",
+        ".".join(pyx.with_suffix("").parts),
         [str(pyx)],
         include_dirs=[np.get_include(), str(CORE)],
         extra_compile_args=COMPILE_ARGS,
@@ -32,7 +33,7 @@ extensions = [
         # The kernels live partly in C headers: a changed header must rebuild the module.
         depends=[str(h) for h in sorted(CORE.glob("*.h"))],
     )
-    for pyx in sorted(CORE.glob("*.pyx"))
+    for pyx in sorted(CORE.glob("*.pyx")) + sorted((Path("smallmind") / "models").glob("*.pyx"))
     if not only or pyx.stem in only
 ]
 

@@ -1,30 +1,31 @@
 """What every decoder-only model shares: weights -> kernel objects, per-session state, forward.
 
 A model is built from ``(ModelConfig, {name: TensorData})`` and knows nothing about files.
-Its forward pass runs a fused Cython block per layer (``smallmind._core._blocks``) over a
-:class:`State` holding the KV cache and a workspace of preallocated buffers, so the decode
-loop allocates nothing.
+Its tensors are those of its architecture's table (:mod:`.spec`). Its forward pass is
+embed -> the layer's steps for every layer -> head; the layer is a table of named Cython
+steps in the model's own block file (``_gpt2.pyx``, ``_llama.pyx``, ``_gemma3.pyx``), run
+over a :class:`State` holding the KV cache and a workspace of preallocated buffers, so the
+decode loop allocates nothing.
 """
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .._core import _blocks
 from .._core._matmul import Weight
 from .._core._pool import BufferPool, default_pool
 from ..errors import ModelFormatError, ShapeError
 from ..kv_cache import KVCache
 from ..tensors import GGMLType, TensorData
+from . import _layer
 from .config import ModelConfig
+from .spec import layer_specs
 
-#: Prompt positions processed per block call; bounds the workspace size.
+#: Prompt positions processed per call of the layers; bounds the workspace size.
 DEFAULT_MAX_TOKENS = 128
-#: The first entries of _blocks.OPS are the steps inside a layer (then embed, lm_head).
-BLOCK_STEPS = _blocks.OPS.index("embed")
 
 
 @dataclass
@@ -32,35 +33,38 @@ class State:
     """One sequence's KV cache and scratch buffers."""
 
     cache: KVCache
-    workspace: _blocks.Workspace
+    workspace: _layer.Workspace
     pool: BufferPool
     n_threads: int
     _arrays: dict
 
     def close(self) -> None:
         for name, arr in self._arrays.items():
-            if name not in ("k_cache", "v_cache", "prof", "tokens", "mm_scratch"):
+            if name not in ("k_cache", "v_cache", "tokens", "mm_scratch"):
                 self.pool.release(arr)
         self._arrays = {}
         self.cache.close()
 
 
 class DecoderModel:
-    """Base class; subclasses load their layers and run their block in ``_block``."""
+    """Base class. A subclass names its layer's steps (``steps``, from its block file) and
+    the per-layer settings its steps read (``_layer_options``)."""
 
     arch = ""
+    steps: _layer.Steps
 
     def __init__(self, config: ModelConfig, tensors: dict[str, TensorData]):
         self.config = config
         self._tensors = tensors
         self.token_embd = self._weight("token_embd.weight", (config.vocab_size, config.n_embd))
-        if config.tie_embeddings or "output.weight" not in tensors:
-            self.output = self.token_embd
-        else:
-            self.output = self._weight("output.weight", (config.vocab_size, config.n_embd))
+        # Not required when tied (.spec): without it the head reads the token embedding.
+        output = self._weight("output.weight", (config.vocab_size, config.n_embd),
+                              required=not config.tie_embeddings)
+        self.output = self.token_embd if output is None else output
         self.output_norm_w = self._vector("output_norm.weight", config.n_embd)
         self.output_norm_b = self._vector("output_norm.bias", config.n_embd, required=False)
-        self.layers: list[_blocks.Layer] = [self._layer(i) for i in range(config.n_layer)]
+        specs = layer_specs(config)
+        self.layers: list[_layer.Layer] = [self._layer(i, specs) for i in range(config.n_layer)]
 
     # -- loading helpers --------------------------------------------------------------
     def _tensor(self, name: str) -> TensorData:
@@ -90,12 +94,24 @@ class DecoderModel:
         # block kernels to one vector type.
         return Weight(int(t.type), (1, n), t.data).dequantize().reshape(n)
 
-    def _layer(self, i: int) -> _blocks.Layer:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _layer(self, i: int, specs: list) -> _layer.Layer:
+        """Layer i's tensors, as its architecture's table lists them, bound for the steps."""
+        c = self.config
+        tensors: dict[str, object] = {}
+        for name, shape, required in specs:
+            full = f"blk.{i}.{name}"
+            if len(shape) == 2:
+                tensors[name] = self._weight(full, shape, required)
+            else:
+                tensors[name] = self._vector(full, shape[0], required)
+        return _layer.Layer(tensors, n_embd=c.n_embd, n_hidden=c.n_hidden,
+                            q_dim=c.n_head * c.head_dim, kv_dim=c.n_kv_head * c.head_dim,
+                            head_dim=c.head_dim, attn_scale=c.attn_scale or 1.0 / math.sqrt(c.head_dim),
+                            **self._layer_options(i))
 
-    def _block(self, layer: _blocks.Layer, ws: _blocks.Workspace, i: int, pos0: int, n: int,
-               n_threads: int) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _layer_options(self, i: int) -> dict:
+        """Per-layer settings beyond the tensors (rotary frequencies, attention window)."""
+        return {}
 
     # -- per-session state --------------------------------------------------------------
     def new_state(self, *, capacity: int | None = None, max_tokens: int | None = None,
@@ -117,7 +133,7 @@ class DecoderModel:
         cache = KVCache(c.n_layer, c.n_kv_head, capacity, c.head_dim, pool=pool,
                         overflow=overflow, n_keep=n_keep, on_shift=shifted,
                         positional="learned" if c.learned_positions else "rotary")
-        mm_bytes = max(_blocks.scratch_bytes(w, max_tokens) for w in self._matrices())
+        mm_bytes = max(_layer.scratch_bytes(w, max_tokens) for w in self._matrices())
         arrays = {
             "x": pool.acquire((max_tokens, c.n_embd)),
             "xb": pool.acquire((max_tokens, c.n_embd)),
@@ -126,14 +142,13 @@ class DecoderModel:
             "h": pool.acquire((max_tokens, c.n_hidden)),
             "h2": pool.acquire((max_tokens, c.n_hidden)),
             "logits": pool.acquire((c.vocab_size,)),
-            "att_scratch": pool.acquire((_blocks.attention_scratch_size(capacity, 1),)),
+            "att_scratch": pool.acquire((_layer.attention_scratch_size(capacity, 1),)),
             "mm_scratch": np.zeros(max(mm_bytes, 64), dtype=np.uint8),
             "tokens": np.zeros(max_tokens, dtype=np.int32),
-            "prof": np.zeros(len(_blocks.OPS), dtype=np.float64),
             "k_cache": cache.k,
             "v_cache": cache.v,
         }
-        ws = _blocks.Workspace(
+        ws = _layer.Workspace(
             arrays, max_tokens=max_tokens, n_embd=c.n_embd, n_hidden=c.n_hidden,
             n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim, vocab=c.vocab_size,
             capacity=capacity, n_layer=c.n_layer, norm_eps=c.norm_eps, mm_scratch_bytes=mm_bytes)
@@ -153,8 +168,16 @@ class DecoderModel:
 
         Returns the logits of the last position (a view of the workspace's buffer, valid
         until the next call). With ``all_logits`` ((len(tokens), vocab) float32), every
-        position's logits are written there too.
+        position's logits are written there too. With a ``profiler``, every step of every
+        layer is recorded, and the time spent around them as ``python.forward``.
         """
+        if profiler is not None:
+            with profiler.overhead("python.forward"):
+                return self._forward(state, tokens, all_logits, profiler)
+        return self._forward(state, tokens, all_logits, None)
+
+    def _forward(self, state: State, tokens: Sequence[int], all_logits: np.ndarray | None,
+                 profiler) -> np.ndarray:
         ws, cache, nt = state.workspace, state.cache, state.n_threads
         total = len(tokens)
         if total == 0:
@@ -166,10 +189,9 @@ class DecoderModel:
             ws.set_tokens(tokens, done, n)
             if profiler is None:
                 self._embed(ws, n, pos0)
-                for i, layer in enumerate(self.layers):
-                    self._block(layer, ws, i, pos0, n, nt)
+                _layer.run_layers(self.steps, self.layers, ws, pos0, n, nt)
             else:
-                self._forward_profiled(ws, n, pos0, nt, profiler)
+                self._run_profiled(ws, n, pos0, nt, profiler)
             cache.commit(n)
             if all_logits is not None:
                 self._head(ws, 0, n, nt, all_logits[done:done + n])
@@ -177,41 +199,27 @@ class DecoderModel:
         self._head(ws, n - 1, 1, nt, None, profiler)
         return state.workspace.arrays["logits"]
 
-    def _embed(self, ws: _blocks.Workspace, n: int, pos0: int) -> None:
-        _blocks.embed(self.token_embd, ws, n, pos0, None, self.config.embed_scale)
+    def _embed(self, ws: _layer.Workspace, n: int, pos0: int) -> None:
+        _layer.embed(self.token_embd, ws, n, pos0, None, self.config.embed_scale)
 
     def _head(self, ws, row0, n_rows, nt, out, profiler=None) -> None:
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,
                 self.arch != "gpt2", self.config.final_logit_softcap, out)
         if profiler is None:
-            _blocks.lm_head(*args)
+            _layer.lm_head(*args)
         else:
             with profiler.span("lm_head"):
-                _blocks.lm_head(*args)
+                _layer.lm_head(*args)
 
-    def _forward_profiled(self, ws, n, pos0, nt, profiler) -> None:
-        """The same forward pass, timing each step of each layer (the fused blocks time
-        their own steps in C) and measuring what each layer call allocates."""
-        prof = ws.arrays["prof"]
-        meter = profiler.alloc_meter
+    def _run_profiled(self, ws, n, pos0, nt, profiler) -> None:
+        """Embed and the layers, each step timed from outside by ``run_layers``."""
         with profiler.span("embed"):
             self._embed(ws, n, pos0)
-        ws.profiling = True
-        try:
-            for i, layer in enumerate(self.layers):
-                prof[:] = 0.0
-                if meter is not None:
-                    meter.begin()
-                start = time.perf_counter_ns()
-                self._block(layer, ws, i, pos0, n, nt)
-                nbytes = meter.end() if meter is not None else 0
-                steps = [k for k in range(BLOCK_STEPS) if prof[k] > 0]
-                profiler.record_block(i, [_blocks.OPS[k] for k in steps], prof[steps], start)
-                if nbytes:
-                    profiler.record("layer_call", layer=i, start_ns=start, dur_ns=0,
-                                    alloc_bytes=nbytes)
-        finally:
-            ws.profiling = False
+        names = self.steps.names
+        timings = np.zeros((len(self.layers), 1 + len(names)))
+        _layer.run_layers(self.steps, self.layers, ws, pos0, n, nt, timings)
+        for i, row in enumerate(timings):
+            profiler.record_block(i, names, row[1:], start_ns=int(row[0]))
 
     def rotate_cached_keys(self, cache: KVCache, start: int, count: int, delta: int) -> None:
         """Re-position ``count`` cached keys from slot ``start`` by ``delta`` positions.
