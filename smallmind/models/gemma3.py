@@ -24,13 +24,13 @@ class Gemma3(Llama):
     arch = "gemma3"
     steps = _gemma3.LAYER
 
-    def is_global(self, i: int) -> bool:
+    def _is_global(self, i: int) -> bool:
         pattern = self.config.sliding_window_pattern
         return pattern <= 0 or (i + 1) % pattern == 0
 
     def _layer_options(self, i: int) -> dict:
         c = self.config
-        if self.is_global(i):
+        if self._is_global(i):
             inv_freq, window = rope_inv_freq(c.rope_dim, c.rope_theta, c.rope_scale), 0
         else:
             inv_freq, window = rope_inv_freq(c.rope_dim, c.rope_theta_local), c.sliding_window

@@ -29,6 +29,13 @@ class Llama(DecoderModel):
     arch = "llama"
     steps = _llama.LAYER
 
+    def __new__(cls, config, tensors):
+        # Gemma 3 is a Llama variant: Llama(gemma3 config) builds its subclass (gemma3.py).
+        if cls is Llama and config.arch == "gemma3":
+            from .gemma3 import Gemma3
+            cls = Gemma3
+        return super().__new__(cls)
+
     def _layer_options(self, i: int) -> dict:
         c = self.config
         return {"inv_freq": rope_inv_freq(c.rope_dim, c.rope_theta, c.rope_scale), "neox": c.rope_neox}
