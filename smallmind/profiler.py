@@ -347,6 +347,9 @@ class Profiler:
             footer += f", {tokens:,} token{'' if tokens == 1 else 's'}"
             if wall > 0:
                 footer += f" ({tokens / (wall / 1e3):,.1f} tok/s)"
+        if self.alloc_meter is not None and wall > 0:
+            footer += ("\nallocation tracking (tracemalloc) slows Python code, so it inflates "
+                       "python.forward and untracked; profile(track_alloc=False) times without it")
         return "\n".join(lines) + "\n\n" + footer
 
     def trace_events(self) -> list[dict]:
