@@ -33,7 +33,7 @@ class Llama(DecoderModel):
         # Gemma 3 is a Llama variant: Llama(gemma3 config) builds its subclass (gemma3.py).
         if cls is Llama and config.arch == "gemma3":
             from .gemma3 import Gemma3
-            cls = Gemma3
+            return super().__new__(Gemma3)
         return super().__new__(cls)
 
     def _layer_options(self, i: int) -> dict:
