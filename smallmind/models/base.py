@@ -52,6 +52,7 @@ class DecoderModel:
 
     arch = ""
     steps: _layer.Steps
+    final_rmsnorm = True   # the head's norm: RMSNorm (else LayerNorm, with output_norm.bias)
 
     def __init__(self, config: ModelConfig, tensors: dict[str, TensorData]):
         self.config = config
@@ -204,7 +205,7 @@ class DecoderModel:
 
     def _head(self, ws, row0, n_rows, nt, out, profiler=None) -> None:
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,
-                self.arch != "gpt2", self.config.final_logit_softcap, out)
+                self.final_rmsnorm, self.config.final_logit_softcap, out)
         if profiler is None:
             _layer.lm_head(*args)
         else:

@@ -15,6 +15,7 @@ from .base import DecoderModel
 class GPT2(DecoderModel):
     arch = "gpt2"
     steps = _gpt2.LAYER
+    final_rmsnorm = False
 
     def __init__(self, config, tensors):
         super().__init__(config, tensors)
