@@ -22,7 +22,7 @@ from ..kv_cache import KVCache
 from ..tensors import GGMLType, TensorData
 from . import _layer
 from .config import ModelConfig
-from .spec import layer_specs
+from .spec import TensorSpec, global_specs, layer_specs
 
 #: Prompt positions processed per call of the layers; bounds the workspace size.
 DEFAULT_MAX_TOKENS = 128
@@ -57,13 +57,14 @@ class DecoderModel:
     def __init__(self, config: ModelConfig, tensors: dict[str, TensorData]):
         self.config = config
         self._tensors = tensors
-        self.token_embd = self._weight("token_embd.weight", (config.vocab_size, config.n_embd))
-        # Not required when tied (.spec): without it the head reads the token embedding.
-        output = self._weight("output.weight", (config.vocab_size, config.n_embd),
-                              required=not config.tie_embeddings)
+        bound = {s.name: self._bind(s, s.name) for s in global_specs(config)}
+        self.token_embd = bound["token_embd.weight"]
+        self.position_embd = bound.get("position_embd.weight")  # learned positions (GPT-2)
+        # Not required when tied: without it the head reads the token embedding.
+        output = bound["output.weight"]
         self.output = self.token_embd if output is None else output
-        self.output_norm_w = self._vector("output_norm.weight", config.n_embd)
-        self.output_norm_b = self._vector("output_norm.bias", config.n_embd, required=False)
+        self.output_norm_w = bound["output_norm.weight"]
+        self.output_norm_b = bound.get("output_norm.bias")
         specs = layer_specs(config)
         self.layers: list[_layer.Layer] = [self._layer(i, specs) for i in range(config.n_layer)]
 
@@ -95,16 +96,17 @@ class DecoderModel:
         # block kernels to one vector type.
         return Weight(int(t.type), (1, n), t.data).dequantize().reshape(n)
 
-    def _layer(self, i: int, specs: list) -> _layer.Layer:
+    def _bind(self, spec: TensorSpec, name: str) -> Weight | np.ndarray | None:
+        """Tensor ``name`` as its table entry says: a matrix becomes a Weight, a vector a
+        float32 array; an absent optional tensor is None."""
+        if len(spec.shape) == 2:
+            return self._weight(name, spec.shape, spec.required)
+        return self._vector(name, spec.shape[0], spec.required)
+
+    def _layer(self, i: int, specs: list[TensorSpec]) -> _layer.Layer:
         """Layer i's tensors, as its architecture's table lists them, bound for the steps."""
         c = self.config
-        tensors: dict[str, object] = {}
-        for name, shape, required in specs:
-            full = f"blk.{i}.{name}"
-            if len(shape) == 2:
-                tensors[name] = self._weight(full, shape, required)
-            else:
-                tensors[name] = self._vector(full, shape[0], required)
+        tensors = {s.name: self._bind(s, f"blk.{i}.{s.name}") for s in specs}
         return _layer.Layer(tensors, n_embd=c.n_embd, n_hidden=c.n_hidden,
                             q_dim=c.n_head * c.head_dim, kv_dim=c.n_kv_head * c.head_dim,
                             head_dim=c.head_dim, attn_scale=c.attn_scale or 1.0 / math.sqrt(c.head_dim),
@@ -201,7 +203,7 @@ class DecoderModel:
         return state.workspace.arrays["logits"]
 
     def _embed(self, ws: _layer.Workspace, n: int, pos0: int) -> None:
-        _layer.embed(self.token_embd, ws, n, pos0, None, self.config.embed_scale)
+        _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, self.config.embed_scale)
 
     def _head(self, ws, row0, n_rows, nt, out, profiler=None) -> None:
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,

@@ -8,7 +8,7 @@ The layer, step by step, is ``_gpt2.pyx``; its tensors are ``spec.py``'s GPT-2 t
 """
 from __future__ import annotations
 
-from . import _gpt2, _layer
+from . import _gpt2
 from .base import DecoderModel
 
 
@@ -16,10 +16,3 @@ class GPT2(DecoderModel):
     arch = "gpt2"
     steps = _gpt2.LAYER
     final_rmsnorm = False
-
-    def __init__(self, config, tensors):
-        super().__init__(config, tensors)
-        self.position_embd = self._weight("position_embd.weight", (config.n_ctx_train, config.n_embd))
-
-    def _embed(self, ws, n, pos0):
-        _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, 1.0)

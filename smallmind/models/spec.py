@@ -89,7 +89,7 @@ def _head(config: ModelConfig) -> list[TensorSpec]:
     return specs
 
 
-def model_specs(config: ModelConfig) -> list[TensorSpec]:
+def global_specs(config: ModelConfig) -> list[TensorSpec]:
     """The tensors outside the layers: embeddings, final norm, head."""
     return _embeddings(config) + _head(config)
 
