@@ -68,7 +68,7 @@ class ModelConfig:
         return self.arch == "gpt2"
 
     @classmethod
-    def seed_small(cls) -> "ModelConfig":
+    def seed_small(cls) -> ModelConfig:
         """The seed workload's model: 470,528 parameters."""
         return cls(arch="gpt2", vocab_size=256, n_ctx=64, n_embd=128, n_layer=2, n_head=4,
                    n_hidden=512, norm_eps=1e-5, bias=True, tie_embeddings=False)
