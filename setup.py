@@ -1,6 +1,7 @@
 """Build the Cython kernels.
 
-Every ``smallmind/_core/*.pyx`` becomes an extension compiled with AVX2+FMA+F16C
+Every ``smallmind/_core/*.pyx`` (kernels) and ``smallmind/models/*.pyx`` (the layers built
+from them) becomes an extension compiled with AVX2+FMA+F16C
 (``smallmind/_cpu.py`` refuses to import them on a CPU without those). Threads come from
 the package's own pool (``_core/_threadpool.h``), not OpenMP, so a wheel links nothing but
 libc and libm and needs no bundled ``libgomp``. Release binaries carry no debug info and
@@ -53,7 +54,7 @@ def source_bytes(path, seen=None):
 only = {name for name in os.environ.get("SMALLMIND_ONLY", "").split(",") if name}
 extensions = [
     Extension(
-        f"smallmind._core.{pyx.stem}",
+        ".".join(pyx.with_suffix("").parts),
         [str(pyx)],
         include_dirs=[np.get_include(), str(CORE)],
         extra_compile_args=COMPILE_ARGS,
@@ -66,7 +67,8 @@ extensions = [
     )
     # Longest compile first (_matmul takes half the CPU time): the parallel build then ends
     # on short jobs instead of starting the longest one last.
-    for pyx in sorted(CORE.glob("*.pyx"), key=lambda pyx: (-source_bytes(pyx), pyx.name))
+    for pyx in sorted([*CORE.glob("*.pyx"), *(Path("smallmind") / "models").glob("*.pyx")],
+                      key=lambda pyx: (-source_bytes(pyx), pyx.name))
     if not only or pyx.stem in only
 ]
 

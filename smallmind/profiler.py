@@ -10,11 +10,14 @@
 context variable, so it is per thread and per asyncio task). Code that wants to be
 profiled asks :func:`current_profiler` once per call (``None`` when nobody profiles, and
 then it does no timing at all) and reports events with :meth:`Profiler.record`,
-:meth:`Profiler.record_block` or :meth:`Profiler.span`.
+:meth:`Profiler.record_block`, :meth:`Profiler.span` or :meth:`Profiler.overhead`.
 
-Events are assumed not to overlap: "% of total" is each row's share of the summed event
-time. A ``profile()`` inside another one collects its own events and, when it exits, also
-hands them to the enclosing profiler.
+Events do not overlap, so they add up: the table's rows are the operations (each layer
+step, embed, lm_head, sampling), ``python.forward`` (the interpreter's time around the
+steps of a forward pass), and ``untracked`` (what no event covers: the generate loop,
+the tokenizer, the profiler itself), and they sum to the wall time of the ``with`` block.
+A ``profile()`` inside another one collects its own events and, when it exits, also hands
+them to the enclosing profiler.
 """
 from __future__ import annotations
 
@@ -196,6 +199,29 @@ class Profiler:
             self.record(op, layer=layer, start_ns=start, dur_ns=dur, alloc_bytes=nbytes,
                         tokens=tokens)
 
+    @contextmanager
+    def overhead(self, op: str, *, layer: int | None = None) -> Iterator[None]:
+        """Record the time of the enclosed code that the events recorded inside it do not
+        cover (the Python around timed kernels), so that the two add up without overlap.
+
+        The event's bytes are the block's allocation high-water mark less what the inner
+        events report. In a trace it is drawn at the block's start.
+        """
+        meter = self.alloc_meter
+        if meter is not None:
+            meter.begin()
+        first = len(self._events)
+        start = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            dur = time.perf_counter_ns() - start
+            nbytes = meter.end() if meter is not None else 0
+            inner = self._events[first:]
+            self.record(op, layer=layer, start_ns=start,
+                        dur_ns=max(dur - sum(e[3] for e in inner), 0),
+                        alloc_bytes=max(nbytes - sum(e[4] for e in inner), 0))
+
     def clear(self) -> None:
         self._events.clear()
         self._handed_up = 0
@@ -273,28 +299,40 @@ class Profiler:
         return rows
 
     def table(self, sort: str = "time", by: str = "op", limit: int | None = None) -> str:
-        """A markdown table of :meth:`summary` (the hottest rows first by default)."""
+        """A markdown table of :meth:`summary` (the hottest rows first by default).
+
+        After a ``with`` block the rows end with ``untracked`` (wall time no event covers)
+        and ``**wall**``, percentages are shares of the wall time, and the rows add up to
+        it. Otherwise (events recorded by hand) the last row is the events' ``**total**``.
+        """
         rows = self.summary(sort=sort, by=by)
         shown = rows if limit is None else rows[:limit]
-        first = {"op": "op", "kind": "op kind", "layer": "layer", "op_layer": "op @ layer"}[by]
-        header = [first, "calls", "total ms", "% total", "mean µs", "alloc", "alloc/call"]
-        body = [[r["name"], f"{r['calls']:,}", f"{r['total_ms']:.3f}", f"{r['percent']:.1f}%",
-                 f"{r['mean_us']:.2f}", _format_bytes(r["alloc_bytes"]),
-                 _format_bytes(r["bytes_per_call"])] for r in shown]
-        if len(shown) < len(rows):
-            rest = rows[len(shown):]
-            calls = sum(r["calls"] for r in rest)
-            ms = sum(r["total_ms"] for r in rest)
-            nbytes = sum(r["alloc_bytes"] for r in rest)
-            body.append([f"({len(rest)} more)", f"{calls:,}", f"{ms:.3f}",
-                         f"{sum(r['percent'] for r in rest):.1f}%", f"{ms * 1e3 / calls:.2f}",
-                         _format_bytes(nbytes), _format_bytes(nbytes / calls)])
+        tracked = sum(r["total_ms"] for r in rows)
         calls = sum(r["calls"] for r in rows)
         nbytes = sum(r["alloc_bytes"] for r in rows)
-        total_ms = sum(r["total_ms"] for r in rows)
-        body.append(["**total**", f"{calls:,}", f"{total_ms:.3f}", "100.0%" if rows else "0.0%",
-                     f"{total_ms * 1e3 / calls:.2f}" if calls else "-", _format_bytes(nbytes),
-                     _format_bytes(nbytes / calls) if calls else "-"])
+        wall = self.wall_ms
+        against_wall = wall > 0 and tracked <= wall
+        whole = wall if against_wall else tracked
+
+        def line(name: str, n: int | None, ms: float, alloc: float | None) -> list[str]:
+            pct = f"{100.0 * ms / whole:.1f}%" if whole else "0.0%"
+            mean = f"{ms * 1e3 / n:.2f}" if n else "-"
+            return [name, "-" if n is None else f"{n:,}", f"{ms:.3f}", pct, mean,
+                    "-" if alloc is None else _format_bytes(alloc),
+                    _format_bytes(alloc / n) if n and alloc is not None else "-"]
+
+        first = {"op": "op", "kind": "op kind", "layer": "layer", "op_layer": "op @ layer"}[by]
+        header = [first, "calls", "total ms", "% total", "mean µs", "alloc", "alloc/call"]
+        body = [line(r["name"], r["calls"], r["total_ms"], r["alloc_bytes"]) for r in shown]
+        if len(shown) < len(rows):
+            rest = rows[len(shown):]
+            body.append(line(f"({len(rest)} more)", sum(r["calls"] for r in rest),
+                             sum(r["total_ms"] for r in rest), sum(r["alloc_bytes"] for r in rest)))
+        if against_wall:
+            body.append(line("untracked", None, wall - tracked, None))
+            body.append(line("**wall**", calls, wall, nbytes))
+        else:
+            body.append(line("**total**", calls, tracked, nbytes))
         widths = [max(len(header[i]), *(len(row[i]) for row in body)) for i in range(len(header))]
         lines = ["| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w)
                                    for i, (h, w) in enumerate(zip(header, widths))) + " |",
@@ -304,12 +342,14 @@ class Profiler:
             lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                            for i, (c, w) in enumerate(zip(row, widths))) + " |")
         tokens = self.tokens
-        wall = self.wall_ms
         footer = f"{len(self._events):,} events, wall {wall:.1f} ms"
         if tokens:
             footer += f", {tokens:,} token{'' if tokens == 1 else 's'}"
             if wall > 0:
                 footer += f" ({tokens / (wall / 1e3):,.1f} tok/s)"
+        if self.alloc_meter is not None and wall > 0:
+            footer += ("\nallocation tracking (tracemalloc) slows Python code, so it inflates "
+                       "python.forward and untracked; profile(track_alloc=False) times without it")
         return "\n".join(lines) + "\n\n" + footer
 
     def trace_events(self) -> list[dict]:

@@ -374,7 +374,7 @@ def _non_finite_error(model: DecoderModel, tokens: list[int], n_threads: int) ->
             steps = [("the token embedding", None)] + [(f"layer {i}", i) for i in range(len(model.layers))]
             for name, i in steps:
                 if i is not None:
-                    model._block(model.layers[i], ws, i, pos0, n, n_threads)
+                    model.run_layer(i, ws, pos0, n, n_threads)
                 with np.errstate(over="ignore", invalid="ignore"):
                     bad = ~np.isfinite(np.einsum("ij,ij->i", x[:n], x[:n]))
                 if bad.any():

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from reference import gpt2_logits, llama_logits
 from smallmind import Engine, ModelConfig
 from smallmind._text import _TextAssembler
 from smallmind.errors import ContextOverflowError, SmallMindError, TokenizerError
 from smallmind.models.init import random_tensors
+from smallmind.reference import gpt2_logits, llama_logits
 from smallmind.tokenizers import ByteTokenizer
 
 SEED = ModelConfig.seed_small()

@@ -4,7 +4,7 @@ Three layers of evidence, from exact to statistical:
 
 1. Model code. With the weights dequantised to float32 (by the ``gguf`` package, llama.cpp's
    reference dequantisers), smallmind's float32 kernels do no rounding beyond float32
-   arithmetic, so its logits must equal ``tests/reference.py: gemma3_logits`` (float64) to
+   arithmetic, so its logits must equal ``smallmind/reference.py: gemma3_logits`` (float64) to
    ~1e-5 relative. The sliding window is shrunk to a few positions there so that the
    local/global layer pattern and the window edge are exercised on a short sequence. That the
    reference is llama.cpp's Gemma 3 is checked by ``tools/make_gemma3_fixture.py --f32-check``
@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, cached_model
-from reference import gemma3_logits
+from smallmind.reference import gemma3_logits
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gemma3_270m_q4_k_m_reference.npz"
 MODEL = "gemma-3-270m-q4_k_m.gguf"

@@ -196,7 +196,7 @@ def test_smollm_config():
     assert cfg.rope_theta == md["llama.rope.freq_base"]
     assert cfg.rope_neox is False and cfg.bias is False
     assert cfg.tie_embeddings is True and "output.weight" not in model.tensors
-    assert cfg.extra["rope_dim"] == md["llama.rope.dimension_count"]
+    assert cfg.rope_dim == md["llama.rope.dimension_count"]
     assert model.chat_template == md["tokenizer.chat_template"]
     assert model.metadata["tokenizer.ggml.model"] == "gpt2"
     assert len(model.metadata["tokenizer.ggml.merges"]) == len(md["tokenizer.ggml.merges"])

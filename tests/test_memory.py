@@ -17,7 +17,7 @@ def rss():
             return int(line.split()[1]) * 1024
 import numpy, smallmind
 from smallmind import Engine
-import smallmind._core._matmul, smallmind._core._blocks, smallmind._core._sampling
+import smallmind._core._matmul, smallmind.models._layer, smallmind._core._sampling
 before = rss()
 engine = Engine.load(sys.argv[1], n_threads=1)
 engine.generate("The capital of France is", max_new_tokens=8, temperature=0)

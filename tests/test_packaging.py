@@ -62,9 +62,11 @@ def test_sdist_holds_cython_sources_and_model(tmp_path):
                    check=True, capture_output=True, cwd=tmp_path)
     (sdist,) = tmp_path.glob("smallmind-*.tar.gz")
     names = tarfile.open(sdist).getnames()
-    for stem in ("_gelu", "_attention", "_pool", "_matmul", "_norm", "_blocks"):
+    for stem in ("_gelu", "_attention", "_pool", "_matmul", "_norm"):
         assert any(n.endswith(f"smallmind/_core/{stem}.pyx") for n in names), stem
-        assert any(n.endswith(f"smallmind/_core/{stem}.pxd") for n in names) or stem in ("_blocks", "_pool"), stem
+        assert any(n.endswith(f"smallmind/_core/{stem}.pxd") for n in names) or stem == "_pool", stem
+    for source in ("_layer.pyx", "_layer.pxd", "_gpt2.pyx", "_llama.pyx", "_llama.pxd", "_gemma3.pyx"):
+        assert any(n.endswith(f"smallmind/models/{source}") for n in names), source
     assert any(n.endswith("smallmind/py.typed") for n in names)
     assert any(n.endswith("smallmind/data/default.gguf") for n in names)
     assert any(n.endswith("/LICENSE") for n in names)

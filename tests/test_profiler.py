@@ -236,3 +236,37 @@ def test_tracemalloc_left_as_found():
         with prof.span("x"):
             pass
     assert prof.events[0][4] == 0
+
+
+@pytest.mark.parametrize("track_alloc", [False, True])
+def test_profile_of_generate_adds_up_to_the_wall_time(track_alloc):
+    engine = smallmind.Engine.from_config(smallmind.ModelConfig(arch="llama", n_layer=3))
+    engine.generate("ab", max_new_tokens=2, seed=0)  # first-call costs out of the way
+    with profile(track_alloc=track_alloc) as prof:
+        engine.generate("abc", max_new_tokens=12, seed=0)
+    rows = table_rows(prof.table())
+    by_name = {r[0]: r for r in rows}
+    for name in ("attn_norm", "qkv_matmul", "rope", "attention", "down_matmul", "lm_head",
+                 "sampling", "python.forward", "untracked", "**wall**"):
+        assert name in by_name, name
+    wall = float(by_name["**wall**"][2])
+    parts = sum(float(r[2]) for r in rows[:-1])
+    assert parts == pytest.approx(wall, rel=0.05)
+    assert wall == pytest.approx(prof.wall_ms, abs=0.01)
+    assert float(by_name["untracked"][2]) >= 0
+    # every row that allocated also took time; the layer's steps allocate nothing
+    for r in prof.summary():
+        assert r["total_ms"] > 0 or r["alloc_bytes"] == 0, r
+    steps = [r for r in prof.summary(by="op_layer") if r["layer"] is not None]
+    assert {r["layer"] for r in steps} == {0, 1, 2}
+    assert all(r["alloc_bytes"] == 0 for r in steps)
+
+
+def test_overhead_records_what_inner_events_do_not_cover():
+    prof = Profiler(track_alloc=False)
+    with prof.overhead("python.outer"):
+        prof.record("kernel", start_ns=0, dur_ns=10**12)  # longer than the block itself
+        with prof.span("inner"):
+            pass
+    outer = [e for e in prof.events if e[0] == "python.outer"]
+    assert len(outer) == 1 and outer[0][3] == 0  # clipped, never negative

@@ -18,7 +18,7 @@ logsumexp):
   (512..639) are stored: there the local layers' 512-token sliding window is cutting off the
   start of the text, so the stored rows also check the window, while the file stays small.
   ``tf_exact_*`` are the same rows for a float64 NumPy forward pass of the gguf-dequantised
-  weights (``tests/reference.py: gemma3_logits``), and ``meta["exact_vs_llama_cpp"]`` scores
+  weights (``smallmind/reference.py: gemma3_logits``), and ``meta["exact_vs_llama_cpp"]`` scores
   llama.cpp against it: how far llama.cpp's own rounding moves it from exact arithmetic.
 * ``chat_*``: teacher forcing over a Gemma chat prompt (special tokens parsed), every
   position stored.
@@ -44,7 +44,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 import make_logit_fixtures as base  # noqa: E402  (the shared fixture helpers)
 
@@ -93,7 +93,7 @@ def top_k_layout(logits: np.ndarray, prefix: str) -> dict:
 def build(model: Path, text: str, n_threads: int) -> dict:
     import llama_cpp
 
-    from reference import gemma3_logits
+    from smallmind.reference import gemma3_logits
 
     llm = base.open_llama(model, logits_all=True, n_ctx=base.N_CTX, n_threads=n_threads, seed=0)
     add_bos = base._add_bos(llm)
@@ -144,7 +144,7 @@ def build(model: Path, text: str, n_threads: int) -> dict:
             "gap_error_std": gap_std,
             "clear_positions": int(clear.sum()),
             "top1_agreement_clear": float(agree[clear].mean()),
-            "note": "float64 NumPy forward (tests/reference.py gemma3_logits) of the "
+            "note": "float64 NumPy forward (smallmind/reference.py gemma3_logits) of the "
                     "gguf-dequantised weights vs llama.cpp on the tf_ rows; 'clear' = "
                     "reference top-2 gap >= 2 * gap_error_std",
         },

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import ContextOverflowError, ModelFormatError, TokenizerError, UnsupportedModelError
 from ..models.config import ModelConfig
+from ..models.spec import check_tensors, expected_tensor_shapes  # noqa: F401  (re-exported)
 from ..tensors import BLOCK_LAYOUT, GGMLType, TensorData
 from . import LoadedModel
 
@@ -474,7 +475,7 @@ def config_from_gguf(metadata: dict[str, Any], tensors: dict[str, TensorData], *
         raise ModelFormatError(f"block_count {n_layer} exceeds the {len(tensors)} tensors in "
                                "the file", path=path, key=f"{arch}.block_count")
 
-    extra: dict[str, Any] = {"trained_context_length": trained_ctx}
+    extra: dict[str, Any] = {}
     name = metadata.get("general.name")
     if isinstance(name, str):
         extra["name"] = name
@@ -482,6 +483,7 @@ def config_from_gguf(metadata: dict[str, Any], tensors: dict[str, TensorData], *
         arch=arch,
         vocab_size=embd.shape[0],
         n_ctx=n_ctx or trained_ctx,
+        n_ctx_train=trained_ctx,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
@@ -507,7 +509,7 @@ def config_from_gguf(metadata: dict[str, Any], tensors: dict[str, TensorData], *
         if rope_dim > head_dim or rope_dim % 2:
             raise ModelFormatError(f"rope dimension {rope_dim} does not fit head size {head_dim}",
                                    path=path, key=f"{arch}.rope.dimension_count")
-        extra["rope_dim"] = rope_dim
+        kwargs["rope_dim"] = rope_dim
     if arch == "gemma3":
         kwargs.update(_gemma3_settings(meta, kwargs, path))
 
@@ -575,68 +577,6 @@ def _gemma3_settings(meta: _Meta, kwargs: dict[str, Any], path: Path | None) -> 
     else:
         out["attn_scale"] = 1.0 / math.sqrt(head_dim)
     return out
-
-
-def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a model of ``config`` reads, with its numpy shape.
-
-    ``output.weight`` is listed only for untied models.
-    """
-    d, v, f = config.n_embd, config.vocab_size, config.n_hidden
-    q = config.n_head * config.head_dim
-    kv = config.n_kv_head * config.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (v, d), "output_norm.weight": (d,)}
-    if not config.tie_embeddings:
-        shapes["output.weight"] = (v, d)
-    if config.arch == "gpt2":
-        shapes["position_embd.weight"] = (config.extra.get("trained_context_length", config.n_ctx), d)
-        shapes["output_norm.bias"] = (d,)
-    for i in range(config.n_layer):
-        p = f"blk.{i}."
-        shapes[p + "attn_norm.weight"] = (d,)
-        shapes[p + "ffn_norm.weight"] = (d,)
-        shapes[p + "attn_output.weight"] = (d, q)
-        shapes[p + "ffn_up.weight"] = (f, d)
-        shapes[p + "ffn_down.weight"] = (d, f)
-        if config.arch == "gpt2":
-            shapes[p + "attn_qkv.weight"] = (q + 2 * kv, d)
-            for norm in ("attn_norm", "ffn_norm"):
-                shapes[p + norm + ".bias"] = (d,)
-            shapes[p + "attn_qkv.bias"] = (q + 2 * kv,)
-            shapes[p + "attn_output.bias"] = (d,)
-            shapes[p + "ffn_up.bias"] = (f,)
-            shapes[p + "ffn_down.bias"] = (d,)
-        else:
-            shapes[p + "attn_q.weight"] = (q, d)
-            shapes[p + "attn_k.weight"] = (kv, d)
-            shapes[p + "attn_v.weight"] = (kv, d)
-            shapes[p + "ffn_gate.weight"] = (f, d)
-        if config.arch == "gemma3":
-            shapes[p + "attn_q_norm.weight"] = (config.head_dim,)
-            shapes[p + "attn_k_norm.weight"] = (config.head_dim,)
-            shapes[p + "post_attention_norm.weight"] = (d,)
-            shapes[p + "post_ffw_norm.weight"] = (d,)
-    return shapes
-
-
-def check_tensors(config: ModelConfig, tensors: dict[str, TensorData], *,
-                  path: Path | None = None) -> None:
-    """Refuse a tensor set that does not match ``config``: missing or misshapen tensors
-    are malformed files; extra ones are features smallmind lacks (ignoring them would
-    run a different model)."""
-    expected = expected_tensor_shapes(config)
-    for name, shape in expected.items():
-        tensor = tensors.get(name)
-        if tensor is None:
-            raise ModelFormatError("tensor is missing", path=path, key=name)
-        if tuple(tensor.shape) != shape:
-            raise ModelFormatError(f"shape {tuple(tensor.shape)} does not match the expected "
-                                   f"{shape}", path=path, key=name)
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-        raise UnsupportedModelError(f"{len(unexpected)} tensor(s) smallmind does not know how to "
-                                    f"use for {config.arch}: {shown}", path=path, key=unexpected[0])
 
 
 # --------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from collections import Counter
 
 from . import LoadedModel
 
-_CONFIG_FIELDS = ("vocab_size", "n_ctx", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
+_CONFIG_FIELDS = ("vocab_size", "n_ctx", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
                   "n_hidden", "norm_eps", "bias", "tie_embeddings")
-_ROPE_FIELDS = ("rope_theta", "rope_neox", "rope_scale")
+_ROPE_FIELDS = ("rope_theta", "rope_neox", "rope_scale", "rope_dim")
 _GEMMA_FIELDS = ("rope_theta_local", "sliding_window", "sliding_window_pattern", "attn_scale",
                  "embed_scale", "final_logit_softcap")
 

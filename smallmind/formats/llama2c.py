@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError, UnsupportedModelError
 from ..models.config import ModelConfig
+from ..models.spec import check_tensors
 from ..tensors import GGMLType, TensorData
 from . import LoadedModel
 
@@ -247,9 +248,10 @@ def load_llama2c(path: str | os.PathLike, *, tokenizer: Any = None,
         n_embd=header.dim, n_layer=header.n_layers, n_head=header.n_heads,
         n_kv_head=header.n_kv_heads, n_hidden=header.hidden_dim, norm_eps=1e-5, bias=False,
         tie_embeddings=header.shared_classifier, rope_theta=10000.0, rope_neox=False,
-        extra={"trained_context_length": header.seq_len, "rope_dim": header.head_size,
-               "llama2c_version": header.version},
+        n_ctx_train=header.seq_len, rope_dim=header.head_size,
+        extra={"llama2c_version": header.version},
     )
+    check_tensors(config, tensors, path=path)  # the block-name mapping above against the llama table
     tok = _find_tokenizer(path, header.vocab_size, tokenizer)
     return LoadedModel(config=config, tensors=tensors, tokenizer=tok, path=path,
                        format="llama2c", metadata={})

@@ -9,8 +9,11 @@ def build_model(config: ModelConfig, tensors):
     if config.arch == "gpt2":
         from .gpt2 import GPT2
         return GPT2(config, tensors)
-    if config.arch in ("llama", "gemma3"):
+    if config.arch == "llama":
         from .llama import Llama
         return Llama(config, tensors)
+    if config.arch == "gemma3":
+        from .gemma3 import Gemma3
+        return Gemma3(config, tensors)
     raise UnsupportedModelError(f"architecture {config.arch!r} is not supported "
                                 "(supported: gpt2, llama, gemma3)")

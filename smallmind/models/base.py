@@ -1,30 +1,32 @@
 """What every decoder-only model shares: weights -> kernel objects, per-session state, forward.
 
 A model is built from ``(ModelConfig, {name: TensorData})`` and knows nothing about files.
-Its forward pass runs a fused Cython block per layer (``smallmind._core._blocks``) over a
-:class:`State` holding the KV cache and a workspace of preallocated buffers, so the decode
-loop allocates nothing.
+Its tensors are those of its architecture's table (:mod:`.spec`). Its forward pass is
+embed -> the layer's steps for every layer -> head; the layer is a table of named Cython
+steps in the model's own block file (``_gpt2.pyx``, ``_llama.pyx``, ``_gemma3.pyx``), run
+over a :class:`State` holding the KV cache and a workspace of preallocated buffers, so the
+decode loop allocates nothing.
 """
 from __future__ import annotations
 
-import time
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from .._core import _blocks
 from .._core._matmul import Weight
 from .._core._pool import BufferPool, default_pool
 from ..errors import ModelFormatError, ShapeError
 from ..kv_cache import KVCache, Shift
 from ..tensors import GGMLType, TensorData
+from . import _layer
 from .config import ModelConfig
+from .spec import TensorSpec, global_specs, layer_specs
 
-#: Prompt positions processed per block call; bounds the workspace size.
+#: Prompt positions processed per call of the layers; bounds the workspace size.
 DEFAULT_MAX_TOKENS = 128
-#: The first entries of _blocks.OPS are the steps inside a layer (then embed, lm_head).
-BLOCK_STEPS = _blocks.OPS.index("embed")
 
 
 class Forward(NamedTuple):
@@ -45,35 +47,40 @@ class State:
     """One sequence's KV cache and scratch buffers."""
 
     cache: KVCache
-    workspace: _blocks.Workspace
+    workspace: _layer.Workspace
     pool: BufferPool
     n_threads: int
     _arrays: dict
 
     def close(self) -> None:
         for name, arr in self._arrays.items():
-            if name not in ("k_cache", "v_cache", "prof", "tokens", "mm_scratch"):
+            if name not in ("k_cache", "v_cache", "tokens", "mm_scratch"):
                 self.pool.release(arr)
         self._arrays = {}
         self.cache.close()
 
 
 class DecoderModel:
-    """Base class; subclasses load their layers and run their block in ``_block``."""
+    """Base class. A subclass names its layer's steps (``steps``, from its block file) and
+    the per-layer settings its steps read (``_layer_options``)."""
 
     arch = ""
+    steps: _layer.Steps
+    final_rmsnorm = True   # the head's norm: RMSNorm (else LayerNorm, with output_norm.bias)
 
     def __init__(self, config: ModelConfig, tensors: dict[str, TensorData]):
         self.config = config
         self._tensors = tensors
-        self.token_embd = self._weight("token_embd.weight", (config.vocab_size, config.n_embd))
-        if config.tie_embeddings or "output.weight" not in tensors:
-            self.output = self.token_embd
-        else:
-            self.output = self._weight("output.weight", (config.vocab_size, config.n_embd))
-        self.output_norm_w = self._vector("output_norm.weight", config.n_embd)
-        self.output_norm_b = self._vector("output_norm.bias", config.n_embd, required=False)
-        self.layers: list[_blocks.Layer] = [self._layer(i) for i in range(config.n_layer)]
+        bound = {s.name: self._bind(s, s.name) for s in global_specs(config)}
+        self.token_embd = bound["token_embd.weight"]
+        self.position_embd = bound.get("position_embd.weight")  # learned positions (GPT-2)
+        # Not required when tied: without it the head reads the token embedding.
+        output = bound["output.weight"]
+        self.output = self.token_embd if output is None else output
+        self.output_norm_w = bound["output_norm.weight"]
+        self.output_norm_b = bound.get("output_norm.bias")
+        specs = layer_specs(config)
+        self.layers: list[_layer.Layer] = [self._layer(i, specs) for i in range(config.n_layer)]
 
     # -- loading helpers --------------------------------------------------------------
     def _tensor(self, name: str) -> TensorData:
@@ -103,12 +110,25 @@ class DecoderModel:
         # block kernels to one vector type.
         return Weight(int(t.type), (1, n), t.data).dequantize().reshape(n)
 
-    def _layer(self, i: int) -> _blocks.Layer:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _bind(self, spec: TensorSpec, name: str) -> Weight | np.ndarray | None:
+        """Tensor ``name`` as its table entry says: a matrix becomes a Weight, a vector a
+        float32 array; an absent optional tensor is None."""
+        if len(spec.shape) == 2:
+            return self._weight(name, spec.shape, spec.required)
+        return self._vector(name, spec.shape[0], spec.required)
 
-    def _block(self, layer: _blocks.Layer, ws: _blocks.Workspace, i: int, pos0: int, n: int,
-               n_threads: int) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _layer(self, i: int, specs: list[TensorSpec]) -> _layer.Layer:
+        """Layer i's tensors, as its architecture's table lists them, bound for the steps."""
+        c = self.config
+        tensors = {s.name: self._bind(s, f"blk.{i}.{s.name}") for s in specs}
+        return _layer.Layer(tensors, n_embd=c.n_embd, n_hidden=c.n_hidden,
+                            q_dim=c.n_head * c.head_dim, kv_dim=c.n_kv_head * c.head_dim,
+                            head_dim=c.head_dim, attn_scale=c.attn_scale or 1.0 / math.sqrt(c.head_dim),
+                            **self._layer_options(i))
+
+    def _layer_options(self, i: int) -> dict:
+        """Per-layer settings beyond the tensors (rotary frequencies, attention window)."""
+        return {}
 
     # -- per-session state --------------------------------------------------------------
     def new_state(self, *, capacity: int | None = None, max_tokens: int | None = None,
@@ -123,7 +143,7 @@ class DecoderModel:
         cache = KVCache(c.n_layer, c.n_kv_head, capacity, c.head_dim, pool=pool,
                         overflow=overflow, n_keep=n_keep,
                         positional="learned" if c.learned_positions else "rotary")
-        mm_bytes = max(_blocks.scratch_bytes(w, max_tokens) for w in self._matrices())
+        mm_bytes = max(_layer.scratch_bytes(w, max_tokens) for w in self._matrices())
         arrays = {
             "x": pool.acquire((max_tokens, c.n_embd)),
             "xb": pool.acquire((max_tokens, c.n_embd)),
@@ -132,14 +152,13 @@ class DecoderModel:
             "h": pool.acquire((max_tokens, c.n_hidden)),
             "h2": pool.acquire((max_tokens, c.n_hidden)),
             "logits": pool.acquire((c.vocab_size,)),
-            "att_scratch": pool.acquire((_blocks.attention_scratch_size(capacity, 1),)),
+            "att_scratch": pool.acquire((_layer.attention_scratch_size(capacity, 1),)),
             "mm_scratch": np.zeros(max(mm_bytes, 64), dtype=np.uint8),
             "tokens": np.zeros(max_tokens, dtype=np.int32),
-            "prof": np.zeros(len(_blocks.OPS), dtype=np.float64),
             "k_cache": cache.k,
             "v_cache": cache.v,
         }
-        ws = _blocks.Workspace(
+        ws = _layer.Workspace(
             arrays, max_tokens=max_tokens, n_embd=c.n_embd, n_hidden=c.n_hidden,
             n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim, vocab=c.vocab_size,
             capacity=capacity, n_layer=c.n_layer, norm_eps=c.norm_eps, mm_scratch_bytes=mm_bytes)
@@ -160,8 +179,16 @@ class DecoderModel:
         Returns a :class:`Forward`: the logits of the last position (a view of the
         workspace's buffer, valid until the next call) and the shifts a sliding cache made
         (the moved keys are already re-rotated). With ``all_logits`` ((len(tokens), vocab)
-        float32), every position's logits are written there too.
+        float32), every position's logits are written there too. With a ``profiler``, every
+        step of every layer is recorded, and the time spent around them as ``python.forward``.
         """
+        if profiler is not None:
+            with profiler.overhead("python.forward"):
+                return self._forward(state, tokens, all_logits, profiler)
+        return self._forward(state, tokens, all_logits, None)
+
+    def _forward(self, state: State, tokens: Sequence[int], all_logits: np.ndarray | None,
+                 profiler) -> Forward:
         ws, cache, nt = state.workspace, state.cache, state.n_threads
         total = len(tokens)
         if total == 0:
@@ -177,10 +204,9 @@ class DecoderModel:
             ws.set_tokens(tokens, done, n)
             if profiler is None:
                 self._embed(ws, n, pos0)
-                for i, layer in enumerate(self.layers):
-                    self._block(layer, ws, i, pos0, n, nt)
+                _layer.run_layers(self.steps, self.layers, ws, pos0, n, nt)
             else:
-                self._forward_profiled(ws, n, pos0, nt, profiler)
+                self._run_profiled(ws, n, pos0, nt, profiler)
             cache.commit(n)
             if all_logits is not None:
                 self._head(ws, 0, n, nt, all_logits[done:done + n])
@@ -188,41 +214,31 @@ class DecoderModel:
         self._head(ws, n - 1, 1, nt, None, profiler)
         return Forward(ws.arrays["logits"], shifts)
 
-    def _embed(self, ws: _blocks.Workspace, n: int, pos0: int) -> None:
-        _blocks.embed(self.token_embd, ws, n, pos0, None, self.config.embed_scale)
+    def run_layer(self, i: int, ws: _layer.Workspace, pos0: int, n: int, n_threads: int) -> None:
+        """Run layer ``i`` alone on the workspace (the error path uses it to find a bad layer)."""
+        _layer.run_layers(self.steps, self.layers, ws, pos0, n, n_threads, None, i)
+
+    def _embed(self, ws: _layer.Workspace, n: int, pos0: int) -> None:
+        _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, self.config.embed_scale)
 
     def _head(self, ws, row0, n_rows, nt, out, profiler=None) -> None:
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,
-                self.arch != "gpt2", self.config.final_logit_softcap, out)
+                self.final_rmsnorm, self.config.final_logit_softcap, out)
         if profiler is None:
-            _blocks.lm_head(*args)
+            _layer.lm_head(*args)
         else:
             with profiler.span("lm_head"):
-                _blocks.lm_head(*args)
+                _layer.lm_head(*args)
 
-    def _forward_profiled(self, ws, n, pos0, nt, profiler) -> None:
-        """The same forward pass, timing each step of each layer (the fused blocks time
-        their own steps in C) and measuring what each layer call allocates."""
-        prof = ws.arrays["prof"]
-        meter = profiler.alloc_meter
+    def _run_profiled(self, ws, n, pos0, nt, profiler) -> None:
+        """Embed and the layers, each step timed from outside by ``run_layers``."""
         with profiler.span("embed"):
             self._embed(ws, n, pos0)
-        ws.profiling = True
-        try:
-            for i, layer in enumerate(self.layers):
-                prof[:] = 0.0
-                if meter is not None:
-                    meter.begin()
-                start = time.perf_counter_ns()
-                self._block(layer, ws, i, pos0, n, nt)
-                nbytes = meter.end() if meter is not None else 0
-                steps = [k for k in range(BLOCK_STEPS) if prof[k] > 0]
-                profiler.record_block(i, [_blocks.OPS[k] for k in steps], prof[steps], start)
-                if nbytes:
-                    profiler.record("layer_call", layer=i, start_ns=start, dur_ns=0,
-                                    alloc_bytes=nbytes)
-        finally:
-            ws.profiling = False
+        names = self.steps.names
+        timings = np.zeros((len(self.layers), 1 + len(names)))
+        _layer.run_layers(self.steps, self.layers, ws, pos0, n, nt, timings)
+        for i, row in enumerate(timings):
+            profiler.record_block(i, names, row[1:], start_ns=int(row[0]))
 
     def rotate_cached_keys(self, cache: KVCache, start: int, count: int, delta: int) -> None:
         """Re-position ``count`` cached keys from slot ``start`` by ``delta`` positions.

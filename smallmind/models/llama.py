@@ -1,26 +1,21 @@
-"""Llama-style decoder (and Gemma 3, its close cousin).
+"""Llama-style decoder (SmolLM2, TinyLlama, the llama2.c stories models).
 
-    x = embed[token] (* sqrt(n_embd) for Gemma)
+    x = embed[token]
     for each layer:
         h = rmsnorm(x);  q, k, v = wq h, wk h, wv h     (k, v: n_kv_head heads, GQA)
-        [Gemma: q, k = rmsnorm per head]
         q, k = rope(q, pos), rope(k, pos);  cache k, v
-        a = wo attention(q, cache)            [Gemma: a = rmsnorm(a); local layers see a window]
-        x += a
-        h = rmsnorm(x);  f = down(silu(gate h) * up h)     [Gemma: gelu, f = rmsnorm(f)]
-        x += f
+        x += wo attention(q, cache)
+        h = rmsnorm(x);  x += down(silu(gate h) * up h)
     logits = output(rmsnorm(x))
 
-The per-layer step is ``smallmind._core._blocks.llama_block``.
+The layer, step by step, is ``_llama.pyx``; its tensors are ``spec.py``'s llama table.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .._core import _blocks
 from .._core._attention import rope
+from . import _llama
 from .base import DecoderModel
 
 
@@ -32,49 +27,18 @@ def rope_inv_freq(n_rot: int, theta: float, scale: float = 1.0) -> np.ndarray:
 
 class Llama(DecoderModel):
     arch = "llama"
+    steps = _llama.LAYER
 
-    @property
-    def gemma(self) -> bool:
-        return self.config.arch == "gemma3"
+    def __new__(cls, config, tensors):
+        # Gemma 3 is a Llama variant: Llama(gemma3 config) builds its subclass (gemma3.py).
+        if cls is Llama and config.arch == "gemma3":
+            from .gemma3 import Gemma3
+            return super().__new__(Gemma3)
+        return super().__new__(cls)
 
-    def _is_global(self, i: int) -> bool:
-        pattern = self.config.sliding_window_pattern
-        return pattern <= 0 or (i + 1) % pattern == 0
-
-    def _layer(self, i: int) -> _blocks.Layer:
+    def _layer_options(self, i: int) -> dict:
         c = self.config
-        d, h, hd = c.n_embd, c.n_hidden, c.head_dim
-        q_dim, kv_dim = c.n_head * hd, c.n_kv_head * hd
-        p = f"blk.{i}."
-        weights = {
-            "attn_q": self._weight(p + "attn_q.weight", (q_dim, d)),
-            "attn_k": self._weight(p + "attn_k.weight", (kv_dim, d)),
-            "attn_v": self._weight(p + "attn_v.weight", (kv_dim, d)),
-            "attn_output": self._weight(p + "attn_output.weight", (d, q_dim)),
-            "ffn_gate": self._weight(p + "ffn_gate.weight", (h, d)),
-            "ffn_up": self._weight(p + "ffn_up.weight", (h, d)),
-            "ffn_down": self._weight(p + "ffn_down.weight", (d, h)),
-        }
-        vectors = {
-            "attn_norm.weight": self._vector(p + "attn_norm.weight", d),
-            "ffn_norm.weight": self._vector(p + "ffn_norm.weight", d),
-        }
-        window = 0
-        theta = c.rope_theta
-        if self.gemma:
-            for name, n in (("attn_q_norm", hd), ("attn_k_norm", hd),
-                            ("post_attention_norm", d), ("post_ffw_norm", d)):
-                vectors[name + ".weight"] = self._vector(p + name + ".weight", n)
-            if not self._is_global(i):
-                window, theta = c.sliding_window, c.rope_theta_local
-        n_rot = int(c.extra.get("rope_dim", hd))  # the loaders' key (rope.dimension_count)
-        scale = c.rope_scale if (not self.gemma or self._is_global(i)) else 1.0
-        return _blocks.Layer(weights, vectors, n_embd=d, n_hidden=h, q_dim=q_dim, kv_dim=kv_dim,
-                             head_dim=hd, attn_scale=c.attn_scale or 1.0 / math.sqrt(hd),
-                             inv_freq=rope_inv_freq(n_rot, theta, scale), window=window)
-
-    def _block(self, layer, ws, i, pos0, n, n_threads):
-        _blocks.llama_block(layer, ws, i, pos0, n, n_threads, self.config.rope_neox, self.gemma)
+        return {"inv_freq": rope_inv_freq(c.rope_dim, c.rope_theta, c.rope_scale), "neox": c.rope_neox}
 
     def rotate_cached_keys(self, cache, start: int, count: int, delta: int) -> None:
         c = self.config

@@ -1,6 +1,15 @@
-"""Plain NumPy (float64) forward passes: the oracle Engine.logits is tested against.
+"""Plain NumPy (float64) forward passes of GPT-2, Llama and Gemma 3: read these first.
 
-Written from the architecture descriptions, sharing no code with smallmind's kernels.
+Each function is a whole model in a screenful of NumPy: the mathematics that the fast
+path (``models/_gpt2.pyx``, ``_llama.pyx``, ``_gemma3.pyx``: the same steps on float32
+kernels, over a KV cache) must reproduce. The tests check the engine's logits against
+them (``tests/test_engine.py``, ``tests/test_gemma3.py``). Written from the architecture
+descriptions, sharing no code with smallmind's kernels.
+
+    from smallmind.reference import llama_logits
+    logits = llama_logits(config, tensors, token_ids)     # (len(token_ids), vocab) float64
+
+``tensors`` maps GGUF names to objects with ``data`` and ``shape`` (``TensorData``).
 """
 from __future__ import annotations
 

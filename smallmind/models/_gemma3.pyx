@@ -1,0 +1,81 @@
+# cython: language_level=3
+"""The Gemma 3 layer, step by step: Llama's layer plus per-head Q/K norms, a norm on each
+branch's output before it joins the residual stream, and a GELU-gated MLP:
+
+    xb = rmsnorm(x)                         attn_norm
+    q, k, v = Wq xb, Wk xb, Wv xb           qkv_matmul
+    q, k = rmsnorm(q), rmsnorm(k)           qk_norm       (per head)
+    q, k = rope(q, pos), rope(k, pos)       rope          (local layers: their own theta)
+    cache[pos] = k, v                       kv_store
+    att = attention(q, cache)               attention     (local layers: a sliding window)
+    xb = Wo att                             out_matmul
+    x += rmsnorm(xb)                        post_attn_norm
+    xb = rmsnorm(x)                         ffn_norm
+    h, h2 = Wgate xb, Wup xb                ffn_matmul
+    h = gelu(h) * h2                        activation
+    xb = Wdown h                            down_matmul
+    x += rmsnorm(xb)                        post_ffn_norm
+
+Which layers are local, and their window and rotary frequencies, are properties of each
+Layer (set by ``models/gemma3.py``), not branches here.
+"""
+from smallmind._core._elementwise cimport add
+from smallmind._core._gelu cimport geglu
+from smallmind._core._matmul cimport matmul
+from smallmind._core._norm cimport rmsnorm
+from smallmind.models._layer cimport Call, Layer, Steps, Workspace, attention, kv_store, rmsnorm_rows
+from smallmind.models._llama cimport attn_norm, ffn_matmul, ffn_norm, qkv_matmul, rope_qk
+
+
+cdef void qk_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    cdef Py_ssize_t t, hh, hd = ws.head_dim
+    cdef float* q
+    cdef float* k
+    for t in range(c.n):
+        q = ws.q + t * ws.ldqkv
+        k = ws.k + t * ws.ldqkv
+        for hh in range(ws.n_head):
+            rmsnorm(q + hh * hd, L.q_norm_w, q + hh * hd, hd, ws.norm_eps)
+        for hh in range(ws.n_kv_head):
+            rmsnorm(k + hh * hd, L.k_norm_w, k + hh * hd, hd, ws.norm_eps)
+
+
+cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.xb, ws.n_embd, NULL, False, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef void post_attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    rmsnorm_rows(ws.xb, L.post_attn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+    add(ws.x, ws.xb, ws.x, c.n * ws.n_embd)
+
+
+cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    geglu(ws.h, ws.h2, ws.h, c.n * ws.n_hidden)
+
+
+cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.xb, ws.n_embd, NULL, False, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef void post_ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    rmsnorm_rows(ws.xb, L.post_ffn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+    add(ws.x, ws.xb, ws.x, c.n * ws.n_embd)
+
+
+cdef Steps _LAYER = Steps()
+(_LAYER.add("attn_norm", attn_norm)
+       .add("qkv_matmul", qkv_matmul)
+       .add("qk_norm", qk_norm)
+       .add("rope", rope_qk)
+       .add("kv_store", kv_store)
+       .add("attention", attention)
+       .add("out_matmul", out_matmul)
+       .add("post_attn_norm", post_attn_norm)
+       .add("ffn_norm", ffn_norm)
+       .add("ffn_matmul", ffn_matmul)
+       .add("activation", activation)
+       .add("down_matmul", down_matmul)
+       .add("post_ffn_norm", post_ffn_norm))
+LAYER = _LAYER

@@ -1,0 +1,4 @@
+"""Type stub of the compiled _gpt2 module: the layer as a table of named steps."""
+from smallmind.models._layer import Steps
+
+LAYER: Steps

@@ -1,0 +1,65 @@
+# cython: language_level=3
+"""The GPT-2 layer, step by step (pre-LayerNorm, fused QKV, GELU MLP, biases everywhere):
+
+    xb = layernorm(x)                       attn_norm
+    q | k | v = Wqkv xb + b                 qkv_matmul
+    cache[pos] = k, v                       kv_store
+    att = attention(q, cache)               attention
+    x += Wo att + b                         out_matmul
+    xb = layernorm(x)                       ffn_norm
+    h = Wup xb + b                          ffn_matmul
+    h = gelu(h)                             activation
+    x += Wdown h + b                        down_matmul
+
+Each step runs on all n rows at once (n = 1 when decoding); ``LAYER`` is the table that
+``_layer.run_layers`` runs for every layer.
+"""
+from smallmind._core._gelu cimport gelu_tanh
+from smallmind._core._matmul cimport matmul
+from smallmind.models._layer cimport (Call, Layer, Steps, Workspace, attention, kv_store,
+                                      layernorm_rows)
+
+
+cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    layernorm_rows(ws.x, L.attn_norm_w, L.attn_norm_b, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+
+
+cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.wqkv.view, ws.xb, c.n, ws.n_embd, ws.q, ws.ldqkv, L.qkv_b, False, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.x, ws.n_embd, L.wo_b, True, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    layernorm_rows(ws.x, L.ffn_norm_w, L.ffn_norm_b, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+
+
+cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.w_up.view, ws.xb, c.n, ws.n_embd, ws.h, ws.n_hidden, L.up_b, False, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    gelu_tanh(ws.h, ws.h, c.n * ws.n_hidden)
+
+
+cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.x, ws.n_embd, L.down_b, True, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef Steps _LAYER = Steps()
+(_LAYER.add("attn_norm", attn_norm)
+       .add("qkv_matmul", qkv_matmul)
+       .add("kv_store", kv_store)
+       .add("attention", attention)
+       .add("out_matmul", out_matmul)
+       .add("ffn_norm", ffn_norm)
+       .add("ffn_matmul", ffn_matmul)
+       .add("activation", activation)
+       .add("down_matmul", down_matmul))
+LAYER = _LAYER

@@ -1,0 +1,94 @@
+# cython: language_level=3
+"""What every architecture's layer is made of: its weights (Layer), the buffers it works
+in (Workspace), and the step runner. The layers themselves are in ``_gpt2.pyx``,
+``_llama.pyx`` and ``_gemma3.pyx``: each is a list of named steps, run in order."""
+from smallmind._core._matmul cimport Weight
+from smallmind._core._norm cimport layernorm, rmsnorm
+
+
+# One layer's weights, validated once. Missing pieces are None / NULL.
+cdef class Layer:
+    cdef readonly Weight wqkv, wq, wk, wv, wo, w_gate, w_up, w_down
+    cdef const float* attn_norm_w
+    cdef const float* attn_norm_b
+    cdef const float* ffn_norm_w
+    cdef const float* ffn_norm_b
+    cdef const float* qkv_b
+    cdef const float* wo_b
+    cdef const float* up_b
+    cdef const float* down_b
+    cdef const float* q_norm_w
+    cdef const float* k_norm_w
+    cdef const float* post_attn_norm_w
+    cdef const float* post_ffn_norm_w
+    cdef const float* inv_freq
+    cdef int n_rot
+    cdef bint neox
+    cdef Py_ssize_t window
+    cdef float attn_scale
+    cdef readonly object inv_freq_array
+    cdef object _keep
+
+
+# Every buffer a forward pass touches, for up to ``max_tokens`` positions at once.
+cdef class Workspace:
+    cdef float* x          # (max_tokens, n_embd) residual stream
+    cdef float* xb         # (max_tokens, n_embd) normalised input / branch output
+    cdef float* q          # (max_tokens, ldqkv) rows of [q | k | v]; k = q + q_dim,
+    cdef float* k          #   v = k + kv_dim
+    cdef float* v
+    cdef float* att        # (max_tokens, q_dim)
+    cdef float* h          # (max_tokens, n_hidden)
+    cdef float* h2         # (max_tokens, n_hidden)
+    cdef float* logits     # (vocab,) one row of logits
+    cdef float* att_scratch
+    cdef char* mm_scratch
+    cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim)
+    cdef float* v_cache
+    cdef int* tokens       # (max_tokens,)
+    cdef readonly Py_ssize_t max_tokens, n_embd, n_hidden, q_dim, kv_dim, ldqkv, vocab
+    cdef readonly Py_ssize_t capacity, n_layer
+    cdef readonly int n_head, n_kv_head, head_dim
+    cdef readonly object arrays
+    cdef float norm_eps
+
+
+# Which layer runs, on which positions: what a step needs besides weights and buffers.
+cdef struct Call:
+    int layer
+    int n_threads
+    Py_ssize_t pos0     # first position (KV cache slot) of the n rows
+    Py_ssize_t n
+
+
+ctypedef void (*Step)(Workspace ws, Layer L, const Call* c) noexcept nogil
+
+cdef enum:
+    MAX_STEPS = 16
+
+
+# A layer as an ordered table of named steps; ``run_layers`` runs it (and times it).
+cdef class Steps:
+    cdef Step fns[MAX_STEPS]
+    cdef int n
+    cdef readonly tuple names
+    cdef Steps add(self, str name, Step fn)
+
+
+# Steps every architecture shares.
+cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil
+cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil
+
+
+cdef inline void rmsnorm_rows(const float* x, const float* w, float* out, Py_ssize_t n,
+                              Py_ssize_t d, float eps) noexcept nogil:
+    cdef Py_ssize_t t
+    for t in range(n):
+        rmsnorm(x + t * d, w, out + t * d, d, eps)
+
+
+cdef inline void layernorm_rows(const float* x, const float* w, const float* b, float* out,
+                                Py_ssize_t n, Py_ssize_t d, float eps) noexcept nogil:
+    cdef Py_ssize_t t
+    for t in range(n):
+        layernorm(x + t * d, w, b, out + t * d, d, eps)

@@ -1,0 +1,51 @@
+"""Type stub of the compiled _layer module (see _layer.pyx)."""
+import numpy as np
+
+from smallmind._core._matmul import Weight
+
+class Layer:
+    wqkv: Weight | None
+    wq: Weight | None
+    wk: Weight | None
+    wv: Weight | None
+    wo: Weight
+    w_gate: Weight | None
+    w_up: Weight
+    w_down: Weight
+    inv_freq_array: np.ndarray | None
+    def __init__(self, tensors: dict[str, object], *, n_embd: int, n_hidden: int, q_dim: int,
+                 kv_dim: int, head_dim: int, attn_scale: float, inv_freq: np.ndarray | None = ...,
+                 neox: bool = ..., window: int = ...) -> None: ...
+
+class Workspace:
+    max_tokens: int
+    n_embd: int
+    n_hidden: int
+    q_dim: int
+    kv_dim: int
+    ldqkv: int
+    vocab: int
+    capacity: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    arrays: dict[str, np.ndarray]
+    def __init__(self, arrays: dict[str, np.ndarray], *, max_tokens: int, n_embd: int, n_hidden: int,
+                 n_head: int, n_kv_head: int, head_dim: int, vocab: int, capacity: int, n_layer: int,
+                 norm_eps: float, mm_scratch_bytes: int) -> None: ...
+    def set_tokens(self, tokens: object, start: int, n: int) -> None: ...
+
+class Steps:
+    names: tuple[str, ...]
+    def __len__(self) -> int: ...
+
+def attention_scratch_size(capacity: int, n_threads: int) -> int: ...
+def scratch_bytes(w: Weight, n: int) -> int: ...
+def run_layers(steps: Steps, layers: list[Layer], ws: Workspace, pos0: int, n: int, n_threads: int,
+               timings: np.ndarray | None = ..., only: int = ...) -> None: ...
+def embed(token_embd: Weight, ws: Workspace, n: int, pos0: int, position_embd: Weight | None = ...,
+          embed_scale: float = ...) -> None: ...
+def lm_head(output: Weight, ws: Workspace, row0: int, n_rows: int, n_threads: int,
+            norm_w: np.ndarray | None, norm_b: np.ndarray | None = ..., rms: bool = ...,
+            softcap: float = ..., out: np.ndarray | None = ...) -> None: ...

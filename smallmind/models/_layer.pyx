@@ -1,0 +1,365 @@
+# cython: language_level=3
+"""The parts of a forward pass every architecture shares.
+
+A layer is a table of named steps (:class:`Steps`), each a ``nogil`` function of the
+layer's weights (:class:`Layer`), the session's buffers (:class:`Workspace`) and the
+positions being run (``Call``). :func:`run_layers` runs the table over every layer in one
+Python call; given a timing array it also times each step from outside, so the steps
+themselves hold no profiling code and the plain path pays one NULL test per layer.
+
+Every intermediate lives in a :class:`Workspace` prepared once per session, so the decode
+loop never allocates. Decoding is the n == 1 case of prefill, so the two cannot drift.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from libc.math cimport tanhf
+from libc.string cimport memcpy
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp)
+    int CLOCK_MONOTONIC
+
+from smallmind._core._attention cimport attention as attention_kernel, attention_scratch_floats
+from smallmind._core._elementwise cimport add, scale
+from smallmind._core._matmul cimport Weight, get_row, matmul, matmul_scratch_bytes
+
+from smallmind.errors import ShapeError
+
+cnp.import_array()
+
+#: The tensors a Layer can hold, by short GGUF name (matrices, then vectors).
+_MATRICES = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+             "ffn_down")
+_VECTORS = ("attn_norm.weight", "attn_norm.bias", "ffn_norm.weight", "ffn_norm.bias",
+            "attn_qkv.bias", "attn_output.bias", "ffn_up.bias", "ffn_down.bias",
+            "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
+            "post_ffw_norm.weight")
+_KNOWN = frozenset([m + ".weight" for m in _MATRICES] + list(_VECTORS))
+
+
+cdef inline long long _now() noexcept nogil:
+    # CLOCK_MONOTONIC is also what time.perf_counter_ns() reads on Linux, so step times
+    # and the profiler's Python-side spans share one time line.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec
+
+
+cdef const float* _vec(object arr, str name, Py_ssize_t n) except? NULL:
+    """Pointer to a float32 C-contiguous vector of length n (None -> NULL)."""
+    if arr is None:
+        return NULL
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 1 \
+            or not arr.flags.c_contiguous or arr.shape[0] != n:
+        raise ShapeError(f"{name}: expected a contiguous float32 vector of length {n}, "
+                         f"got {getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")
+    return <const float*> cnp.PyArray_DATA(arr)
+
+
+cdef float* _buf(object arr, str name, Py_ssize_t n) except NULL:
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 \
+            or not arr.flags.c_contiguous or arr.size < n or not arr.flags.writeable:
+        raise ShapeError(f"workspace buffer {name}: expected a writable contiguous float32 "
+                         f"array of at least {n} elements")
+    return <float*> cnp.PyArray_DATA(arr)
+
+
+cdef Weight _matrix(dict tensors, str name, Py_ssize_t rows, Py_ssize_t cols):
+    cdef Weight w = tensors.get(name + ".weight")
+    if w is not None and (w.view.rows != rows or w.view.cols != cols):
+        raise ShapeError(f"{name}.weight: expected shape ({rows}, {cols}), got {w.shape}")
+    return w
+
+
+cdef class Layer:
+    def __init__(self, dict tensors, *, Py_ssize_t n_embd, Py_ssize_t n_hidden, Py_ssize_t q_dim,
+                 Py_ssize_t kv_dim, int head_dim, float attn_scale, object inv_freq=None,
+                 bint neox=False, Py_ssize_t window=0):
+        """``tensors``: the layer's tensors by short GGUF name ("attn_q.weight"): a
+        :class:`Weight` per matrix, a float32 vector per norm weight or bias."""
+        unknown = sorted(set(tensors) - _KNOWN)
+        if unknown:
+            raise ShapeError(f"a layer has no place for tensors {unknown}")
+        self.wqkv = _matrix(tensors, "attn_qkv", q_dim + 2 * kv_dim, n_embd)
+        self.wq = _matrix(tensors, "attn_q", q_dim, n_embd)
+        self.wk = _matrix(tensors, "attn_k", kv_dim, n_embd)
+        self.wv = _matrix(tensors, "attn_v", kv_dim, n_embd)
+        if self.wqkv is None and (self.wq is None or self.wk is None or self.wv is None):
+            raise ShapeError("a layer needs attn_qkv or all of attn_q, attn_k, attn_v")
+        self.wo = _matrix(tensors, "attn_output", n_embd, q_dim)
+        self.w_gate = _matrix(tensors, "ffn_gate", n_hidden, n_embd)
+        self.w_up = _matrix(tensors, "ffn_up", n_hidden, n_embd)
+        self.w_down = _matrix(tensors, "ffn_down", n_embd, n_hidden)
+        if self.wo is None or self.w_up is None or self.w_down is None:
+            raise ShapeError("a layer needs attn_output, ffn_up and ffn_down")
+        t = tensors
+        self.attn_norm_w = _vec(t.get("attn_norm.weight"), "attn_norm.weight", n_embd)
+        self.attn_norm_b = _vec(t.get("attn_norm.bias"), "attn_norm.bias", n_embd)
+        self.ffn_norm_w = _vec(t.get("ffn_norm.weight"), "ffn_norm.weight", n_embd)
+        self.ffn_norm_b = _vec(t.get("ffn_norm.bias"), "ffn_norm.bias", n_embd)
+        self.qkv_b = _vec(t.get("attn_qkv.bias"), "attn_qkv.bias", q_dim + 2 * kv_dim)
+        self.wo_b = _vec(t.get("attn_output.bias"), "attn_output.bias", n_embd)
+        self.up_b = _vec(t.get("ffn_up.bias"), "ffn_up.bias", n_hidden)
+        self.down_b = _vec(t.get("ffn_down.bias"), "ffn_down.bias", n_embd)
+        self.q_norm_w = _vec(t.get("attn_q_norm.weight"), "attn_q_norm.weight", head_dim)
+        self.k_norm_w = _vec(t.get("attn_k_norm.weight"), "attn_k_norm.weight", head_dim)
+        self.post_attn_norm_w = _vec(t.get("post_attention_norm.weight"),
+                                     "post_attention_norm.weight", n_embd)
+        self.post_ffn_norm_w = _vec(t.get("post_ffw_norm.weight"), "post_ffw_norm.weight", n_embd)
+        if self.attn_norm_w == NULL or self.ffn_norm_w == NULL:
+            raise ShapeError("a layer needs attn_norm.weight and ffn_norm.weight")
+        self.n_rot = 0
+        self.inv_freq = NULL
+        if inv_freq is not None:
+            self.n_rot = 2 * len(inv_freq)
+            if self.n_rot > head_dim:
+                raise ShapeError(f"rotary dims {self.n_rot} exceed head_dim {head_dim}")
+            self.inv_freq = _vec(inv_freq, "inv_freq", len(inv_freq))
+        self.inv_freq_array = inv_freq
+        self.neox = neox
+        self.window = window
+        self.attn_scale = attn_scale
+        self._keep = (dict(tensors), inv_freq)
+
+
+cdef class Workspace:
+    """Built once per session from arrays the caller takes from the buffer pool, so the
+    decode loop never allocates. The KV cache arrays are (n_layer, n_kv_head, capacity,
+    head_dim) float32."""
+
+    def __init__(self, dict arrays, *, Py_ssize_t max_tokens, Py_ssize_t n_embd,
+                 Py_ssize_t n_hidden, int n_head, int n_kv_head, int head_dim,
+                 Py_ssize_t vocab, Py_ssize_t capacity, Py_ssize_t n_layer, float norm_eps,
+                 Py_ssize_t mm_scratch_bytes):
+        self.max_tokens = max_tokens
+        self.n_embd = n_embd
+        self.n_hidden = n_hidden
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head
+        self.head_dim = head_dim
+        self.q_dim = n_head * head_dim
+        self.kv_dim = n_kv_head * head_dim
+        self.ldqkv = self.q_dim + 2 * self.kv_dim
+        self.vocab = vocab
+        self.capacity = capacity
+        self.n_layer = n_layer
+        self.norm_eps = norm_eps
+        self.x = _buf(arrays["x"], "x", max_tokens * n_embd)
+        self.xb = _buf(arrays["xb"], "xb", max_tokens * n_embd)
+        self.q = _buf(arrays["qkv"], "qkv", max_tokens * self.ldqkv)
+        self.k = self.q + self.q_dim
+        self.v = self.k + self.kv_dim
+        self.att = _buf(arrays["att"], "att", max_tokens * self.q_dim)
+        self.h = _buf(arrays["h"], "h", max_tokens * n_hidden)
+        self.h2 = _buf(arrays["h2"], "h2", max_tokens * n_hidden)
+        self.logits = _buf(arrays["logits"], "logits", vocab)
+        self.att_scratch = _buf(arrays["att_scratch"], "att_scratch",
+                                attention_scratch_floats(capacity, 1))
+        cache_n = n_layer * n_kv_head * capacity * head_dim
+        self.k_cache = _buf(arrays["k_cache"], "k_cache", cache_n)
+        self.v_cache = _buf(arrays["v_cache"], "v_cache", cache_n)
+        mm = arrays["mm_scratch"]
+        if mm.nbytes < mm_scratch_bytes:
+            raise ShapeError("workspace buffer mm_scratch is too small")
+        self.mm_scratch = <char*> cnp.PyArray_DATA(mm)
+        tok = arrays["tokens"]
+        if tok.dtype != np.int32 or tok.size < max_tokens:
+            raise ShapeError("workspace buffer tokens: expected int32 of max_tokens")
+        self.tokens = <int*> cnp.PyArray_DATA(tok)
+        self.arrays = arrays
+
+    def set_tokens(self, tokens, Py_ssize_t start, Py_ssize_t n):
+        """Copy tokens[start:start+n] into the token buffer, checking each id once."""
+        cdef Py_ssize_t t
+        cdef long tok
+        if n < 1 or n > self.max_tokens:
+            raise ShapeError(f"{n} tokens do not fit the workspace (1..{self.max_tokens})")
+        for t in range(n):
+            tok = tokens[start + t]
+            if tok < 0 or tok >= self.vocab:
+                from smallmind.errors import TokenizerError
+                raise TokenizerError(f"token id {tok} at index {start + t} is outside the "
+                                     f"vocabulary [0, {self.vocab})")
+            self.tokens[t] = <int> tok
+
+
+def attention_scratch_size(Py_ssize_t capacity, int n_threads):
+    return attention_scratch_floats(capacity, n_threads)
+
+
+def scratch_bytes(Weight w, Py_ssize_t n):
+    return matmul_scratch_bytes(&w.view, n)
+
+
+cdef class Steps:
+    def __cinit__(self):
+        self.n = 0
+        self.names = ()
+
+    cdef Steps add(self, str name, Step fn):
+        if self.n == MAX_STEPS:
+            raise ValueError(f"a layer has at most {MAX_STEPS} steps")
+        self.fns[self.n] = fn
+        self.n += 1
+        self.names += (name,)
+        return self
+
+    def __len__(self):
+        return self.n
+
+    def __repr__(self):
+        return "Steps(" + " -> ".join(self.names) + ")"
+
+
+# -- steps every architecture shares ---------------------------------------------------------
+
+cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    """Copy the n rows of K and V into this layer's cache at positions pos0 ..."""
+    cdef Py_ssize_t t, hh, hd = ws.head_dim
+    cdef Py_ssize_t head_stride = ws.capacity * hd
+    cdef float* kc = ws.k_cache + c.layer * ws.n_kv_head * head_stride
+    cdef float* vc = ws.v_cache + c.layer * ws.n_kv_head * head_stride
+    for t in range(c.n):
+        for hh in range(ws.n_kv_head):
+            memcpy(kc + hh * head_stride + (c.pos0 + t) * hd, ws.k + t * ws.ldqkv + hh * hd,
+                   hd * sizeof(float))
+            memcpy(vc + hh * head_stride + (c.pos0 + t) * hd, ws.v + t * ws.ldqkv + hh * hd,
+                   hd * sizeof(float))
+
+
+cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    """att = softmax(q K^T * scale) V over the cached positions (causal, windowed)."""
+    cdef Py_ssize_t head_stride = ws.capacity * ws.head_dim
+    cdef Py_ssize_t off = c.layer * ws.n_kv_head * head_stride
+    # att_scratch holds one score row of the whole cache: attention gets as many threads
+    # as rows of the current length fit in it (all of them until it is half full).
+    cdef Py_ssize_t rows = attention_scratch_floats(ws.capacity, 1) // attention_scratch_floats(c.pos0 + c.n, 1)
+    attention_kernel(ws.q, c.n, ws.ldqkv, ws.k_cache + off, ws.v_cache + off, head_stride, c.pos0,
+                     ws.n_head, ws.n_kv_head, ws.head_dim, L.attn_scale, L.window,
+                     ws.att, ws.q_dim, ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
+
+
+# -- running the layers ----------------------------------------------------------------------
+
+cdef inline void _run_steps(Steps steps, Workspace ws, Layer L, const Call* c,
+                            double* timing) noexcept nogil:
+    """Run the steps in order; with ``timing`` (1 + len(steps) doubles) also store the
+    start time and each step's duration in ns."""
+    cdef int s
+    cdef long long t0, t1
+    if timing == NULL:
+        for s in range(steps.n):
+            steps.fns[s](ws, L, c)
+        return
+    t0 = _now()
+    timing[0] = <double> t0
+    for s in range(steps.n):
+        steps.fns[s](ws, L, c)
+        t1 = _now()
+        timing[1 + s] = <double> (t1 - t0)
+        t0 = t1
+
+
+def run_layers(Steps steps, list layers, Workspace ws, Py_ssize_t pos0, Py_ssize_t n,
+               int n_threads, cnp.ndarray timings=None, Py_ssize_t only=-1):
+    """Run every layer's steps on rows 0..n-1 of ``ws.x`` (positions pos0 ...).
+
+    ``timings``: None, or a (len(layers), 1 + len(steps)) float64 array that receives
+    each layer's start (ns, the clock of ``time.perf_counter_ns``) and step durations.
+    ``only``: run just that layer (to find where a value goes wrong), not all of them.
+    """
+    cdef Py_ssize_t i, n_layer = len(layers)
+    cdef double* timing = NULL
+    cdef Layer L
+    cdef Call c
+    if n < 1 or n > ws.max_tokens:
+        raise ShapeError(f"layers run on {n} positions; the workspace holds 1..{ws.max_tokens}")
+    if n_layer != ws.n_layer:
+        raise ShapeError(f"{n_layer} layers for a workspace of {ws.n_layer}")
+    if pos0 < 0 or pos0 + n > ws.capacity:
+        raise ShapeError(f"positions {pos0}..{pos0 + n} outside the KV cache of {ws.capacity}")
+    if timings is not None:
+        if timings.dtype != np.float64 or not timings.flags.c_contiguous \
+                or timings.size != n_layer * (1 + steps.n):
+            raise ShapeError(f"timings: expected a contiguous float64 array of "
+                             f"({n_layer}, {1 + steps.n})")
+        timing = <double*> cnp.PyArray_DATA(timings)
+    if only >= n_layer:
+        raise ShapeError(f"layer {only} of a model of {n_layer}")
+    c.pos0 = pos0
+    c.n = n
+    c.n_threads = n_threads
+    for i in range(only if only >= 0 else 0, only + 1 if only >= 0 else n_layer):
+        L = layers[i]
+        c.layer = <int> i
+        with nogil:
+            _run_steps(steps, ws, L, &c, timing + i * (1 + steps.n) if timing != NULL else NULL)
+
+
+# -- before and after the layers -------------------------------------------------------------
+
+def embed(Weight token_embd, Workspace ws, Py_ssize_t n, Py_ssize_t pos0,
+          Weight position_embd=None, float embed_scale=1.0):
+    """x[t] = token_embd[tokens[t]] (* embed_scale) (+ position_embd[pos0 + t]).
+
+    Token ids were range-checked by the caller when written into ``ws.tokens``.
+    """
+    cdef Py_ssize_t d = ws.n_embd, t
+    cdef float* tmp = ws.xb
+    cdef bint learned = position_embd is not None
+    if n < 1 or n > ws.max_tokens:
+        raise ShapeError(f"embed called for {n} positions; the workspace holds 1..{ws.max_tokens}")
+    if token_embd.view.cols != d:
+        raise ShapeError("token_embd width does not match n_embd")
+    if position_embd is not None and (position_embd.view.cols != d
+                                      or pos0 < 0 or pos0 + n > position_embd.view.rows):
+        raise ShapeError(f"positions {pos0}..{pos0 + n} exceed the learned position table")
+    with nogil:
+        for t in range(n):
+            get_row(&token_embd.view, ws.tokens[t], ws.x + t * d)
+            if embed_scale != 1.0:
+                scale(ws.x + t * d, embed_scale, ws.x + t * d, d)
+            if learned:
+                get_row(&position_embd.view, pos0 + t, tmp)
+                add(ws.x + t * d, tmp, ws.x + t * d, d)
+
+
+def lm_head(Weight output, Workspace ws, Py_ssize_t row0, Py_ssize_t n_rows, int n_threads,
+            object norm_w, object norm_b=None, bint rms=False, float softcap=0.0,
+            cnp.ndarray out=None):
+    """Final norm of x[row0 : row0 + n_rows] into xb, then logits = xb @ output.T.
+
+    Logits land in ``out`` ((n_rows, vocab) float32) or, for one row, in ws.logits.
+    """
+    cdef Py_ssize_t d = ws.n_embd, t
+    cdef const float* w = _vec(norm_w, "output_norm.weight", d)
+    cdef const float* b = _vec(norm_b, "output_norm.bias", d)
+    cdef float* dst = ws.logits
+    if n_rows < 1 or row0 < 0 or row0 + n_rows > ws.max_tokens:
+        raise ShapeError(f"rows {row0}..{row0 + n_rows} outside the workspace")
+    if output.view.cols != d or output.view.rows != ws.vocab:
+        raise ShapeError("output matrix does not match (vocab, n_embd)")
+    if out is not None:
+        dst = _buf(out, "out", n_rows * ws.vocab)
+    elif n_rows != 1:
+        raise ShapeError("several rows of logits need an `out` array")
+    with nogil:
+        if rms:
+            rmsnorm_rows(ws.x + row0 * d, w, ws.xb, n_rows, d, ws.norm_eps)
+        else:
+            layernorm_rows(ws.x + row0 * d, w, b, ws.xb, n_rows, d, ws.norm_eps)
+        matmul(&output.view, ws.xb, n_rows, d, dst, ws.vocab, NULL, False, n_threads,
+               ws.mm_scratch)
+        if softcap > 0.0:
+            _softcap(dst, n_rows * ws.vocab, softcap)
+
+
+cdef void _softcap(float* x, Py_ssize_t n, float cap) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        x[i] = cap * tanhf(x[i] / cap)

@@ -1,0 +1,76 @@
+# cython: language_level=3
+"""The Llama layer, step by step (RMSNorm, rotary positions, grouped-query attention,
+SwiGLU MLP; no biases):
+
+    xb = rmsnorm(x)                         attn_norm
+    q, k, v = Wq xb, Wk xb, Wv xb           qkv_matmul   (k, v: n_kv_head heads)
+    q, k = rope(q, pos), rope(k, pos)       rope
+    cache[pos] = k, v                       kv_store
+    att = attention(q, cache)               attention
+    x += Wo att                             out_matmul
+    xb = rmsnorm(x)                         ffn_norm
+    h, h2 = Wgate xb, Wup xb                ffn_matmul
+    h = silu(h) * h2                        activation
+    x += Wdown h                            down_matmul
+
+Each step runs on all n rows at once (n = 1 when decoding); ``LAYER`` is the table that
+``_layer.run_layers`` runs for every layer.
+"""
+from smallmind._core._attention cimport rope
+from smallmind._core._elementwise cimport swiglu
+from smallmind._core._matmul cimport matmul
+from smallmind.models._layer cimport Steps, attention, kv_store, rmsnorm_rows
+
+
+cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    rmsnorm_rows(ws.x, L.attn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+
+
+cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.wq.view, ws.xb, c.n, ws.n_embd, ws.q, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
+    matmul(&L.wk.view, ws.xb, c.n, ws.n_embd, ws.k, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
+    matmul(&L.wv.view, ws.xb, c.n, ws.n_embd, ws.v, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
+
+
+cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    if L.n_rot > 0:
+        rope(ws.q, c.n, ws.ldqkv, ws.n_head, ws.head_dim, L.n_rot, c.pos0, 1.0, L.inv_freq, L.neox)
+        rope(ws.k, c.n, ws.ldqkv, ws.n_kv_head, ws.head_dim, L.n_rot, c.pos0, 1.0, L.inv_freq, L.neox)
+
+
+cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.x, ws.n_embd, NULL, True, c.n_threads, ws.mm_scratch)
+
+
+cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    rmsnorm_rows(ws.x, L.ffn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+
+
+cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.w_gate.view, ws.xb, c.n, ws.n_embd, ws.h, ws.n_hidden, NULL, False, c.n_threads,
+           ws.mm_scratch)
+    matmul(&L.w_up.view, ws.xb, c.n, ws.n_embd, ws.h2, ws.n_hidden, NULL, False, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    swiglu(ws.h, ws.h2, ws.h, c.n * ws.n_hidden)
+
+
+cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.x, ws.n_embd, NULL, True, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef Steps _LAYER = Steps()
+(_LAYER.add("attn_norm", attn_norm)
+       .add("qkv_matmul", qkv_matmul)
+       .add("rope", rope_qk)
+       .add("kv_store", kv_store)
+       .add("attention", attention)
+       .add("out_matmul", out_matmul)
+       .add("ffn_norm", ffn_norm)
+       .add("ffn_matmul", ffn_matmul)
+       .add("activation", activation)
+       .add("down_matmul", down_matmul))
+LAYER = _LAYER
