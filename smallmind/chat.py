@@ -29,7 +29,8 @@ def _check_messages(messages: list[dict]) -> None:
             raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
 
 
-def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: bool = True) -> str:
+def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: bool = True,
+                tools: list[dict] | None = None) -> str:
     """The prompt text for ``messages`` in the model's chat template (Jinja, via the optional
     ``jinja2`` dependency), falling back to ChatML."""
     _check_messages(messages)
@@ -54,11 +55,12 @@ def render_chat(engine: "Engine", messages: list[dict], add_generation_prompt: b
     special = getattr(tok, "token_text", None)
     bos = special(tok.bos_id) if special and tok.bos_id is not None else piece(tok.bos_id)
     eos = special(tok.eos_id) if special and tok.eos_id is not None else piece(tok.eos_id)
+    extra = {"tools": tools} if tools else {}  # templates test `tools is defined`
     return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
-                                            add_generation_prompt=add_generation_prompt)
+                                            add_generation_prompt=add_generation_prompt, **extra)
 
 
-def encode_chat(engine: "Engine", messages: list[dict]) -> list[int]:
+def encode_chat(engine: "Engine", messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Token ids of the rendered conversation, ready for the assistant's answer.
 
     Special-token text in the template becomes its token; BOS is added unless the template
@@ -67,7 +69,7 @@ def encode_chat(engine: "Engine", messages: list[dict]) -> list[int]:
     tok = engine.tokenizer
     if tok is None:
         raise SmallMindError("chat needs a model with a tokenizer")
-    prompt = render_chat(engine, messages, add_generation_prompt=True)
+    prompt = render_chat(engine, messages, add_generation_prompt=True, tools=tools)
     ids = tok.encode(prompt, add_special=False, parse_special=True)
     if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids.insert(0, tok.bos_id)

@@ -16,6 +16,7 @@ from .models import build_model
 from .models.base import DecoderModel, State
 from .models.config import ModelConfig
 from .sampling import Sampler, SamplingParams
+from .structured import Grammar, compile_grammar
 from .tokenizers import ByteTokenizer, Tokenizer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default.gguf"
@@ -46,6 +47,10 @@ class GenerationResult:
     finish_reason: str  # "length" | "stop" | "eos"
     timings: Timings
     profile: Any = None
+    #: The parsed value of a complete ``json_schema``-constrained output (else None).
+    json: Any = None
+    #: OpenAI-style tool calls of a ``chat(..., tools=...)`` reply (else None).
+    tool_calls: list[dict] | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -73,6 +78,7 @@ class _Run:
     finish_reason: str = "length"
     timings: Timings | None = None
     profile: Any = None
+    json: Any = None
 
 
 class _TextAssembler:
@@ -146,7 +152,7 @@ class TokenStream:
             run = self._run
             if self.result is None and run.timings is not None:
                 self.result = GenerationResult("".join(run.text), run.tokens, run.prompt_tokens,
-                                               run.finish_reason, run.timings, run.profile)
+                                               run.finish_reason, run.timings, run.profile, run.json)
             raise
 
 
@@ -226,7 +232,9 @@ class Session:
                  logit_bias: dict[int, float] | None = None, seed: int | None = None,
                  stop: str | Sequence[str] | None = None, stream: bool = False,
                  profile: bool = False, add_special: bool | None = None,
-                 n_threads: int | None = None) -> GenerationResult | TokenStream:
+                 n_threads: int | None = None, json_schema: Any = None, regex: str | None = None,
+                 grammar: str | None = None,
+                 choices: Sequence[str] | None = None) -> GenerationResult | TokenStream:
         """Continue the conversation with ``prompt`` and sample up to ``max_new_tokens``.
 
         ``prompt`` is text (encoded with the model's tokenizer; BOS is added at the start of a
@@ -234,6 +242,11 @@ class Session:
         :class:`GenerationResult`, or with ``stream=True`` an iterator of :class:`TokenChunk`
         whose texts join to the same text. ``n_threads`` overrides the session's thread
         count from this call on.
+
+        ``json_schema`` (dict or JSON text), ``regex``, ``grammar`` (Lark) or ``choices`` (a
+        list of strings) constrain the output (the ``structured`` extra): it stops, with
+        finish_reason "stop", once the constraint is complete, and ``result.json`` holds
+        the parsed value of a JSON-schema output.
         """
         if self._state is None:
             raise SmallMindError("this session is closed")
@@ -245,6 +258,9 @@ class Session:
         if int(max_new_tokens) < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        constraint = compile_grammar(self.engine.tokenizer, self.engine.config.vocab_size,
+                                     json_schema=json_schema, regex=regex, grammar=grammar,
+                                     choices=choices)
         if n_threads is not None:
             if int(n_threads) < 1:
                 raise ValueError(f"n_threads must be >= 1, got {n_threads}")
@@ -252,7 +268,8 @@ class Session:
         prompt_ids = self._encode_prompt(prompt, add_special)
         run = _Run(prompt_tokens=prompt_ids)
         self.busy = True
-        chunks = TokenStream(self._stream(run, params, int(max_new_tokens), stops, profile), run)
+        chunks = TokenStream(self._stream(run, params, int(max_new_tokens), stops, profile,
+                                          constraint), run)
         if stream:
             return chunks
         for _ in chunks:
@@ -289,7 +306,7 @@ class Session:
         return self.engine.model.forward(self._state, ids, profiler=profiler)
 
     def _stream(self, run: _Run, params: SamplingParams, max_new: int, stops: list[str],
-                profile: bool) -> Iterator[TokenChunk]:
+                profile: bool, grammar: Grammar | None = None) -> Iterator[TokenChunk]:
         from .profiler import current_profiler, profile as profile_ctx
         engine = self.engine
         tok = engine.tokenizer or ByteTokenizer()
@@ -298,6 +315,7 @@ class Session:
         ctx = profile_ctx() if profile else None
         profiler = ctx.__enter__() if ctx is not None else current_profiler()
         t_start = time.perf_counter_ns()
+        constraint = grammar.start() if grammar is not None else None
         try:
             cache = self._state.cache
             if cache.length > len(self.tokens):  # the cache outran a truncated history
@@ -307,6 +325,8 @@ class Session:
             hist = self._history
             strip = tok.add_space_prefix and (self.tokens[-1:] == [tok.bos_id])
             text = _TextAssembler(tok, stops, strip)
+            if constraint is not None:
+                constraint.start()  # the first mask is computed while the prompt runs
             logits = self._forward(pending, profiler) if pending else None
             t_prompt = time.perf_counter_ns()
             t_first = t_prompt
@@ -315,6 +335,8 @@ class Session:
                 if n_hist != len(self.tokens):  # first step, or the cache slid: resync
                     n_hist = min(len(self.tokens), hist.shape[0] - 1)
                     hist[:n_hist] = self.tokens[len(self.tokens) - n_hist:]
+                if constraint is not None:
+                    constraint.apply(logits)
                 if profiler is None:
                     token = sampler.sample(logits, hist[:n_hist])
                 else:
@@ -322,9 +344,10 @@ class Session:
                         token = sampler.sample(logits, hist[:n_hist])
                 if i == 0:
                     t_first = time.perf_counter_ns()
-                if token in stop_ids:
-                    run.finish_reason = "eos"
+                if token in stop_ids:  # under a constraint, only allowed once it is complete
+                    run.finish_reason = "eos" if constraint is None else "stop"
                     break
+                complete = constraint is not None and constraint.advance(token)
                 self.tokens.append(token)
                 run.tokens.append(token)
                 if n_hist < hist.shape[0]:
@@ -333,7 +356,7 @@ class Session:
                 piece = text.feed(token)
                 run.text.append(piece)
                 yield TokenChunk(token, piece)
-                if text.stopped:
+                if text.stopped or complete:
                     run.finish_reason = "stop"
                     break
                 if i + 1 < max_new:
@@ -351,8 +374,12 @@ class Session:
                 prompt_tokens_per_s=n_prompt / prompt_s if prompt_s > 0 else 0.0,
                 decode_tokens_per_s=(n_dec - 1) / decode_s if n_dec > 1 and decode_s > 0 else 0.0,
                 ttft_ms=(t_first - t_start) / 1e6, prompt_tokens=n_prompt, decode_tokens=n_dec)
+            if constraint is not None and run.finish_reason == "stop":
+                run.json = constraint.value("".join(run.text))
         finally:
             self.busy = False
+            if constraint is not None:
+                constraint.close()
             if ctx is not None:
                 ctx.__exit__(None, None, None)
                 run.profile = profiler
@@ -467,13 +494,28 @@ class Engine:
             self.model.forward(s._state, ids, all_logits=out)
         return out
 
-    def chat(self, messages: list[dict], **kwargs) -> GenerationResult:
+    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
+             **kwargs) -> GenerationResult:
         """Answer the conversation ``messages`` ([{"role": ..., "content": ...}]) using the
-        model's chat template; stops at end-of-turn."""
+        model's chat template; stops at end-of-turn.
+
+        ``tools`` (OpenAI function tools) and ``tool_choice`` ("auto", "required", "none" or
+        {"type": "function", "function": {"name": ...}}) let the reply be a tool call, returned
+        in ``result.tool_calls`` (see :mod:`smallmind.structured.tools`).
+        """
         from .chat import chat_stop_strings, encode_chat
-        ids = encode_chat(self, messages)
+        plan = None
+        if tools is not None or tool_choice is not None:
+            from .structured.tools import ToolPlan
+            plan = ToolPlan(self.chat_template, messages, tools, tool_choice, kwargs)
+            messages = plan.messages
+            kwargs.update(plan.constraint)
+        ids = encode_chat(self, messages, tools=plan.template_tools if plan else None)
         kwargs["stop"] = list(kwargs.get("stop") or []) + chat_stop_strings(self)
-        return self.generate(ids, **kwargs)
+        result = self.generate(ids, **kwargs)
+        if plan is None:
+            return result
+        return plan.stream(result) if kwargs.get("stream") else plan.finish(result)
 
 
 def default_threads(config: ModelConfig) -> int:

@@ -1,0 +1,220 @@
+"""Structured output, fast half: the mask kernel against NumPy, constraint errors, and
+constrained generation with the embedded byte-level model and stories260K.
+
+The real-vocabulary checks (every schema of tests/structured_schemas.py on SmolLM2, tool
+calls) are in test_structured_models.py.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+pytest.importorskip("llguidance")
+
+from conftest import shared_model
+from smallmind._core._mask import apply_token_mask, count_allowed
+from structured_schemas import UNSUPPORTED
+
+from smallmind import Engine
+from smallmind.sampling import Sampler, SamplingParams
+from smallmind.structured import compile_grammar
+from smallmind.structured.constraint import ConstraintError
+
+
+def reference_mask(logits: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """NumPy: bit t & 31 of word t >> 5 (little-endian bit order) allows token t."""
+    bits = np.unpackbits(words.astype("<u4").view(np.uint8), bitorder="little")[:logits.shape[0]]
+    return np.where(bits.astype(bool), logits, np.float32(-np.inf)).astype(np.float32)
+
+
+# -- the kernel --------------------------------------------------------------------------
+
+@st.composite
+def masks(draw) -> tuple[np.ndarray, np.ndarray]:
+    """A logits row and a mask of at least enough words; words often all-0 or all-1."""
+    n = draw(st.integers(1, 3000))
+    logits = draw(arrays(np.float32, n, elements=st.floats(-1e4, 1e4, width=32)))
+    word = st.sampled_from([0, 0xFFFFFFFF]) | st.integers(0, 2**32 - 1)
+    words = draw(arrays(np.uint32, (n + 31) // 32 + draw(st.integers(0, 2)), elements=word))
+    return logits, words
+
+
+@given(masks())
+def test_apply_token_mask_matches_numpy(case):
+    logits, words = case
+    expected = reference_mask(logits, words)
+    out = logits.copy()
+    apply_token_mask(out, words)
+    np.testing.assert_array_equal(out, expected)
+    assert count_allowed(words, logits.shape[0]) == int(np.isfinite(expected).sum())
+
+
+@given(masks(), st.floats(0.1, 2.0), st.integers(0, 50), st.integers(0, 2**31))
+def test_sampler_never_draws_a_masked_token(case, temperature, top_k, seed):
+    logits, words = case
+    if count_allowed(words, logits.shape[0]) == 0:
+        return
+    apply_token_mask(logits, words)
+    sampler = Sampler(SamplingParams(temperature=temperature, top_k=top_k, seed=seed), logits.shape[0])
+    for _ in range(5):
+        token = sampler.sample(logits, [])
+        assert (words[token >> 5] >> (token & 31)) & 1
+
+
+def test_apply_token_mask_edits_in_place_and_checks_sizes():
+    logits = np.zeros(40, np.float32)
+    words = np.array([0b1010, 0xFFFFFFFF], np.uint32)
+    apply_token_mask(logits, words)
+    assert np.isfinite(logits).nonzero()[0].tolist() == [1, 3] + list(range(32, 40))
+    with pytest.raises(ValueError, match="mask has 1 words"):
+        apply_token_mask(np.zeros(40, np.float32), words[:1])
+    with pytest.raises(ValueError):
+        apply_token_mask(np.zeros(40, np.float64), words)  # wrong dtype: no silent copy
+    with pytest.raises(ValueError):
+        count_allowed(words, -1)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def byte_engine() -> Engine:
+    return Engine.default()
+
+
+@pytest.mark.parametrize("name,schema", UNSUPPORTED, ids=[n for n, _ in UNSUPPORTED])
+def test_unsupported_schema_is_a_value_error(byte_engine, name, schema):
+    with pytest.raises(ValueError, match="invalid json_schema"):
+        byte_engine.generate("x", json_schema=schema, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("kwargs,message,error", [
+    ({"regex": "(abc"}, "(?s)invalid regex.*unclosed group", ValueError),
+    ({"grammar": "start: missing_rule"}, "(?s)invalid grammar.*unknown name", ValueError),
+    ({"json_schema": "{not json"}, "json_schema is not valid JSON", ValueError),
+    ({"json_schema": [1, 2]}, "json_schema must be a JSON object", TypeError),
+    ({"json_schema": {"type": "object"}, "regex": "a"}, "at most one of", ValueError),
+    ({"choices": []}, "choices must be a non-empty list", ValueError),
+    ({"choices": "yes"}, "choices must be a non-empty list", ValueError),
+    ({"choices": ["a", ""]}, r"choices\[1\] must be a non-empty string", ValueError),
+    ({"regex": 42}, "regex must be a string", TypeError),
+])
+def test_bad_constraints_are_typed_errors_before_any_work(byte_engine, kwargs, message, error):
+    with pytest.raises(error, match=message):
+        byte_engine.generate("x", max_new_tokens=4, **kwargs)
+    # the engine is still usable, and the same session too
+    assert byte_engine.generate("x", max_new_tokens=3, temperature=0).finish_reason == "length"
+
+
+def test_compile_is_cached_and_needs_a_tokenizer(byte_engine):
+    a = compile_grammar(byte_engine.tokenizer, 256, regex="[ab]+")
+    assert compile_grammar(byte_engine.tokenizer, 256, regex="[ab]+") is a
+    assert compile_grammar(byte_engine.tokenizer, 256) is None
+    with pytest.raises(ValueError, match="needs a model with a tokenizer"):
+        compile_grammar(None, 256, regex="a")
+
+
+def test_matcher_failure_is_a_typed_error(byte_engine):
+    constraint = compile_grammar(byte_engine.tokenizer, 256, regex="ab").start(in_thread=False)
+    with pytest.raises(ConstraintError, match="rejected token"):
+        constraint.advance(ord("z"))
+    constraint.close()
+
+
+# -- generation with the byte-level model -------------------------------------------------
+
+@pytest.mark.parametrize("in_thread", [True, False])
+def test_regex_output_matches(byte_engine, in_thread, monkeypatch):
+    monkeypatch.setattr("smallmind.structured.constraint.MASK_IN_THREAD", in_thread)
+    pattern = r"[A-Z][a-z]{2,8}( [a-z]{1,8}){2,4}[.!?]"
+    for seed in range(5):
+        r = byte_engine.generate("ROMEO:", regex=pattern, max_new_tokens=64, temperature=1.0, seed=seed)
+        assert r.finish_reason == "stop", r
+        assert re.fullmatch(pattern, r.text), r.text
+
+
+def test_thread_and_inline_masks_give_the_same_tokens(byte_engine, monkeypatch):
+    runs = []
+    for in_thread in (True, False):
+        monkeypatch.setattr("smallmind.structured.constraint.MASK_IN_THREAD", in_thread)
+        runs.append(byte_engine.generate("KING:", regex=r"[a-z ]{5,40}\.", max_new_tokens=50, seed=3).tokens)
+    assert runs[0] == runs[1]
+
+
+def test_choices_and_lark_grammar(byte_engine):
+    options = ["yes", "no", "perhaps, my lord"]
+    for seed in range(4):
+        r = byte_engine.generate("Wilt thou? ", choices=options, temperature=1.0, seed=seed)
+        assert r.text in options and r.finish_reason == "stop"
+    lark = 'start: NAME ": " NUM (", " NUM)*\nNAME: /[A-Z]+/\nNUM: /[1-9][0-9]?/'
+    r = byte_engine.generate("", grammar=lark, max_new_tokens=40, temperature=0.9, seed=1)
+    assert re.fullmatch(r"[A-Z]+: [1-9][0-9]?(, [1-9][0-9]?)*", r.text), r.text
+
+
+def test_json_schema_with_the_byte_model_parses_and_validates(byte_engine):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {
+        "mood": {"enum": ["merry", "sad"]}, "lines": {"type": "integer", "minimum": 1, "maximum": 40},
+        "words": {"type": "array", "maxItems": 3, "items": {"type": "string", "pattern": "^[a-z]{1,6}$"}}},
+        "required": ["mood", "lines", "words"], "additionalProperties": False}
+    for seed in range(4):
+        r = byte_engine.generate("ROMEO:", json_schema=schema, max_new_tokens=120, temperature=0.8, seed=seed)
+        assert r.finish_reason == "stop"
+        assert r.json == json.loads(r.text)
+        jsonschema.validate(r.json, schema)
+
+
+def test_streaming_and_sessions_carry_the_constraint(byte_engine):
+    schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 2, "maxItems": 4}
+    stream = byte_engine.generate("ROMEO:", json_schema=schema, stream=True, seed=2, max_new_tokens=40)
+    pieces = [chunk.text for chunk in stream]
+    assert stream.result is not None and "".join(pieces) == stream.result.text
+    assert stream.result.json == json.loads(stream.result.text)
+    with byte_engine.session() as s:
+        first = s.generate("ROMEO:", choices=["Ay.", "Nay."], seed=0)
+        second = s.generate(" JULIET:", regex=r" [a-z]{3,6}\.", seed=0, max_new_tokens=20)
+        assert first.text in ("Ay.", "Nay.") and re.fullmatch(r" [a-z]{3,6}\.", second.text)
+        assert s.tokens[-len(second.tokens):] == second.tokens
+
+
+def test_length_limit_leaves_an_incomplete_output_without_a_value(byte_engine):
+    r = byte_engine.generate("x", json_schema={"type": "array", "items": {"type": "integer"}, "minItems": 30},
+                             max_new_tokens=5, seed=0)
+    assert r.finish_reason == "length" and r.json is None and r.text.startswith("[")
+
+
+# -- a SentencePiece vocabulary (llama2.c stories260K) -------------------------------------
+
+@pytest.fixture(scope="module")
+def stories() -> Engine:
+    base = shared_model("stories260K")
+    return Engine.load(base / "stories260K.bin", tokenizer=base / "tok512.bin")
+
+
+def test_stories260k_regex_json_and_masks_agree_with_the_matcher(stories):
+    pattern = r"Once upon a time, [a-z]+ (and [a-z]+ )?went to the [a-z]+\."
+    for seed in range(3):
+        r = stories.generate("", regex=pattern, max_new_tokens=60, temperature=0.9, seed=seed)
+        assert r.finish_reason == "stop" and re.fullmatch(pattern, r.text), r.text
+    schema = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^[A-Z][a-z]{1,8}$"},
+                                               "age": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = stories.generate("", json_schema=schema, max_new_tokens=60, seed=1)
+    assert r.finish_reason == "stop" and set(r.json) == {"name", "age"}
+    # Every step's mask allows only tokens the matcher accepts (it may allow fewer: bytes the
+    # grammar forces must come in the tokenizer's own spelling), and always some token.
+    grammar = compile_grammar(stories.tokenizer, stories.config.vocab_size, json_schema=schema)
+    constraint = grammar.start(in_thread=False)
+    for token in r.tokens:
+        constraint.apply(np.zeros(stories.config.vocab_size, np.float32))
+        bits = constraint.bits
+        allowed = [t for t in range(stories.config.vocab_size) if (bits[t >> 5] >> (t & 31)) & 1]
+        assert token in allowed
+        assert all(constraint._matcher.validate_tokens([t]) == 1 for t in allowed)
+        constraint.advance(token)
+    constraint.close()
