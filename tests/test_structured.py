@@ -218,3 +218,25 @@ def test_stories260k_regex_json_and_masks_agree_with_the_matcher(stories):
         assert all(constraint._matcher.validate_tokens([t]) == 1 for t in allowed)
         constraint.advance(token)
     constraint.close()
+
+
+def test_mask_worker_runs_each_job_once_and_hands_back_errors():
+    from smallmind.structured.constraint import _MaskWorker
+    calls = []
+    worker = _MaskWorker(lambda: calls.append(1))
+    for _ in range(300):  # the helper or the caller runs each job, never both
+        worker.submit()
+        worker.wait()
+    assert len(calls) == 300
+    worker.submit()
+    worker.close()        # a pending job is run or dropped, and the thread ends
+    assert len(calls) in (300, 301) and not worker._thread.is_alive()
+
+    def fail():
+        raise RuntimeError("mask failed")
+    worker = _MaskWorker(fail)
+    for _ in range(3):
+        worker.submit()
+        with pytest.raises(RuntimeError, match="mask failed"):
+            worker.wait()
+    worker.close()

@@ -133,3 +133,17 @@ def test_chat_tool_choice_auto_streams_text_or_a_call(smol):
 def test_tool_errors(smol, tools, choice, message):
     with pytest.raises(ValueError, match=message):
         smol.chat([{"role": "user", "content": "hi"}], tools=tools, tool_choice=choice, max_new_tokens=4)
+
+
+@pytest.mark.slow
+def test_gemma3_vocabulary_json():
+    """Gemma 3: a 262k-token SentencePiece vocabulary with byte fallback."""
+    gemma = Engine.load(cached_model("gemma-3-270m-q4_k_m.gguf"), n_threads=2)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                               "city": {"enum": ["Paris", "Tokyo", "Lima"]}},
+              "required": ["name", "age", "city"], "additionalProperties": False}
+    r = gemma.chat([{"role": "user", "content": "Give me a JSON person with a name, age and city."}],
+                   json_schema=schema, max_new_tokens=60, temperature=0.5, seed=0)
+    assert r.finish_reason == "stop", r.text
+    jsonschema.validate(r.json, schema)

@@ -162,14 +162,20 @@ def _compile(vocab: Vocabulary, kind: str, text: str) -> Grammar:
 
 
 class _MaskWorker:
-    """One thread that runs ``job`` on request; two locks hand the work back and forth
-    (blocking on a lock releases the GIL, so the forward pass keeps running)."""
+    """Runs ``job`` on a helper thread, or on the caller when the helper has not started it.
+
+    A job is claimed by whoever first takes ``_claim``: the helper when it wakes in time,
+    else the caller of :meth:`wait`, which then runs it itself, so a helper that the OS
+    schedules late (a busy machine) never costs more than computing the mask inline.
+    Blocking on a lock releases the GIL, so the forward pass keeps running meanwhile.
+    """
 
     def __init__(self, job: Callable[[], None]):
         self._job = job
-        self._request = threading.Lock()
-        self._request.acquire()           # held: the worker sleeps on it
-        self._done = threading.Lock()     # held while a job is in flight
+        self._wake = threading.Semaphore(0)
+        self._claim = threading.Lock()
+        self._claim.acquire()             # held: no job to take
+        self._done = threading.Lock()     # held while a job is pending or running
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="smallmind-mask", daemon=True)
@@ -177,9 +183,11 @@ class _MaskWorker:
 
     def _run(self) -> None:
         while True:
-            self._request.acquire()
+            self._wake.acquire()
             if self._closed:
                 return
+            if not self._claim.acquire(blocking=False):
+                continue  # the caller took this job already
             try:
                 self._job()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
@@ -189,11 +197,18 @@ class _MaskWorker:
 
     def submit(self) -> None:
         self._done.acquire()
-        self._request.release()
+        self._claim.release()
+        self._wake.release()
 
     def wait(self) -> None:
-        self._done.acquire()
-        self._done.release()
+        if self._claim.acquire(blocking=False):  # not started: run it here
+            try:
+                self._job()
+            finally:
+                self._done.release()
+        else:
+            self._done.acquire()
+            self._done.release()
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -201,9 +216,11 @@ class _MaskWorker:
     def close(self) -> None:
         if self._closed:
             return
-        self._done.acquire()
+        if self._claim.acquire(blocking=False):   # a pending job nobody started: drop it
+            self._done.release()
+        self._done.acquire()                     # wait for one in progress
         self._closed = True
-        self._request.release()
+        self._wake.release()
         self._done.release()
         self._thread.join()
 
