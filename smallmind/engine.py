@@ -374,8 +374,8 @@ class Session:
                 prompt_tokens_per_s=n_prompt / prompt_s if prompt_s > 0 else 0.0,
                 decode_tokens_per_s=(n_dec - 1) / decode_s if n_dec > 1 and decode_s > 0 else 0.0,
                 ttft_ms=(t_first - t_start) / 1e6, prompt_tokens=n_prompt, decode_tokens=n_dec)
-            if constraint is not None and run.finish_reason == "stop":
-                run.json = constraint.value("".join(run.text))
+            if constraint is not None and run.finish_reason == "stop" and not text.stopped:
+                run.json = constraint.value("".join(run.text))  # complete, not cut by `stop`
         finally:
             self.busy = False
             if constraint is not None:

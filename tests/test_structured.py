@@ -182,10 +182,12 @@ def test_streaming_and_sessions_carry_the_constraint(byte_engine):
         assert s.tokens[-len(second.tokens):] == second.tokens
 
 
-def test_length_limit_leaves_an_incomplete_output_without_a_value(byte_engine):
-    r = byte_engine.generate("x", json_schema={"type": "array", "items": {"type": "integer"}, "minItems": 30},
-                             max_new_tokens=5, seed=0)
+def test_cut_outputs_have_no_value(byte_engine):
+    schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 3}
+    r = byte_engine.generate("x", json_schema=schema, max_new_tokens=5, seed=0)
     assert r.finish_reason == "length" and r.json is None and r.text.startswith("[")
+    r = byte_engine.generate("x", json_schema=schema, stop=[","], max_new_tokens=40, seed=0)
+    assert r.finish_reason == "stop" and r.json is None and "," not in r.text
 
 
 # -- a SentencePiece vocabulary (llama2.c stories260K) -------------------------------------
