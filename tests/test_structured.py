@@ -242,3 +242,32 @@ def test_mask_worker_runs_each_job_once_and_hands_back_errors():
         with pytest.raises(RuntimeError, match="mask failed"):
             worker.wait()
     worker.close()
+
+
+def test_abandoned_streams_and_concurrent_sessions_leave_no_threads(byte_engine):
+    import gc
+    import threading
+
+    def mask_threads() -> int:
+        return sum(t.name == "smallmind-mask" for t in threading.enumerate())
+
+    before = mask_threads()
+    stream = byte_engine.generate("ROMEO:", regex=r"[a-z ]{20,40}\.", stream=True, seed=0)
+    next(stream), next(stream)
+    del stream
+    gc.collect()
+    assert mask_threads() == before
+    results: dict[int, str] = {}
+
+    def worker(seed: int) -> None:
+        with byte_engine.session() as s:
+            results[seed] = s.generate("KING:", regex=r"[a-z]{3,8}( [a-z]{3,8}){2}\.", seed=seed,
+                                       max_new_tokens=40).text
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    assert all(re.fullmatch(r"[a-z]{3,8}( [a-z]{3,8}){2}\.", text) for text in results.values())
+    assert mask_threads() == before
