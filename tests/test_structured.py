@@ -18,10 +18,10 @@ from hypothesis.extra.numpy import arrays
 pytest.importorskip("llguidance")
 
 from conftest import shared_model
-from smallmind._core._mask import apply_token_mask, count_allowed
 from structured_schemas import UNSUPPORTED
 
 from smallmind import Engine
+from smallmind._core._mask import apply_token_mask, count_allowed
 from smallmind.sampling import Sampler, SamplingParams
 from smallmind.structured import compile_grammar
 from smallmind.structured.constraint import ConstraintError
