@@ -22,7 +22,8 @@ through the C API with a sampler chain (greedy) or (grammar from
 ``LlamaGrammar.from_json_schema`` + greedy); grammar ms/token is the mean time of
 ``llama_sampler_sample`` with the grammar minus without it, i.e. the grammar's cost per token.
 
-The overhead ratio is llama.cpp's grammar ms/token over smallmind's inline loop ms/token
+Also: the time to apply one mask to one logits row, smallmind's kernel beside llguidance's
+NumPy helper. The overhead ratio is llama.cpp's grammar ms/token over smallmind's inline loop ms/token
 (mask + kernel + matcher update, nothing hidden behind the forward pass). Prints a markdown
 table and writes JSON (default benchmarks/results/structured.json).
 """
@@ -118,6 +119,33 @@ def bench_smallmind(path: Path, threads: int, runs: int, n_new: int) -> dict:
         out["schemas"][name] = {"compile_ms": compile_ms, "plain_tok_per_s": best["plain"]["tok_per_s"],
                                 "thread": best["thread"], "inline": best["inline"]}
     sc.MASK_IN_THREAD = True
+    out["kernel"] = kernel_times(engine.config.vocab_size)
+    return out
+
+
+def kernel_times(vocab: int) -> dict:
+    """Microseconds to apply a mask to one logits row: smallmind's kernel beside llguidance's
+    NumPy helper, for a mask that allows 10 tokens (JSON punctuation) and one that bans 10
+    (free string content)."""
+    import numpy as np
+    from _report import best_time
+    from llguidance.numpy import apply_token_bitmask_inplace
+
+    from smallmind._core._mask import apply_token_mask
+
+    row = np.random.default_rng(0).standard_normal(vocab).astype(np.float32)
+    few = np.random.default_rng(1).choice(vocab, 10, replace=False)
+    out = {}
+    for name, allow in (("allow 10", True), ("ban 10", False)):
+        words = np.zeros((vocab + 31) // 32, np.uint32) if allow else np.full((vocab + 31) // 32, 2**32 - 1, np.uint32)
+        for t in few:
+            words[t >> 5] ^= np.uint32(1 << (t & 31))
+        as_int32 = words.view(np.int32)[None, :]
+
+        # Masking is idempotent, so the same row can be masked again and again.
+        out[name] = {"smallmind_us": best_time(lambda w=words: apply_token_mask(row, w)) * 1e6,
+                     "llguidance_numpy_us": best_time(
+                         lambda m=as_int32: apply_token_bitmask_inplace(row[None, :], m)) * 1e6}
     return out
 
 
@@ -282,8 +310,14 @@ def main() -> None:
                 os.unlink(fh.name)
         raw[label] = {"smallmind": sm, "llama.cpp": lc}
         rows.extend(table(label, sm, lc))
+    kernel_rows = [{"model": label, "mask": kind, "smallmind µs": t["smallmind_us"],
+                    "llguidance.numpy µs": t["llguidance_numpy_us"],
+                    "ratio": t["llguidance_numpy_us"] / t["smallmind_us"]}
+                   for label, r in raw.items() for kind, t in r["smallmind"].get("kernel", {}).items()]
+    print("Applying one mask to one logits row:\n")
+    print(markdown_table(kernel_rows, ["model", "mask", "smallmind µs", "llguidance.numpy µs", "ratio"]) + "\n")
     meta = {**machine_info(), "threads": args.threads, "new_tokens": args.new_tokens, "runs": args.runs,
-            "raw": raw}
+            "kernel": kernel_rows, "raw": raw}
     write_report("structured", rows, COLUMNS, meta, json_path=args.json)
 
 
