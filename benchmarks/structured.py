@@ -44,7 +44,7 @@ CACHE = Path(os.environ.get("SMALLMIND_CACHE", Path.home() / ".cache" / "smallmi
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from _report import machine_info, write_report
+from _report import machine_info, markdown_table, write_report
 from structured_schemas import SCHEMAS
 
 MODELS = {"smollm2": ("SmolLM2-135M-Instruct Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf"),
