@@ -1,6 +1,6 @@
 """Structured output: what a JSON-schema constraint costs per token, beside llama.cpp's grammar.
 
-    python benchmarks/structured.py [--quick] [--threads 2] [--new-tokens 200]
+    python benchmarks/structured.py [--quick] [--threads 2] [--new-tokens 320]
                                     [--models smollm2,gemma3] [--json PATH]
 
 Models: SmolLM2-135M-Instruct Q4_1 (49,152-token vocabulary) and Gemma 3 270M Q4_K_M
@@ -270,7 +270,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one run per figure instead of three")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--new-tokens", type=int, default=200)
+    ap.add_argument("--new-tokens", type=int, default=320)
     ap.add_argument("--models", default="smollm2,gemma3")
     ap.add_argument("--json", default=None)
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
