@@ -212,3 +212,16 @@ def test_abandoned_streams_and_concurrent_sessions_leave_no_threads(byte_engine)
     assert len(results) == 4
     assert all(re.fullmatch(r"[a-z]{3,8}( [a-z]{3,8}){2}\.", text) for text in results.values())
     assert mask_threads() == before
+
+
+def test_vocabularies_die_with_their_tokenizer():
+    import gc
+    import weakref
+
+    from smallmind.tokenizers import ByteTokenizer
+    tok = ByteTokenizer()
+    grammar = compile_grammar(tok, 256, regex="[a-z]+")
+    vocab = weakref.ref(grammar.vocab)
+    del grammar, tok
+    gc.collect()
+    assert vocab() is None

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..tokenizers import Tokenizer
@@ -34,6 +35,8 @@ class Vocabulary:
     n_logits: int                # the model's vocabulary: the logits row a mask applies to
     mask_words: int              # uint32 words per mask (covers the virtual end token too)
     end_ids: frozenset[int]      # ids llguidance treats as end of sequence
+    #: Compiled grammars for this vocabulary, most recently used last (constraint.py).
+    grammars: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
 
 _cache: weakref.WeakKeyDictionary[Tokenizer, dict[int, Vocabulary]] = weakref.WeakKeyDictionary()
@@ -67,7 +70,8 @@ class _Encoder:
     is used instead."""
 
     def __init__(self, tokenizer: Tokenizer, tokens: list[bytes], **attrs: Any):
-        self._tok = tokenizer
+        # Weak: the cache entry this ends up in must not keep its own key alive.
+        self._tok = weakref.ref(tokenizer)
         self._ids: dict[bytes, int] = {}
         for i, piece in enumerate(tokens):
             if piece and not piece.startswith(b"\xff"):
@@ -77,7 +81,10 @@ class _Encoder:
         self.__dict__.update(attrs)
 
     def __call__(self, text: str) -> list[int]:
-        ids = self._tok.encode(text, add_special=False)
+        tokenizer = self._tok()
+        if tokenizer is None:
+            raise RuntimeError("the tokenizer of this vocabulary no longer exists")
+        ids = tokenizer.encode(text, add_special=False)
         raw = text.encode("utf-8")
         if b"".join(self.tokens[i] for i in ids) == raw:
             return ids

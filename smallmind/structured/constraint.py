@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,8 +42,8 @@ _JSON_DEFAULTS = {"whitespace_flexible": False, "item_separator": ", ", "key_sep
 #: Never lenient: a schema keyword llguidance does not implement is an error, not ignored.
 _JSON_OVERRIDES = {"lenient": False}
 
+#: Compiled grammars kept per vocabulary (they live as long as the tokenizer).
 _CACHE_SIZE = 64
-_cache: OrderedDict[tuple, Grammar] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -131,17 +130,17 @@ def compile_grammar(tokenizer: Tokenizer | None, n_logits: int, *, json_schema: 
     if tokenizer is None:
         raise ValueError(f"{source[0]} needs a model with a tokenizer")
     vocab = vocabulary(tokenizer, n_logits)
-    key = (id(vocab), *source)
+    cache = vocab.grammars
     with _cache_lock:
-        hit = _cache.get(key)
+        hit = cache.get(source)
         if hit is not None:
-            _cache.move_to_end(key)
+            cache.move_to_end(source)
             return hit
     compiled = _compile(vocab, *source)
     with _cache_lock:
-        _cache[key] = compiled
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+        cache[source] = compiled
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
     return compiled
 
 
