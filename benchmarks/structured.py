@@ -30,6 +30,7 @@ table and writes JSON (default benchmarks/results/structured.json).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -185,6 +186,12 @@ def bench_llama_cpp(path: Path, threads: int, runs: int, n_new: int, prompts: di
         return {"tok_per_s": (len(out) - 1) / elapsed if len(out) > 1 and elapsed > 0 else None,
                 "sample_ms_per_token": sample_ns / max(len(out), 1) / 1e6, "tokens": out}
 
+    buf = ctypes.create_string_buffer(256)
+
+    def piece(token: int) -> bytes:
+        n = lc.llama_token_to_piece(runner.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:max(n, 0)]
+
     out: dict = {"version": f"llama-cpp-python {lc.__version__}", "schemas": {}}
     try:
         plain_chain = chain(None)
@@ -201,14 +208,14 @@ def bench_llama_cpp(path: Path, threads: int, runs: int, n_new: int, prompts: di
             decode(ids, plain_chain, False)  # warm-up
             plain = max((decode(ids, plain_chain, False) for _ in range(runs)), key=lambda r: r["tok_per_s"] or 0)
             gram = max((decode(ids, grammar_chain, True) for _ in range(runs)), key=lambda r: r["tok_per_s"] or 0)
-            text = b"".join(runner.lc.llama_vocab_get_text(runner.vocab, t) for t in gram["tokens"])
+            text = b"".join(piece(t) for t in gram["tokens"])
             out["schemas"][name] = {
                 "grammar_build_ms": build_ms, "plain_tok_per_s": plain["tok_per_s"],
                 "grammar_tok_per_s": gram["tok_per_s"], "grammar_tokens": len(gram["tokens"]),
                 "plain_sample_ms_per_token": plain["sample_ms_per_token"],
                 "grammar_sample_ms_per_token": gram["sample_ms_per_token"],
                 "grammar_ms_per_token": gram["sample_ms_per_token"] - plain["sample_ms_per_token"],
-                "grammar_token_ids": gram["tokens"], "grammar_text_pieces": text.decode("utf-8", "replace")}
+                "grammar_text": text.decode("utf-8", "replace")}
             lc.llama_sampler_free(grammar_chain)
         lc.llama_sampler_free(plain_chain)
     finally:
