@@ -168,7 +168,8 @@ def bench_llama_cpp(path: Path, threads: int, runs: int, n_new: int, prompts: di
     def decode(ids: list[int], smpl, stop_at_eog: bool) -> dict:
         runner.reset()
         lc.llama_sampler_reset(smpl)
-        runner.decode(ids, 0)
+        for pos in range(0, len(ids), 512):  # the runner's batch holds 512 tokens
+            runner.decode(ids[pos:pos + 512], pos)
         sample_ns, out = 0, []
         t_first = None
         for i in range(n_new):
