@@ -41,9 +41,10 @@ def _check_messages(messages: list[dict]) -> None:
 
 
 def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str | None,
-                add_generation_prompt: bool = True) -> str:
+                add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
     """The prompt text for ``messages`` in the model's chat ``template`` (Jinja, via the
-    optional ``jinja2`` dependency), falling back to ChatML when there is none."""
+    ``jinja2`` dependency), falling back to ChatML when there is none. ``tools`` (OpenAI
+    function tools) reach the template only when given: templates test ``tools is defined``."""
     _check_messages(messages)
     if template:
         try:
@@ -67,10 +68,11 @@ def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str
     special = getattr(tok, "token_text", None)
     bos = special(tok.bos_id) if special and tok.bos_id is not None else piece(tok.bos_id)
     eos = special(tok.eos_id) if special and tok.eos_id is not None else piece(tok.eos_id)
+    extra = {"tools": tools} if tools else {}
     from jinja2 import TemplateError
     try:
         return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
-                                                add_generation_prompt=add_generation_prompt)
+                                                add_generation_prompt=add_generation_prompt, **extra)
     except TemplateError as exc:  # raise_exception() above is the template refusing: not caught
         _fallback_warning(f"the model's chat template cannot be rendered ({exc})")
         return render_chatml(messages, add_generation_prompt)
@@ -81,14 +83,15 @@ def _fallback_warning(reason: str) -> None:
     warnings.warn(f"{reason}; using ChatML instead", RuntimeWarning, stacklevel=3)
 
 
-def encode_chat(messages: list[dict], tokenizer: Tokenizer, template: str | None) -> list[int]:
+def encode_chat(messages: list[dict], tokenizer: Tokenizer, template: str | None,
+                tools: list[dict] | None = None) -> list[int]:
     """Token ids of the rendered conversation, ready for the assistant's answer.
 
     Special-token text in the template becomes its token; BOS is added unless the template
     already wrote it (Gemma's does), so a conversation never starts with two BOS tokens.
     """
     tok = tokenizer
-    prompt = render_chat(messages, tok, template, add_generation_prompt=True)
+    prompt = render_chat(messages, tok, template, add_generation_prompt=True, tools=tools)
     ids = tok.encode(prompt, add_special=False, parse_special=True)
     if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids.insert(0, tok.bos_id)

@@ -200,18 +200,34 @@ class Engine:
             self.model.forward(s._state, ids, all_logits=out)
         return out
 
-    def chat(self, messages: list[dict], params: SamplingParams | None = None,
+    def chat(self, messages: list[dict], params: SamplingParams | None = None, *,
+             tools: list[dict] | None = None, tool_choice: Any = None,
              **kwargs: Any) -> GenerationResult | TokenStream:
         """Answer the conversation ``messages`` ([{"role": ..., "content": ...}]) using the
-        model's chat template; stops at end-of-turn. Arguments as :meth:`generate`."""
+        model's chat template; stops at end-of-turn. Arguments as :meth:`generate`.
+
+        ``tools`` (OpenAI function tools) and ``tool_choice`` ("auto", "required", "none" or
+        {"type": "function", "function": {"name": ...}}) let the reply be a tool call, returned
+        in ``result.tool_calls`` (see :mod:`smallmind.structured.tools`).
+        """
         from .chat import chat_stop_strings, encode_chat
         if self.tokenizer is None:
             raise SmallMindError("chat needs a model with a tokenizer")
+        plan = None
+        if tools is not None or tool_choice is not None:
+            from .structured.tools import ToolPlan
+            plan = ToolPlan(self.chat_template, messages, tools, tool_choice, kwargs)
+            messages = plan.messages
+            kwargs.update(plan.constraint)
         names = SamplingParams.names()
         p = SamplingParams.build(params, **{k: kwargs.pop(k) for k in list(kwargs) if k in names})
         p = SamplingParams.build(p, stop=[*(p.stop or ()), *chat_stop_strings(self.chat_template)])
-        ids = encode_chat(messages, self.tokenizer, self.chat_template)
-        return self.generate(ids, p, **kwargs)
+        ids = encode_chat(messages, self.tokenizer, self.chat_template,
+                          tools=plan.template_tools if plan else None)
+        result = self.generate(ids, p, **kwargs)
+        if plan is None:
+            return result
+        return plan.stream(result) if isinstance(result, TokenStream) else plan.finish(result)
 
 
 def _check_tokenizer(tokenizer: Tokenizer, path: object) -> None:

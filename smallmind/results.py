@@ -37,6 +37,10 @@ class GenerationResult:
     finish_reason: str  # "length" | "stop" | "eos"
     timings: Timings
     profile: Any = None
+    #: The parsed value of a complete ``json_schema``-constrained output (else None).
+    json: Any = None
+    #: OpenAI-style tool calls of a ``chat(..., tools=...)`` reply (else None).
+    tool_calls: list[dict] | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -64,11 +68,12 @@ class _Run:
     finish_reason: str = "length"
     timings: Timings | None = None
     profile: Any = None
+    json: Any = None
 
     def result(self) -> GenerationResult:
         assert self.timings is not None
         return GenerationResult("".join(self.text), self.tokens, self.prompt_tokens,
-                                self.finish_reason, self.timings, self.profile)
+                                self.finish_reason, self.timings, self.profile, self.json)
 
 
 class TokenStream:

@@ -30,6 +30,7 @@ from .errors import ContextOverflowError, NonFiniteError, SessionBusyError, Smal
 from .kv_cache import OVERFLOW_POLICIES
 from .results import GenerationResult, Timings, TokenChunk, TokenStream, _Run
 from .sampling import Sampler, SamplingError, SamplingParams
+from .structured import Grammar, compile_grammar
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -149,7 +150,9 @@ class Session:
     # -- generation ---------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int] = "", params: SamplingParams | None = None, *,
                  stream: bool = False, profile: bool = False, add_special: bool | None = None,
-                 n_threads: int | None = None, **sampling: Any) -> GenerationResult | TokenStream:
+                 n_threads: int | None = None, json_schema: Any = None, regex: str | None = None,
+                 grammar: str | None = None, choices: Sequence[str] | None = None,
+                 **sampling: Any) -> GenerationResult | TokenStream:
         """Continue the conversation with ``prompt`` and sample up to ``max_new_tokens``.
 
         ``prompt`` is text (encoded with the model's tokenizer; BOS is added at the start of a
@@ -165,25 +168,33 @@ class Session:
         ``finish_reason="length"``. When a stop string ends the call, the returned text
         stops before it, while ``result.tokens`` and :attr:`tokens` (the model's context)
         keep the tokens that spelled it.
+
+        ``json_schema`` (dict or JSON text), ``regex``, ``grammar`` (Lark) or ``choices`` (a
+        list of strings) constrain the output (the ``structured`` extra): it ends, with
+        finish_reason "stop", once the constraint is complete, and ``result.json`` holds
+        the parsed value of a complete JSON-schema output.
         """
         p = SamplingParams.build(params, **sampling)
+        constraint = compile_grammar(self.engine.tokenizer, self.engine.config.vocab_size,
+                                     json_schema=json_schema, regex=regex, grammar=grammar,
+                                     choices=choices)
         stream = bool(check_bool("stream", stream))
         profile = bool(check_bool("profile", profile))
         add_special = check_bool("add_special", add_special, optional=True)
         nt = self.n_threads if n_threads is None else check_threads(n_threads)
         with self._claim():
-            return self._generate_claimed(prompt, p, stream, profile, add_special, nt)
+            return self._generate_claimed(prompt, p, stream, profile, add_special, nt, constraint)
 
     def _generate_claimed(self, prompt: str | Sequence[int], p: SamplingParams, stream: bool,
-                          profile: bool, add_special: bool | None,
-                          n_threads: int) -> GenerationResult | TokenStream:
+                          profile: bool, add_special: bool | None, n_threads: int,
+                          grammar: Grammar | None) -> GenerationResult | TokenStream:
         """generate() once the session is claimed and the arguments are checked."""
         self._check_open()
         ids = self._encode_prompt(prompt, add_special)
         self._check_fits(ids)
         self._epoch += 1
         run = _Run(prompt_tokens=ids)
-        chunks = self._run(run, p, profile, n_threads, self._epoch)
+        chunks = self._run(run, p, profile, n_threads, self._epoch, grammar)
         if stream:
             self._open_stream = self._epoch
             return TokenStream(self, chunks, run, self._epoch)
@@ -268,7 +279,7 @@ class Session:
                                     self._state.n_threads)
 
     def _run(self, run: _Run, params: SamplingParams, profile: bool, n_threads: int,
-             epoch: int) -> Generator[TokenChunk, None, None]:
+             epoch: int, grammar: Grammar | None = None) -> Generator[TokenChunk, None, None]:
         from .profiler import current_profiler
         from .profiler import profile as profile_ctx
         engine, state = self.engine, self._state
@@ -282,6 +293,7 @@ class Session:
         t_start = time.perf_counter_ns()
         n_tokens0, cache0 = len(self.tokens), min(cache.length, len(self.tokens))
         self._dropped = 0
+        constraint = grammar.start() if grammar is not None else None
         try:
             cache.truncate(cache0)  # the cache may have outrun a truncated history
             if not run.prompt_tokens and cache0 == len(self.tokens):
@@ -291,6 +303,8 @@ class Session:
             hist = self._history
             strip = tok is not None and tok.add_space_prefix and self.tokens[-1:] == [tok.bos_id]
             text = _TextAssembler(tok, list(params.stop or ()), strip) if tok is not None else None
+            if constraint is not None:
+                constraint.start()  # the first mask is computed while the prompt runs
             logits = self._forward(pending, profiler)
             self._check_finite(logits)  # once per call, in full
             t_prompt = time.perf_counter_ns()
@@ -300,6 +314,8 @@ class Session:
                 if n_hist != len(self.tokens):  # first step, or the cache slid: resync
                     n_hist = min(len(self.tokens), hist.shape[0] - 1)
                     hist[:n_hist] = self.tokens[len(self.tokens) - n_hist:]
+                if constraint is not None:
+                    constraint.apply(logits)
                 if profiler is None:
                     token = self._sample(sampler, logits, hist[:n_hist])
                 else:
@@ -307,9 +323,10 @@ class Session:
                         token = self._sample(sampler, logits, hist[:n_hist])
                 if i == 0:
                     t_first = time.perf_counter_ns()
-                if token in stop_ids:
-                    run.finish_reason = "eos"
+                if token in stop_ids:  # under a constraint, only allowed once it is complete
+                    run.finish_reason = "eos" if constraint is None else "stop"
                     break
+                complete = constraint is not None and constraint.advance(token)
                 self.tokens.append(token)
                 run.tokens.append(token)
                 if n_hist < hist.shape[0]:
@@ -318,7 +335,7 @@ class Session:
                 piece = text.feed(token) if text is not None else ""
                 run.text.append(piece)
                 yield TokenChunk(token, piece)
-                if text is not None and text.stopped:
+                if (text is not None and text.stopped) or complete:
                     run.finish_reason = "stop"
                     break
                 if i + 1 == params.max_new_tokens:
@@ -332,6 +349,8 @@ class Session:
                 yield TokenChunk(None, tail)
             run.timings = _timings(t_start, t_prompt, t_first, time.perf_counter_ns(),
                                    len(pending), len(run.tokens))
+            if constraint is not None and run.finish_reason == "stop" and not (text and text.stopped):
+                run.json = constraint.value("".join(run.text))  # complete, not cut by `stop`
         except GeneratorExit:
             raise  # closed or dropped early: what was produced stays, consistently
         except BaseException:
@@ -341,6 +360,8 @@ class Session:
                 cache.truncate(min(cache.length, max(cache0 - self._dropped, 0)))
             raise
         finally:
+            if constraint is not None:
+                constraint.close()
             if ctx is not None:
                 ctx.__exit__(None, None, None)
                 run.profile = profiler

@@ -1,0 +1,6 @@
+"""Type stubs of the compiled token-mask kernels (smallmind/_core/_mask.pyx)."""
+import numpy as np
+import numpy.typing as npt
+
+def apply_token_mask(logits: npt.NDArray[np.float32], mask: npt.NDArray[np.uint32]) -> None: ...
+def count_allowed(mask: npt.NDArray[np.uint32], n: int) -> int: ...
