@@ -35,7 +35,7 @@ def test_random_weights_are_the_table_and_the_model_binds_them(config):
     model = build_model(config, tensors)
     state = model.new_state()
     try:
-        logits = model.forward(state, [1, 2, 3])
+        logits = model.forward(state, [1, 2, 3]).logits
         assert logits.shape == (config.vocab_size,) and np.isfinite(logits).all()
     finally:
         state.close()
