@@ -413,3 +413,28 @@ def test_many_clients_with_random_disconnects_leave_nothing_behind(engine):
         assert metric(url, "smallmind_requests_waiting") == 0
         assert app.state.scheduler.alive
         assert len(app.state.scheduler._slots) <= 4
+
+
+def test_response_format_json_schema_and_json_object(server):
+    pytest.importorskip("llguidance", reason="the structured extra is not installed")
+    schema = {"type": "object", "properties": {"mood": {"enum": ["glad", "sad"]},
+                                               "n": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["mood", "n"], "additionalProperties": False}
+    api = client(server)
+    r = api.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "How are you?"}], max_tokens=60, seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "mood", "schema": schema}})
+    value = json.loads(r.choices[0].message.content)
+    assert set(value) == {"mood", "n"} and value["mood"] in ("glad", "sad") and 1 <= value["n"] <= 9
+    assert r.choices[0].finish_reason == "stop"
+    r = api.completions.create(model="m", prompt="ROMEO:", max_tokens=60, seed=1,
+                               extra_body={"response_format": {"type": "json_object"}})
+    text = r.choices[0].text
+    assert r.choices[0].finish_reason != "stop" or isinstance(json.loads(text), dict)
+    assert text.startswith("{")
+    with pytest.raises(openai.BadRequestError) as err:  # a keyword that cannot be enforced
+        api.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], max_tokens=5,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}})
+    assert err.value.body["param"] == "response_format"

@@ -97,6 +97,12 @@ class Backend:
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return encode_chat(messages, self.engine.tokenizer, self.engine.chat_template)
 
+    def check_json_schema(self, schema: dict[str, Any]) -> None:
+        """Compile ``schema`` for this vocabulary (cached); ValueError if it is invalid or
+        uses a keyword that cannot be enforced, ImportError without the structured extra."""
+        from ..structured import compile_grammar
+        compile_grammar(self.engine.tokenizer, self.engine.config.vocab_size, json_schema=schema)
+
     def chat_stops(self) -> list[str]:
         return chat_stop_strings(self.engine.chat_template)
 

@@ -73,6 +73,19 @@ class ChatMessage(_Body):
         return "".join(part.text for part in self.content)
 
 
+class JsonSchemaFormat(_Body):
+    name: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    """OpenAI's ``response_format``: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 Probability = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
@@ -93,6 +106,7 @@ class _Sampling(_Body):
     frequency_penalty: Penalty = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
     # llama.cpp's extensions, which llama-cpp-python's clients send too.
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -186,6 +200,18 @@ def _prompts(body: ChatCompletionRequest | CompletionRequest, backend: Backend) 
     return prompts
 
 
+def _response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
+    """The JSON schema a ``response_format`` asks for (None: free text)."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    if fmt.json_schema is None or not fmt.json_schema.schema_:
+        raise ApiError(400, "response_format of type json_schema needs json_schema.schema",
+                       param="response_format")
+    return fmt.json_schema.schema_
+
+
 def build_requests(
     body: ChatCompletionRequest | CompletionRequest, backend: Backend, limits: Limits
 ) -> list[Request]:
@@ -221,6 +247,13 @@ def build_requests(
         "frequency_penalty": body.frequency_penalty,
         "logit_bias": _logit_bias(body.logit_bias, backend.vocab_size),
     }
+    schema = _response_schema(body.response_format)
+    if schema is not None:
+        sampling["json_schema"] = schema
+        try:  # compiled (and cached) now, so that a bad schema is a 400 before any work
+            backend.check_json_schema(schema)
+        except (ValueError, TypeError, ImportError) as exc:
+            raise ApiError(400, str(exc), param="response_format") from None
     requests = []
     param = "messages" if chat else "prompt"
     for ids in _prompts(body, backend):
