@@ -384,7 +384,8 @@ def notes(results: list[dict]) -> str:
 def write_outputs(rows: list[dict], meta: dict, json_path: Path) -> None:
     """Table + JSON through benchmarks/_report.py (shared format), or a local fallback."""
     try:
-        from _report import machine_info as report_machine_info, write_report
+        from _report import machine_info as report_machine_info
+        from _report import write_report
     except ImportError:
         print("| " + " | ".join(COLUMNS) + " |\n|" + "|".join("---" for _ in COLUMNS) + "|")
         for row in rows:

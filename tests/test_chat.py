@@ -5,8 +5,8 @@ import io
 
 import numpy as np
 import pytest
-
 from conftest import cached_model
+
 from smallmind import Engine, ModelConfig
 from smallmind._repl import ChatREPL
 from smallmind.chat import encode_chat, render_chat, render_chatml

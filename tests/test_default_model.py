@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _missing, cache_dir
 
-from conftest import cache_dir, _missing
 from smallmind import Engine
 from smallmind.engine import DEFAULT_MODEL
 from smallmind.evaluate import perplexity

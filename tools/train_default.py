@@ -90,8 +90,8 @@ class _Log:
 def _torch():
     try:
         import torch
-    except ImportError:  # pragma: no cover - dev tool
-        raise SystemExit("tools/train_default.py needs PyTorch: pip install torch==2.13.0")
+    except ImportError as exc:  # pragma: no cover - dev tool
+        raise SystemExit("tools/train_default.py needs PyTorch: pip install torch==2.13.0") from exc
     return torch
 
 

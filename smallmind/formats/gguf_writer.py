@@ -50,7 +50,7 @@ _KNOWN_ARRAY_TYPES = {
     "general.tags": GGUFValueType.STRING,
 }
 
-_NUMPY_TO_GGUF = {np.dtype(dt): vt for vt, (_, dt) in SCALAR_FORMATS.items()
+_NUMPY_TO_GGUF: dict[np.dtype, GGUFValueType] = {np.dtype(dt): vt for vt, (_, dt) in SCALAR_FORMATS.items()
                   if vt != GGUFValueType.BOOL}
 _NUMPY_TO_GGUF[np.dtype(bool)] = GGUFValueType.BOOL
 
@@ -156,6 +156,7 @@ def _encode(key: str, item: GGUFValue, out: list[bytes]) -> None:
             raise TypeError(f"metadata {key!r}: STRING value must be str")
         out.append(_string_bytes(item.value))
     elif vtype == GGUFValueType.ARRAY:
+        assert item.sub_type is not None  # GGUFValue.__post_init__ checks it
         sub = GGUFValueType(item.sub_type)
         values = item.value
         out.append(struct.pack("<IQ", sub, len(values)))
@@ -212,7 +213,8 @@ def _tensor_entry(name: str, tensor: np.ndarray | TensorData) -> tuple[GGMLType,
                         "or TensorData for other types)")
     if arr.ndim == 0:
         arr = arr.reshape(1)
-    return ggml_type, tuple(arr.shape), np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return ggml_type, tuple(arr.shape), np.ascontiguousarray(little)
 
 
 def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, Any],
@@ -263,7 +265,7 @@ def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, Any],
         start = fh.tell()
         for data, rel in entries:
             assert fh.tell() == start + rel
-            fh.write(memoryview(data.reshape(-1)).cast("B"))
+            fh.write(data.reshape(-1).data.cast("B"))
             _pad(fh, alignment)
     os.replace(tmp, path)
     return path

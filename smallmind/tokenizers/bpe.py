@@ -6,7 +6,7 @@ rank first, leftmost on ties) -> vocabulary ids. Words repeat, so their ids are 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import TokenizerError
-from .base import Tokenizer
 from ._vocab import _check_encodable, _parse_byte_token
+from .base import Tokenizer
 from .sentencepiece import merge_by_score, word_splitter
 
 __all__ = ["Llama2cTokenizer"]
@@ -74,7 +74,7 @@ class Llama2cTokenizer(Tokenizer):
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "Llama2cTokenizer":
+    def from_file(cls, path: str | os.PathLike, vocab_size: int | None = None) -> Llama2cTokenizer:
         """Read a ``tokenizer.bin``. Without ``vocab_size`` (the model header's), tokens
         are read to the end of the file."""
         path = Path(path)

@@ -15,7 +15,7 @@ whole text) and cached.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs
