@@ -407,7 +407,7 @@ def _agreement(lc: dict | None, sm: dict | None) -> str:
     if lc["decode_prompt_ids"] != sm["decode_prompt_ids"]:
         return "prompts tokenised differently"
     a, b = lc["generated_ids"], sm["generated_ids"]
-    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     if same == len(a) == len(b):
         return "all"
     gaps = lc.get("top2_gaps") or []

@@ -180,7 +180,7 @@ class Profiler:
                              f"{len(durations)} durations_ns")
         t = int(start_ns)
         append = self._events.append
-        for name, dur in zip(op_names, durations):
+        for name, dur in zip(op_names, durations, strict=False):
             dur = int(dur)
             append((name, layer, t, dur, 0, 0))
             t += dur
@@ -337,12 +337,12 @@ class Profiler:
             body.append(line("**total**", calls, tracked, nbytes))
         widths = [max(len(header[i]), *(len(row[i]) for row in body)) for i in range(len(header))]
         lines = ["| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                                   for i, (h, w) in enumerate(zip(header, widths))) + " |",
+                                   for i, (h, w) in enumerate(zip(header, widths, strict=False))) + " |",
                  "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":")
                                 for i, w in enumerate(widths)) + "|"]
         for row in body:
             lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                           for i, (c, w) in enumerate(zip(row, widths))) + " |")
+                                           for i, (c, w) in enumerate(zip(row, widths, strict=False))) + " |")
         tokens = self.tokens
         footer = f"{len(self._events):,} events, wall {wall:.1f} ms"
         if tokens:

@@ -117,7 +117,7 @@ class Session:
                 raise ValueError("ids must not be empty")
             self._epoch += 1
             common = 0
-            for a, b in zip(self.tokens, ids):
+            for a, b in zip(self.tokens, ids, strict=False):
                 if a != b:
                     break
                 common += 1

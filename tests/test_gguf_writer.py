@@ -99,7 +99,7 @@ def test_round_trip(tmp_path, shapes, kinds, quant, alignment, seed):
     gguf = pytest.importorskip("gguf")
     rng = np.random.default_rng(seed)
     tensors = {}
-    for i, (shape, kind) in enumerate(zip(shapes, kinds)):
+    for i, (shape, kind) in enumerate(zip(shapes, kinds, strict=False)):
         shape = tuple(shape)
         name = f"t{i}.weight"
         if kind == "f32":

@@ -233,7 +233,7 @@ def test_llama2c_matches_sentencepiece():
 def _write_bin(path: Path, pieces: list[bytes], scores: list[float], max_len: int = 8,
                lengths: list[int] | None = None) -> Path:
     out = struct.pack("<i", max_len)
-    for i, (piece, score) in enumerate(zip(pieces, scores)):
+    for i, (piece, score) in enumerate(zip(pieces, scores, strict=False)):
         n = len(piece) if lengths is None else lengths[i]
         out += struct.pack("<fi", score, n) + piece
     path.write_bytes(out)

@@ -63,7 +63,7 @@ class Llama2cHeader:
         bad = [f"{name}={value} is not in [1, {_MAX_DIM}]"
                for name, value in zip(_FIELDS, (self.dim, self.hidden_dim, self.n_layers,
                                                 self.n_heads, self.n_kv_heads, self.vocab_size,
-                                                self.seq_len))
+                                                self.seq_len), strict=False)
                if not 1 <= value <= _MAX_DIM]
         if bad:
             return bad

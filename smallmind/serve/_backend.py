@@ -128,7 +128,7 @@ class Slot:
 
     def common_prefix(self, ids: Sequence[int]) -> int:
         n = 0
-        for a, b in zip(self._session.tokens, ids):
+        for a, b in zip(self._session.tokens, ids, strict=False):
             if a != b:
                 break
             n += 1
