@@ -384,7 +384,8 @@ def notes(results: list[dict]) -> str:
 def write_outputs(rows: list[dict], meta: dict, json_path: Path) -> None:
     """Table + JSON through benchmarks/_report.py (shared format), or a local fallback."""
     try:
-        from _report import machine_info as report_machine_info, write_report
+        from _report import machine_info as report_machine_info
+        from _report import write_report
     except ImportError:
         print("| " + " | ".join(COLUMNS) + " |\n|" + "|".join("---" for _ in COLUMNS) + "|")
         for row in rows:
@@ -406,7 +407,7 @@ def _agreement(lc: dict | None, sm: dict | None) -> str:
     if lc["decode_prompt_ids"] != sm["decode_prompt_ids"]:
         return "prompts tokenised differently"
     a, b = lc["generated_ids"], sm["generated_ids"]
-    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     if same == len(a) == len(b):
         return "all"
     gaps = lc.get("top2_gaps") or []

@@ -41,10 +41,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # the checkout's smallmind
 
+from _report import best_time, machine_info, write_report  # noqa: E402
+
 import smallmind  # noqa: E402,F401  (CPU check before the kernels load)
 from smallmind._core import _elementwise, _gelu, _norm  # noqa: E402
-
-from _report import best_time, machine_info, write_report  # noqa: E402
 
 # The C# engine's figures, from the seed document.
 CSHARP = {

@@ -13,11 +13,12 @@ REQUIRED = ("AVX2", "FMA3", "F16C")
 
 
 def cpu_features() -> dict[str, bool]:
+    import importlib
     try:  # numpy >= 2
-        from numpy._core._multiarray_umath import __cpu_features__
+        umath = importlib.import_module("numpy._core._multiarray_umath")
     except ImportError:  # numpy 1.x
-        from numpy.core._multiarray_umath import __cpu_features__
-    return dict(__cpu_features__)
+        umath = importlib.import_module("numpy.core._multiarray_umath")
+    return dict(umath.__cpu_features__)
 
 
 def missing_features(features: dict[str, bool] | None = None) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .errors import SmallMindError
 from .tokenizers import Tokenizer
@@ -24,7 +24,7 @@ class ChatModel(Protocol):
 CHATML_END = "<|im_end|>"
 
 
-def render_chatml(messages: list[dict], add_generation_prompt: bool = True) -> str:
+def render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
     """The ChatML format, used when the model carries no template (or jinja2 is missing)."""
     out = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
     if add_generation_prompt:
@@ -32,7 +32,7 @@ def render_chatml(messages: list[dict], add_generation_prompt: bool = True) -> s
     return "".join(out)
 
 
-def _check_messages(messages: list[dict]) -> None:
+def _check_messages(messages: list[dict[str, Any]]) -> None:
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...}")
     for i, m in enumerate(messages):
@@ -40,8 +40,8 @@ def _check_messages(messages: list[dict]) -> None:
             raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
 
 
-def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str | None,
-                add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+def render_chat(messages: list[dict[str, Any]], tokenizer: Tokenizer | None, template: str | None,
+                add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> str:
     """The prompt text for ``messages`` in the model's chat ``template`` (Jinja, via the
     ``jinja2`` dependency), falling back to ChatML when there is none. ``tools`` (OpenAI
     function tools) reach the template only when given: templates test ``tools is defined``."""
@@ -55,7 +55,7 @@ def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str
     if not template:
         return render_chatml(messages, add_generation_prompt)
 
-    def raise_exception(message):
+    def raise_exception(message: object) -> NoReturn:
         raise SmallMindError(f"chat template: {message}")
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -64,7 +64,9 @@ def render_chat(messages: list[dict], tokenizer: Tokenizer | None, template: str
     tok = tokenizer
     if tok is None:
         raise SmallMindError("a chat template needs the model's tokenizer")
-    piece = (lambda i: tok.token_bytes(i).decode("utf-8", "replace") if i is not None else "")
+    def piece(i: int | None) -> str:
+        return tok.token_bytes(i).decode("utf-8", "replace") if i is not None else ""
+
     special = getattr(tok, "token_text", None)
     bos = special(tok.bos_id) if special and tok.bos_id is not None else piece(tok.bos_id)
     eos = special(tok.eos_id) if special and tok.eos_id is not None else piece(tok.eos_id)
@@ -83,8 +85,8 @@ def _fallback_warning(reason: str) -> None:
     warnings.warn(f"{reason}; using ChatML instead", RuntimeWarning, stacklevel=3)
 
 
-def encode_chat(messages: list[dict], tokenizer: Tokenizer, template: str | None,
-                tools: list[dict] | None = None) -> list[int]:
+def encode_chat(messages: list[dict[str, Any]], tokenizer: Tokenizer, template: str | None,
+                tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of the rendered conversation, ready for the assistant's answer.
 
     Special-token text in the template becomes its token; BOS is added unless the template

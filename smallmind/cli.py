@@ -161,6 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out.write(chunk.text)
         out.flush()
     out.write("\n")
+    assert chunks.result is not None  # set once the stream is exhausted
     print(_timings_line(chunks.result.timings), file=sys.stderr)
     return 0
 
@@ -268,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "there) and print its path. Needs the hub extra: pip install 'smallmind[hub]'. "
                  "HF_HUB_OFFLINE=1 uses the cache only.")
     p.add_argument("repo", help="repository id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
-    p.add_argument("file", help="file name in the repository, or a pattern matching one file, e.g. '*Q4_1.gguf'")
+    p.add_argument("file", help="file name in the repository, or a pattern matching one file, "
+                                "e.g. '*Q4_1.gguf'")
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
 
     p = _command(sub, "inspect", cmd_inspect, "describe a model file",

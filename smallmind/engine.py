@@ -59,7 +59,7 @@ class Engine:
     def __init__(self, model: DecoderModel, tokenizer: Tokenizer | None, *,
                  n_threads: int | None = None, n_ctx: int | None = None,
                  chat_template: str | None = None, source: str | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict[str, Any] | None = None):
         config = model.config
         self.model = model
         self.tokenizer = tokenizer
@@ -107,7 +107,8 @@ class Engine:
         return cls.load(DEFAULT_MODEL, n_threads=n_threads)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, tokenizer: str | os.PathLike | Tokenizer | None = None,
+    def load(cls, path: str | os.PathLike[str], *,
+             tokenizer: str | os.PathLike[str] | Tokenizer | None = None,
              n_threads: int | None = None, n_ctx: int | None = None) -> Engine:
         """Load a GGUF file or a llama2.c ``.bin`` (format detected from the contents).
 
@@ -140,7 +141,7 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, repo_id: str, filename: str, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, **load_kwargs: Any) -> Engine:
+                        cache_dir: str | os.PathLike[str] | None = None, **load_kwargs: Any) -> Engine:
         """Load ``filename`` (a path or a glob such as ``"*Q4_1.gguf"``) of the Hugging Face model
         repository ``repo_id``, through huggingface_hub's cache (:func:`smallmind.hub.download`);
         ``load_kwargs`` are those of :meth:`load`."""
@@ -168,7 +169,8 @@ class Engine:
         session = self._claim_session()
         try:
             session.reset()
-            return session.generate(prompt, params, **kwargs)
+            result: GenerationResult | TokenStream = session.generate(prompt, params, **kwargs)
+            return result
         finally:
             self._release_session(session)
 
@@ -200,8 +202,8 @@ class Engine:
             self.model.forward(s._state, ids, all_logits=out)
         return out
 
-    def chat(self, messages: list[dict], params: SamplingParams | None = None, *,
-             tools: list[dict] | None = None, tool_choice: Any = None,
+    def chat(self, messages: list[dict[str, Any]], params: SamplingParams | None = None, *,
+             tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
              **kwargs: Any) -> GenerationResult | TokenStream:
         """Answer the conversation ``messages`` ([{"role": ..., "content": ...}]) using the
         model's chat template; stops at end-of-turn. Arguments as :meth:`generate`.
@@ -224,7 +226,7 @@ class Engine:
         p = SamplingParams.build(p, stop=[*(p.stop or ()), *chat_stop_strings(self.chat_template)])
         ids = encode_chat(messages, self.tokenizer, self.chat_template,
                           tools=plan.template_tools if plan else None)
-        result = self.generate(ids, p, **kwargs)
+        result: GenerationResult | TokenStream = self.generate(ids, p, **kwargs)
         if plan is None:
             return result
         return plan.stream(result) if isinstance(result, TokenStream) else plan.finish(result)

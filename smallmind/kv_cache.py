@@ -180,7 +180,7 @@ class KVCache:
         self.length += n
 
     def _overflow_message(self, n: int) -> str:
-        hint = ("more than the window left after the n_keep={} kept tokens".format(self.n_keep)
+        hint = (f"more than the window left after the n_keep={self.n_keep} kept tokens"
                 if self.overflow == "shift" else
                 "use a larger capacity or overflow='shift' to slide the window")
         return (f"context overflow: the KV cache holds {self.capacity} tokens (capacity), "
@@ -267,13 +267,13 @@ class KVCache:
         """Give the arrays back to the pool (if any). The cache is unusable afterwards,
         and so are views of ``k`` / ``v`` taken earlier. Idempotent."""
         k, v = self.k, self.v
-        self.k = self.v = None
+        self.k = self.v = None  # type: ignore[assignment]  # documented: None after close()
         self.length = 0
         if self._pool is not None and k is not None:
             self._pool.release(k)
             self._pool.release(v)
 
-    def __enter__(self) -> "KVCache":
+    def __enter__(self) -> KVCache:
         return self
 
     def __exit__(self, *exc) -> None:

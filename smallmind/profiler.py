@@ -125,7 +125,7 @@ class Profiler:
     def __init__(self, *, track_alloc: bool = True) -> None:
         self._events: list[Event] = []
         self.alloc_meter: AllocMeter | None = AllocMeter() if track_alloc else None
-        self._context_token: Token | None = None
+        self._context_token: Token[Profiler | None] | None = None
         self._parent: Profiler | None = None
         self._handed_up = 0            # events already given to the parent
         self._entered_ns = 0
@@ -150,7 +150,8 @@ class Profiler:
         self._wall_ns += time.perf_counter_ns() - self._entered_ns
         if self.alloc_meter is not None:
             self.alloc_meter.stop()
-        _CURRENT.reset(self._context_token)
+        if self._context_token is not None:
+            _CURRENT.reset(self._context_token)
         self._context_token = None
         if self._parent is not None:
             self._parent._events.extend(self._events[self._handed_up:])
@@ -179,7 +180,7 @@ class Profiler:
                              f"{len(durations)} durations_ns")
         t = int(start_ns)
         append = self._events.append
-        for name, dur in zip(op_names, durations):
+        for name, dur in zip(op_names, durations, strict=False):
             dur = int(dur)
             append((name, layer, t, dur, 0, 0))
             t += dur
@@ -256,8 +257,9 @@ class Profiler:
             raise ValueError(f"by must be one of {_GROUPINGS}, got {by!r}")
         if sort not in _SORT_KEYS:
             raise ValueError(f"sort must be one of {_SORT_KEYS}, got {sort!r}")
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[tuple[str | None, int | None], list[int]] = {}
         for op, layer, _start, dur, nbytes, tokens in self._events:
+            key: tuple[str | None, int | None]
             if by == "op":
                 key = (op, None)
             elif by == "kind":
@@ -275,10 +277,10 @@ class Profiler:
             acc[3] += tokens
         total_ns = sum(acc[1] for acc in groups.values())
         rows = []
-        for (op, layer), (calls, dur, nbytes, tokens) in groups.items():
+        for (group_op, layer), (calls, dur, nbytes, tokens) in groups.items():
             rows.append({
-                "name": _group_name(op, layer, by),
-                "op": op,
+                "name": _group_name(group_op, layer, by),
+                "op": group_op,
                 "layer": layer,
                 "calls": calls,
                 "total_ms": dur / 1e6,
@@ -335,12 +337,12 @@ class Profiler:
             body.append(line("**total**", calls, tracked, nbytes))
         widths = [max(len(header[i]), *(len(row[i]) for row in body)) for i in range(len(header))]
         lines = ["| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                                   for i, (h, w) in enumerate(zip(header, widths))) + " |",
+                                   for i, (h, w) in enumerate(zip(header, widths, strict=False))) + " |",
                  "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":")
                                 for i, w in enumerate(widths)) + "|"]
         for row in body:
             lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                           for i, (c, w) in enumerate(zip(row, widths))) + " |")
+                                           for i, (c, w) in enumerate(zip(row, widths, strict=False))) + " |")
         tokens = self.tokens
         footer = f"{len(self._events):,} events, wall {wall:.1f} ms"
         if tokens:

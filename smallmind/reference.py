@@ -71,7 +71,8 @@ def gpt2_logits(config, tensors, tokens):
     kv_dim = c.n_kv_head * c.head_dim
     for i in range(c.n_layer):
         p = f"blk.{i}."
-        h = _layernorm(x, _f(tensors, p + "attn_norm.weight"), _get(tensors, p + "attn_norm.bias"), c.norm_eps)
+        h = _layernorm(x, _f(tensors, p + "attn_norm.weight"), _get(tensors, p + "attn_norm.bias"),
+                       c.norm_eps)
         qkv = h @ _f(tensors, p + "attn_qkv.weight").T
         if p + "attn_qkv.bias" in tensors:
             qkv = qkv + _f(tensors, p + "attn_qkv.bias")
@@ -170,7 +171,8 @@ def gemma3_logits(config, tensors, tokens):
         window = 0 if is_global else c.sliding_window
         h = _rmsnorm(x, _f(tensors, p + "attn_norm.weight"), eps)
         q = head_norm(h @ _f(tensors, p + "attn_q.weight").T, c.n_head, _f(tensors, p + "attn_q_norm.weight"))
-        k = head_norm(h @ _f(tensors, p + "attn_k.weight").T, c.n_kv_head, _f(tensors, p + "attn_k_norm.weight"))
+        k = head_norm(h @ _f(tensors, p + "attn_k.weight").T, c.n_kv_head,
+                      _f(tensors, p + "attn_k_norm.weight"))
         v = h @ _f(tensors, p + "attn_v.weight").T
         q = _rope(q, c.n_head, hd, theta, True, layer_pos)
         k = _rope(k, c.n_kv_head, hd, theta, True, layer_pos)

@@ -40,7 +40,7 @@ class GenerationResult:
     #: The parsed value of a complete ``json_schema``-constrained output (else None).
     json: Any = None
     #: OpenAI-style tool calls of a ``chat(..., tools=...)`` reply (else None).
-    tool_calls: list[dict] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
     def __str__(self) -> str:
         return self.text

@@ -96,8 +96,8 @@ class SamplingParams:
         give equal tokens; None draws fresh entropy.
     """
 
-    max_new_tokens: int = _param(DEFAULT_MAX_NEW_TOKENS, "most tokens to generate (generation also stops at the end "
-                                      "of the context, with finish_reason 'length')")
+    max_new_tokens: int = _param(DEFAULT_MAX_NEW_TOKENS, "most tokens to generate (generation also stops "
+                                      "at the end of the context, with finish_reason 'length')")
     temperature: float = _param(0.8, "sampling temperature; 0 is greedy")
     top_k: int | None = _param(None, "keep the k most likely tokens (0 or None: off)")
     top_p: float | None = _param(None, "nucleus sampling threshold in (0, 1] (None or 1: off)")
@@ -178,7 +178,7 @@ class SamplingParams:
         return self.temperature == 0.0
 
     @classmethod
-    def build(cls, params: "SamplingParams | None" = None, /, **overrides: Any) -> "SamplingParams":
+    def build(cls, params: SamplingParams | None = None, /, **overrides: Any) -> SamplingParams:
         """``params`` (default: the defaults) with the fields in ``overrides`` replaced;
         an unknown name is a TypeError that suggests the closest field."""
         if params is not None and not isinstance(params, cls):

@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -117,7 +117,7 @@ class Session:
                 raise ValueError("ids must not be empty")
             self._epoch += 1
             common = 0
-            for a, b in zip(self.tokens, ids):
+            for a, b in zip(self.tokens, ids, strict=False):
                 if a != b:
                     break
                 common += 1
@@ -148,6 +148,18 @@ class Session:
             pass
 
     # -- generation ---------------------------------------------------------------------------
+    @overload
+    def generate(self, prompt: str | Sequence[int] = ..., params: SamplingParams | None = ..., *,
+                 stream: Literal[False] = ..., **kwargs: Any) -> GenerationResult: ...
+
+    @overload
+    def generate(self, prompt: str | Sequence[int] = ..., params: SamplingParams | None = ..., *,
+                 stream: Literal[True], **kwargs: Any) -> TokenStream: ...
+
+    @overload
+    def generate(self, prompt: str | Sequence[int] = ..., params: SamplingParams | None = ..., *,
+                 stream: bool, **kwargs: Any) -> GenerationResult | TokenStream: ...
+
     def generate(self, prompt: str | Sequence[int] = "", params: SamplingParams | None = None, *,
                  stream: bool = False, profile: bool = False, add_special: bool | None = None,
                  n_threads: int | None = None, json_schema: Any = None, regex: str | None = None,

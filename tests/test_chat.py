@@ -5,8 +5,8 @@ import io
 
 import numpy as np
 import pytest
-
 from conftest import cached_model
+
 from smallmind import Engine, ModelConfig
 from smallmind._repl import ChatREPL
 from smallmind.chat import encode_chat, render_chat, render_chatml
@@ -74,7 +74,7 @@ def test_chat_answer_matches_llama_cpp(smollm2):
         llm.eval([theirs[-1]])
     # The two greedy runs may only part where llama.cpp's own top-2 logits are within its
     # rounding noise (~0.11 nats, measured in tests/test_fidelity.py).
-    split = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    split = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     if split is not None:
         assert gaps[split] < 0.3, (split, ours, theirs, gaps)
 

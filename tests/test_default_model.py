@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _missing, cache_dir
 
-from conftest import cache_dir, _missing
 from smallmind import Engine
 from smallmind.engine import DEFAULT_MODEL
 from smallmind.evaluate import perplexity
@@ -75,7 +75,7 @@ def test_llama_cpp_accepts_the_file_and_agrees_greedily(default):
     ours = default.generate(prompt, max_new_tokens=40, temperature=0.0).tokens
     # Both engines quantise activations to 8 bits for Q8_0 weights, each its own way, so
     # greedy runs may part where llama.cpp's top-2 logits are that close; nowhere else.
-    split = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    split = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     assert split is None or gaps[split] < 0.3, (split, bytes(ours), bytes(theirs), gaps)
     # Teacher-forced on llama.cpp's own text, the logits agree closely everywhere.
     seq = prompt + theirs

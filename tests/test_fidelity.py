@@ -117,7 +117,7 @@ def test_tokenizer_matches_llama_cpp(smollm2, reference):
     add_bos = reference["meta"]["add_bos"]
     ids = smollm2.tokenizer.encode(reference["text"], add_special=add_bos)
     expected = reference["tokens"].tolist()
-    first_diff = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b),
+    first_diff = next((i for i, (a, b) in enumerate(zip(ids, expected, strict=False)) if a != b),
                       min(len(ids), len(expected)))
     assert ids == expected, f"tokenisation differs from llama.cpp's at token {first_diff}"
     prompt = smollm2.tokenizer.encode(str(reference["greedy_prompt"]), add_special=add_bos)

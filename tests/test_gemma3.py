@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, cached_model
+
 from smallmind.reference import gemma3_logits
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gemma3_270m_q4_k_m_reference.npz"

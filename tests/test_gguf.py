@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, cached_model, shared_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, cached_model, shared_model
 from smallmind.errors import ContextOverflowError, ModelFormatError, UnsupportedModelError
 from smallmind.formats.gguf import GGUFValueType as VT
 from smallmind.formats.gguf import load_gguf, read_gguf

@@ -6,14 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import cached_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import cached_model
 from smallmind.formats.gguf import GGUFValueType as VT
 from smallmind.formats.gguf import load_gguf, read_gguf
-from smallmind.formats.gguf_writer import (GGUFValue, gpt2_byte_tokens, gpt2_metadata, typed,
-                                           write_gguf)
+from smallmind.formats.gguf_writer import GGUFValue, gpt2_byte_tokens, gpt2_metadata, typed, write_gguf
 from smallmind.models.config import ModelConfig
 from smallmind.tensors import BLOCK_LAYOUT, GGMLType, TensorData
 
@@ -100,7 +99,7 @@ def test_round_trip(tmp_path, shapes, kinds, quant, alignment, seed):
     gguf = pytest.importorskip("gguf")
     rng = np.random.default_rng(seed)
     tensors = {}
-    for i, (shape, kind) in enumerate(zip(shapes, kinds)):
+    for i, (shape, kind) in enumerate(zip(shapes, kinds, strict=False)):
         shape = tuple(shape)
         name = f"t{i}.weight"
         if kind == "f32":

@@ -150,7 +150,8 @@ def test_shift_window_property(capacity, n_keep_frac, chunks):
                 cache.reserve(size)
             continue
         shadow += tokens   # the caller appends, then drops what a shift reports
-        fill(cache, tokens, on_shift=lambda start, count, delta: follow(start, count + size, delta))
+        fill(cache, tokens,
+             on_shift=lambda start, count, delta, size=size: follow(start, count + size, delta))
         seen += tokens
         got = cached_tokens(cache)
         assert got == shadow

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, shared_model
+
 from smallmind.errors import ModelFormatError, TokenizerError, UnsupportedModelError
 from smallmind.formats.gguf import load_gguf, read_gguf
 from smallmind.formats.llama2c import load_llama2c

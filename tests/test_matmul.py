@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_quant import random_blocks, reference
 
 import smallmind  # noqa: F401  (CPU check before the kernels load)
 from smallmind._core import _matmul
 from smallmind.errors import ShapeError
 from smallmind.tensors import BLOCK_LAYOUT, GGMLType
-from test_quant import random_blocks, reference
 
 pytest.importorskip("gguf")
 
@@ -231,7 +231,6 @@ def test_zero_activations_give_bias(isa):
 def test_real_model_tensors(isa):
     """Actual GGUF tensors (memory-mapped, read-only) of the two reference models."""
     import gguf
-
     from conftest import cached_model
 
     rng = np.random.default_rng(0)

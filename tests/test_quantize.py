@@ -5,7 +5,8 @@ import gguf
 import gguf.quants
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smallmind._core._matmul import Weight
 from smallmind.formats.quantize import quantize_q8_0

@@ -10,9 +10,9 @@ import threading
 import numpy as np
 import pytest
 from conftest import shared_model
-from smallmind._core._pool import default_pool
 
 from smallmind import Engine, ModelConfig, SamplingParams
+from smallmind._core._pool import default_pool
 from smallmind.errors import (
     ContextOverflowError,
     ModelFormatError,

@@ -170,7 +170,7 @@ def test_concurrent_streams_get_their_solo_answers(server, engine):
 
     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
         texts = list(pool.map(run, prompts, timeout=60))
-    for prompt, text in zip(prompts, texts):
+    for prompt, text in zip(prompts, texts, strict=False):
         assert text == engine.generate(prompt, max_new_tokens=40, temperature=0).text
 
 

@@ -58,7 +58,7 @@ def test_two_replicas_answer_the_openai_client():
         with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
             texts = list(pool.map(ask, prompts, timeout=120))
         engine = Engine.default()
-        for prompt, text in zip(prompts, texts):
+        for prompt, text in zip(prompts, texts, strict=False):
             assert text == engine.generate(prompt, max_new_tokens=20, temperature=0).text
         stream = client.chat.completions.create(
             model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True, temperature=0

@@ -95,9 +95,9 @@ def test_interleaved_sequences_match_their_solo_runs(backend, make):
     gate = Gate()
     s = make(parallel=3, prefill_chunk=4, step=gate)
     sinks = [Collector() for _ in prompts]
-    for prompt, p, sink in zip(prompts, params, sinks):
+    for prompt, p, sink in zip(prompts, params, sinks, strict=False):
         s.submit(Request(backend.encode(prompt), 40, p), sink)
-    for prompt, p, sink in zip(prompts, params, sinks):
+    for prompt, p, sink in zip(prompts, params, sinks, strict=False):
         end = sink.wait()
         solo = engine.generate(prompt, max_new_tokens=40, **p)
         assert sink.tokens == solo.tokens, prompt
@@ -182,7 +182,7 @@ def test_time_limit_stops_a_running_request_and_fails_a_waiting_one(backend, mak
 def test_a_failing_sequence_does_not_stop_the_others(backend, make):
     def step(work):
         results = run_step(work)
-        return [RuntimeError("boom") if slot is marked[0] else r for (slot, _), r in zip(work, results)]
+        return [RuntimeError("boom") if slot is marked[0] else r for (slot, _), r in zip(work, results, strict=False)]
 
     marked: list = [None]
     s = make(parallel=2, step=step)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import shared_model
+
 from smallmind import Engine
 
 

@@ -11,22 +11,27 @@ import json
 import random
 import re
 import struct
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import cached_model, shared_model
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import cached_model, shared_model
 from smallmind.errors import TokenizerError, UnsupportedModelError
 from smallmind.formats.gguf import read_gguf
-from smallmind.tokenizers import (BPETokenizer, Llama2cTokenizer, SentencePieceTokenizer,
-                                  Tokenizer, from_gguf_metadata)
-from smallmind.tokenizers import _pretokenize, _unicode_data
-from smallmind.tokenizers import _merge
-from smallmind.tokenizers.bpe import merge_by_rank
-from smallmind.tokenizers.bpe import bytes_to_unicode
+from smallmind.tokenizers import (
+    BPETokenizer,
+    Llama2cTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    _merge,
+    _pretokenize,
+    _unicode_data,
+    from_gguf_metadata,
+)
+from smallmind.tokenizers.bpe import bytes_to_unicode, merge_by_rank
 from smallmind.tokenizers.sentencepiece import merge_by_score
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -56,12 +61,12 @@ def llama2_vocab(path: Path) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gguf_metadata(model: str) -> dict:
     return read_gguf(cached_model(model)).metadata
 
 
-@lru_cache(maxsize=None)
+@cache
 def tokenizer_for(fixture_name: str) -> Tokenizer:
     fx = _load_fixture(fixture_name)
     if fx["model"].endswith("tokenizer.bin"):
@@ -73,7 +78,7 @@ def tokenizer_for(fixture_name: str) -> Tokenizer:
     return from_gguf_metadata(metadata)
 
 
-@lru_cache(maxsize=None)
+@cache
 def llama2c(relpath: str) -> Llama2cTokenizer:
     return Llama2cTokenizer.from_file(shared_model(relpath))
 
@@ -228,7 +233,7 @@ def test_llama2c_matches_sentencepiece():
 def _write_bin(path: Path, pieces: list[bytes], scores: list[float], max_len: int = 8,
                lengths: list[int] | None = None) -> Path:
     out = struct.pack("<i", max_len)
-    for i, (piece, score) in enumerate(zip(pieces, scores)):
+    for i, (piece, score) in enumerate(zip(pieces, scores, strict=False)):
         n = len(piece) if lengths is None else lengths[i]
         out += struct.pack("<fi", score, n) + piece
     path.write_bytes(out)
@@ -454,7 +459,7 @@ def _full_class(ranges) -> str:
     return "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _full_pipeline(name: str):
     ws = "".join(f"\\U{c:08x}" for c in (9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680,
                                           *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F,

@@ -14,9 +14,10 @@ ids per position, their float64 log-probabilities, the log of the mass outside t
 logsumexp):
 
 * ``tf_*``: teacher forcing over ``tokens`` = BOS + the first 639 tokens of ``text``
-  (``tests/fixtures/smollm2_reference_text.txt`` when this was written). Only the last ``TF_KEEP`` = 128 positions
-  (512..639) are stored: there the local layers' 512-token sliding window is cutting off the
-  start of the text, so the stored rows also check the window, while the file stays small.
+  (``tests/fixtures/smollm2_reference_text.txt`` when this was written). Only the last
+  ``TF_KEEP`` = 128 positions (512..639) are stored: there the local layers' 512-token
+  sliding window is cutting off the start of the text, so the stored rows also check the
+  window, while the file stays small.
   ``tf_exact_*`` are the same rows for a float64 NumPy forward pass of the gguf-dequantised
   weights (``smallmind/reference.py: gemma3_logits``), and ``meta["exact_vs_llama_cpp"]`` scores
   llama.cpp against it: how far llama.cpp's own rounding moves it from exact arithmetic.

@@ -90,8 +90,8 @@ class _Log:
 def _torch():
     try:
         import torch
-    except ImportError:  # pragma: no cover - dev tool
-        raise SystemExit("tools/train_default.py needs PyTorch: pip install torch==2.13.0")
+    except ImportError as exc:  # pragma: no cover - dev tool
+        raise SystemExit("tools/train_default.py needs PyTorch: pip install torch==2.13.0") from exc
     return torch
 
 
@@ -422,7 +422,8 @@ def train(args: argparse.Namespace) -> int:
     text = sample(model, n_ctx)
     log(f"sample (prompt {SAMPLE_PROMPT!r}, T={SAMPLE_TEMPERATURE}, seed {SAMPLE_SEED}, "
         f"{SAMPLE_BYTES} bytes):\n{text}")
-    summary = {"status": "done", "steps": step, "planned_steps": total_steps, "tokens_seen": step * args.batch * n_ctx,
+    summary = {"status": "done", "steps": step, "planned_steps": total_steps,
+               "tokens_seen": step * args.batch * n_ctx,
                "train_minutes": round(train_s / 60, 2), "stop_reason": stop_reason,
                "final_val_bpb": round(val_bpb, 4), "val_bytes_predicted": val_n,
                "final_train_bpb_1024_chunks": round(train_bpb, 4), "train_bytes_predicted": train_n,

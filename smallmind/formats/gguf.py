@@ -228,7 +228,7 @@ def _read_string_array(cursor: _Cursor, count: int, key: str) -> list[str]:
     # The hot loop of loading a model with a 262k-token vocabulary: locals only.
     buf, pos, size = cursor.buf, cursor.pos, cursor.size
     unpack = struct.Struct("<Q").unpack_from
-    out = []
+    out: list[str] = []
     append = out.append
     for i in range(count):
         if pos + 8 > size:

@@ -50,7 +50,7 @@ _KNOWN_ARRAY_TYPES = {
     "general.tags": GGUFValueType.STRING,
 }
 
-_NUMPY_TO_GGUF = {np.dtype(dt): vt for vt, (_, dt) in SCALAR_FORMATS.items()
+_NUMPY_TO_GGUF: dict[np.dtype, GGUFValueType] = {np.dtype(dt): vt for vt, (_, dt) in SCALAR_FORMATS.items()
                   if vt != GGUFValueType.BOOL}
 _NUMPY_TO_GGUF[np.dtype(bool)] = GGUFValueType.BOOL
 
@@ -156,6 +156,7 @@ def _encode(key: str, item: GGUFValue, out: list[bytes]) -> None:
             raise TypeError(f"metadata {key!r}: STRING value must be str")
         out.append(_string_bytes(item.value))
     elif vtype == GGUFValueType.ARRAY:
+        assert item.sub_type is not None  # GGUFValue.__post_init__ checks it
         sub = GGUFValueType(item.sub_type)
         values = item.value
         out.append(struct.pack("<IQ", sub, len(values)))
@@ -212,7 +213,8 @@ def _tensor_entry(name: str, tensor: np.ndarray | TensorData) -> tuple[GGMLType,
                         "or TensorData for other types)")
     if arr.ndim == 0:
         arr = arr.reshape(1)
-    return ggml_type, tuple(arr.shape), np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return ggml_type, tuple(arr.shape), np.ascontiguousarray(little)
 
 
 def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, Any],
@@ -263,7 +265,7 @@ def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, Any],
         start = fh.tell()
         for data, rel in entries:
             assert fh.tell() == start + rel
-            fh.write(memoryview(data.reshape(-1)).cast("B"))
+            fh.write(data.reshape(-1).data.cast("B"))
             _pad(fh, alignment)
     os.replace(tmp, path)
     return path
@@ -293,6 +295,30 @@ def gpt2_byte_tokens() -> list[str]:
     return [table[b] for b in range(256)]
 
 
+def _hparams_metadata(config: ModelConfig, name: str, file_type: int,
+                      arch_keys: dict[str, Any]) -> dict[str, Any]:
+    """The general keys and the ``{arch}.*`` hyper-parameters every architecture writes, then
+    ``arch_keys`` (its own), then the head size when it is not n_embd / n_head (key order is
+    file order)."""
+    a = config.arch
+    md: dict[str, Any] = {
+        "general.architecture": a,
+        "general.name": name,
+        "general.file_type": GGUFValue(file_type, GGUFValueType.UINT32),
+        f"{a}.context_length": config.n_ctx_train,
+        f"{a}.embedding_length": config.n_embd,
+        f"{a}.feed_forward_length": config.n_hidden,
+        f"{a}.block_count": config.n_layer,
+        f"{a}.attention.head_count": config.n_head,
+        f"{a}.attention.head_count_kv": config.n_kv_head,
+        **arch_keys,
+    }
+    if config.head_dim != config.n_embd // config.n_head:
+        md[f"{a}.attention.key_length"] = config.head_dim
+        md[f"{a}.attention.value_length"] = config.head_dim
+    return md
+
+
 def gpt2_metadata(config: ModelConfig, tokenizer: str | None = "byte", *, name: str = "smallmind-gpt2",
                   file_type: int = 0) -> dict[str, Any]:
     """The metadata llama.cpp's ``gpt2`` architecture reads, for ``config``.
@@ -303,21 +329,9 @@ def gpt2_metadata(config: ModelConfig, tokenizer: str | None = "byte", *, name: 
     """
     if config.arch != "gpt2":
         raise ValueError(f"gpt2_metadata needs a gpt2 config, got arch={config.arch!r}")
-    md: dict[str, Any] = {
-        "general.architecture": "gpt2",
-        "general.name": name,
-        "general.file_type": GGUFValue(file_type, GGUFValueType.UINT32),
-        "gpt2.context_length": config.n_ctx_train,
-        "gpt2.embedding_length": config.n_embd,
-        "gpt2.feed_forward_length": config.n_hidden,
-        "gpt2.block_count": config.n_layer,
-        "gpt2.attention.head_count": config.n_head,
-        "gpt2.attention.head_count_kv": config.n_kv_head,
+    md = _hparams_metadata(config, name, file_type, {
         "gpt2.attention.layer_norm_epsilon": float(config.norm_eps),
-    }
-    if config.head_dim != config.n_embd // config.n_head:
-        md["gpt2.attention.key_length"] = config.head_dim
-        md["gpt2.attention.value_length"] = config.head_dim
+    })
     if tokenizer == "byte":
         if config.vocab_size != 256:
             raise ValueError(f"a byte tokenizer needs vocab_size 256, got {config.vocab_size}")
@@ -340,24 +354,12 @@ def llama_metadata(config: ModelConfig, *, name: str = "smallmind-llama",
     """The ``llama.*`` hyper-parameter keys llama.cpp reads, for a llama ``config``."""
     if config.arch != "llama":
         raise ValueError(f"llama_metadata needs a llama config, got arch={config.arch!r}")
-    md: dict[str, Any] = {
-        "general.architecture": "llama",
-        "general.name": name,
-        "general.file_type": GGUFValue(file_type, GGUFValueType.UINT32),
-        "llama.context_length": config.n_ctx_train,
-        "llama.embedding_length": config.n_embd,
-        "llama.feed_forward_length": config.n_hidden,
-        "llama.block_count": config.n_layer,
-        "llama.attention.head_count": config.n_head,
-        "llama.attention.head_count_kv": config.n_kv_head,
+    md = _hparams_metadata(config, name, file_type, {
         "llama.attention.layer_norm_rms_epsilon": float(config.norm_eps),
         "llama.rope.freq_base": float(config.rope_theta),
         "llama.rope.dimension_count": config.rope_dim,
         "llama.vocab_size": config.vocab_size,
-    }
-    if config.head_dim != config.n_embd // config.n_head:
-        md["llama.attention.key_length"] = config.head_dim
-        md["llama.attention.value_length"] = config.head_dim
+    })
     if config.rope_scale != 1.0:
         md["llama.rope.scaling.type"] = "linear"
         md["llama.rope.scaling.factor"] = float(config.rope_scale)

@@ -6,14 +6,14 @@ from collections import Counter
 
 from . import LoadedModel
 
-_CONFIG_FIELDS = ("vocab_size", "n_ctx", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
-                  "n_hidden", "norm_eps", "bias", "tie_embeddings")
+_CONFIG_FIELDS = ("vocab_size", "n_ctx", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_kv_head",
+                  "head_dim", "n_hidden", "norm_eps", "bias", "tie_embeddings")
 _ROPE_FIELDS = ("rope_theta", "rope_neox", "rope_scale", "rope_dim")
 _GEMMA_FIELDS = ("rope_theta_local", "sliding_window", "sliding_window_pattern", "attn_scale",
                  "embed_scale", "final_logit_softcap")
 
 
-def _size(nbytes: int) -> str:
+def _size(nbytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if nbytes < 1024 or unit == "GiB":
             return f"{nbytes} B" if unit == "B" else f"{nbytes:.1f} {unit}"

@@ -63,7 +63,7 @@ class Llama2cHeader:
         bad = [f"{name}={value} is not in [1, {_MAX_DIM}]"
                for name, value in zip(_FIELDS, (self.dim, self.hidden_dim, self.n_layers,
                                                 self.n_heads, self.n_kv_heads, self.vocab_size,
-                                                self.seq_len))
+                                                self.seq_len), strict=False)
                if not 1 <= value <= _MAX_DIM]
         if bad:
             return bad
@@ -86,8 +86,10 @@ class Llama2cHeader:
     def layout(self) -> list[tuple[str, tuple[int, ...]]]:
         """(block name, shape) of every float32 block in file order."""
         L, d, h, v, kv = self.n_layers, self.dim, self.hidden_dim, self.vocab_size, self.kv_dim
-        mats = [("wq", (L, d, d)), ("wk", (L, kv, d)), ("wv", (L, kv, d)), ("wo", (L, d, d))]
-        ffn = [("w1", (L, h, d)), ("w2", (L, d, h)), ("w3", (L, h, d))]
+        Blocks = list[tuple[str, tuple[int, ...]]]
+        mats: Blocks = [("wq", (L, d, d)), ("wk", (L, kv, d)), ("wv", (L, kv, d)), ("wo", (L, d, d))]
+        ffn: Blocks = [("w1", (L, h, d)), ("w2", (L, d, h)), ("w3", (L, h, d))]
+        blocks: Blocks
         if self.version == 0:
             half = self.seq_len * self.head_size // 2
             blocks = ([("token_emb", (v, d)), ("rms_att", (L, d))] + mats + [("rms_ffn", (L, d))]
@@ -124,11 +126,11 @@ def read_header(path: Path, head: bytes) -> Llama2cHeader:
     if len(head) < LEGACY_HEADER_BYTES:
         raise ModelFormatError(f"file of {len(head)} bytes is too short for a llama2.c header",
                                path=path, offset=0)
-    values = list(struct.unpack_from("<7i", head, 0))
+    legacy = list(struct.unpack_from("<7i", head, 0))
     # A negative vocab_size is how the legacy format says "a separate classifier follows".
-    shared = values[5] > 0
-    values[5] = abs(values[5])
-    return Llama2cHeader(tuple(values), version=0, shared_classifier=shared,
+    shared = legacy[5] > 0
+    legacy[5] = abs(legacy[5])
+    return Llama2cHeader(tuple(legacy), version=0, shared_classifier=shared,
                          weights_offset=LEGACY_HEADER_BYTES)
 
 
@@ -203,7 +205,7 @@ def _find_tokenizer(model_path: Path, vocab_size: int, explicit: Any):
     else:
         # run.c's convention: tokenizer.bin beside the model; the tinyllamas models with a
         # custom vocabulary ship it as tok{vocab}.bin.
-        tok = None
+        beside: Tokenizer | None = None
         for candidate in (f"tok{vocab_size}.bin", "tokenizer.bin"):
             path = model_path.with_name(candidate)
             if path.is_file():
@@ -213,9 +215,9 @@ def _find_tokenizer(model_path: Path, vocab_size: int, explicit: Any):
                     return None
                 found = load_llama2c_tokenizer(path)
                 if found.vocab_size == vocab_size:
-                    tok = found
+                    beside = found
                     break
-        return tok
+        return beside
     if tok.vocab_size != vocab_size:
         raise TokenizerError(f"tokenizer has {tok.vocab_size} tokens but {model_path} has a "
                              f"vocabulary of {vocab_size}")

@@ -16,8 +16,8 @@ Each step runs on all n rows at once (n = 1 when decoding); ``LAYER`` is the tab
 """
 from smallmind._core._gelu cimport gelu_tanh
 from smallmind._core._matmul cimport matmul
-from smallmind.models._layer cimport (Call, Layer, Steps, Workspace, attention, kv_store,
-                                      layernorm_rows)
+from smallmind.models._layer cimport (Call, Layer, Steps, Workspace, attention, down_matmul,
+                                      kv_store, layernorm_rows, out_matmul)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -26,11 +26,6 @@ cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
     matmul(&L.wqkv.view, ws.xb, c.n, ws.n_embd, ws.q, ws.ldqkv, L.qkv_b, False, c.n_threads,
-           ws.mm_scratch)
-
-
-cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.x, ws.n_embd, L.wo_b, True, c.n_threads,
            ws.mm_scratch)
 
 
@@ -45,11 +40,6 @@ cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
     gelu_tanh(ws.h, ws.h, c.n * ws.n_hidden)
-
-
-cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.x, ws.n_embd, L.down_b, True, c.n_threads,
-           ws.mm_scratch)
 
 
 cdef Steps _LAYER = Steps()

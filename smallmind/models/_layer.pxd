@@ -78,6 +78,9 @@ cdef class Steps:
 # Steps every architecture shares.
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil
+# x += Wo att and x += Wdown h, with the layer's biases if any (GPT-2 and Llama).
+cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil
+cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil
 
 
 cdef inline void rmsnorm_rows(const float* x, const float* w, float* out, Py_ssize_t n,

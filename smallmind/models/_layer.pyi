@@ -1,4 +1,6 @@
 """Type stub of the compiled _layer module (see _layer.pyx)."""
+from collections.abc import Mapping
+
 import numpy as np
 
 from smallmind._core._matmul import Weight
@@ -13,7 +15,7 @@ class Layer:
     w_up: Weight
     w_down: Weight
     inv_freq_array: np.ndarray | None
-    def __init__(self, tensors: dict[str, object], *, n_embd: int, n_hidden: int, q_dim: int,
+    def __init__(self, tensors: Mapping[str, object], *, n_embd: int, n_hidden: int, q_dim: int,
                  kv_dim: int, head_dim: int, attn_scale: float, inv_freq: np.ndarray | None = ...,
                  neox: bool = ..., window: int = ...) -> None: ...
 

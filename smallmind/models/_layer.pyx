@@ -244,6 +244,19 @@ cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil:
                      ws.att, ws.q_dim, ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
 
 
+# The pre-norm residual matmuls of GPT-2 and Llama (a bias only where the layer has one).
+cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    """x += Wo att (+ b)"""
+    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.x, ws.n_embd, L.wo_b, True, c.n_threads,
+           ws.mm_scratch)
+
+
+cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    """x += Wdown h (+ b)"""
+    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.x, ws.n_embd, L.down_b, True, c.n_threads,
+           ws.mm_scratch)
+
+
 # -- running the layers ----------------------------------------------------------------------
 
 cdef inline void _run_steps(Steps steps, Workspace ws, Layer L, const Call* c,

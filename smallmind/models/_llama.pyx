@@ -19,7 +19,8 @@ Each step runs on all n rows at once (n = 1 when decoding); ``LAYER`` is the tab
 from smallmind._core._attention cimport rope
 from smallmind._core._elementwise cimport swiglu
 from smallmind._core._matmul cimport matmul
-from smallmind.models._layer cimport Steps, attention, kv_store, rmsnorm_rows
+from smallmind.models._layer cimport (Steps, attention, down_matmul, kv_store, out_matmul,
+                                      rmsnorm_rows)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -38,10 +39,6 @@ cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
         rope(ws.k, c.n, ws.ldqkv, ws.n_kv_head, ws.head_dim, L.n_rot, c.pos0, 1.0, L.inv_freq, L.neox)
 
 
-cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.x, ws.n_embd, NULL, True, c.n_threads, ws.mm_scratch)
-
-
 cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
     rmsnorm_rows(ws.x, L.ffn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
 
@@ -55,11 +52,6 @@ cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
     swiglu(ws.h, ws.h2, ws.h, c.n * ws.n_hidden)
-
-
-cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.x, ws.n_embd, NULL, True, c.n_threads,
-           ws.mm_scratch)
 
 
 cdef Steps _LAYER = Steps()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -72,15 +72,17 @@ class DecoderModel:
         self.config = config
         self._tensors = tensors
         bound = {s.name: self._bind(s, s.name) for s in global_specs(config)}
-        self.token_embd = bound["token_embd.weight"]
-        self.position_embd = bound.get("position_embd.weight")  # learned positions (GPT-2)
+        # The table says which entries are matrices (Weight) and which vectors (arrays).
+        self.token_embd = cast(Weight, bound["token_embd.weight"])
+        # learned positions (GPT-2)
+        self.position_embd = cast("Weight | None", bound.get("position_embd.weight"))
         # Not required when tied: without it the head reads the token embedding.
-        output = bound["output.weight"]
-        self.output = self.token_embd if output is None else output
-        self.output_norm_w = bound["output_norm.weight"]
-        self.output_norm_b = bound.get("output_norm.bias")
+        output = cast("Weight | None", bound["output.weight"])
+        self.output: Weight = self.token_embd if output is None else output
+        self.output_norm_w = cast(np.ndarray, bound["output_norm.weight"])
+        self.output_norm_b = cast("np.ndarray | None", bound.get("output_norm.bias"))
         specs = layer_specs(config)
-        self.layers: list[_layer.Layer] = [self._layer(i, specs) for i in range(config.n_layer)]
+        self.layers: list[_layer.Layer] = [self._build_layer(i, specs) for i in range(config.n_layer)]
 
     # -- loading helpers --------------------------------------------------------------
     def _tensor(self, name: str) -> TensorData:
@@ -117,7 +119,7 @@ class DecoderModel:
             return self._weight(name, spec.shape, spec.required)
         return self._vector(name, spec.shape[0], spec.required)
 
-    def _layer(self, i: int, specs: list[TensorSpec]) -> _layer.Layer:
+    def _build_layer(self, i: int, specs: list[TensorSpec]) -> _layer.Layer:
         """Layer i's tensors, as its architecture's table lists them, bound for the steps."""
         c = self.config
         tensors = {s.name: self._bind(s, f"blk.{i}.{s.name}") for s in specs}
@@ -144,7 +146,7 @@ class DecoderModel:
                         overflow=overflow, n_keep=n_keep,
                         positional="learned" if c.learned_positions else "rotary")
         mm_bytes = max(_layer.scratch_bytes(w, max_tokens) for w in self._matrices())
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "x": pool.acquire((max_tokens, c.n_embd)),
             "xb": pool.acquire((max_tokens, c.n_embd)),
             "qkv": pool.acquire((max_tokens, q_dim + 2 * kv_dim)),

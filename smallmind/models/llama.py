@@ -44,6 +44,7 @@ class Llama(DecoderModel):
         c = self.config
         for i, layer in enumerate(self.layers):
             inv_freq = layer.inv_freq_array
+            assert inv_freq is not None  # every rotary layer has its frequencies
             for head in range(c.n_kv_head):
                 rows = cache.k[i, head, start:start + count]
                 rope(rows, float(delta), 1, c.head_dim, inv_freq, n_rot=2 * len(inv_freq),

@@ -20,12 +20,12 @@ served tokens with ``Engine.generate`` check that batching changes no token.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..chat import chat_stop_strings, encode_chat
-from ..engine import Engine, Session, TokenChunk
+from ..engine import Engine, Session, TokenStream
 
 __all__ = ["Backend", "Emitted", "Request", "Slot", "load_engine", "run_step"]
 
@@ -95,7 +95,10 @@ class Backend:
         return tok.decode([int(i) for i in ids])
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        return encode_chat(messages, self.engine.tokenizer, self.engine.chat_template)
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise ValueError("this model has no tokenizer")
+        return encode_chat(messages, tok, self.engine.chat_template)
 
     def check_json_schema(self, schema: dict[str, Any]) -> None:
         """Compile ``schema`` for this vocabulary (cached); ValueError if it is invalid or
@@ -116,7 +119,7 @@ class Slot:
     def __init__(self, session: Session):
         self._session = session
         self._pending: list[int] = []  # prompt tokens not yet run
-        self._stream: Iterator[TokenChunk] | None = None
+        self._stream: TokenStream | None = None
         self._request: Request | None = None
         self._generated = 0
 
@@ -131,7 +134,7 @@ class Slot:
 
     def common_prefix(self, ids: Sequence[int]) -> int:
         n = 0
-        for a, b in zip(self._session.tokens, ids):
+        for a, b in zip(self._session.tokens, ids, strict=False):
             if a != b:
                 break
             n += 1
@@ -163,7 +166,7 @@ class Slot:
             if request.max_tokens == 0:
                 self._session.generate(last, max_new_tokens=0)
                 return self._finish("")
-            self._stream = self._session.generate(  # type: ignore[assignment]  # stream=True: a TokenStream
+            self._stream = self._session.generate(  # stream=True: a TokenStream
                 last,
                 max_new_tokens=request.max_tokens,
                 stop=list(request.stop),

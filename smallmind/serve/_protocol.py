@@ -165,7 +165,8 @@ def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | 
         try:
             token = int(key)
         except ValueError:
-            raise ApiError(400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+            raise ApiError(400, f"logit_bias keys must be token ids, got {key!r}",
+                           param="logit_bias") from None
         if not 0 <= token < vocab:
             raise ApiError(
                 400, f"logit_bias token id {token} is outside the vocabulary [0, {vocab})", param="logit_bias"

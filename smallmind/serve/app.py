@@ -197,10 +197,10 @@ class _Server:
                 type="server_busy",
                 code="queue_full",
                 headers={"Retry-After": str(exc.retry_after)},
-            )
+            ) from exc
         except RuntimeError as exc:
             self._cancel(handles)
-            raise ApiError(503, str(exc), type="server_error")
+            raise ApiError(503, str(exc), type="server_error") from exc
         run = _Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests])
         if body.stream:
             return StreamingResponse(

@@ -275,7 +275,7 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.step(len(work))
         results = self._step(work)
-        for h, result in zip(stepped, results):
+        for h, result in zip(stepped, results, strict=False):
             if result is None:
                 continue
             if isinstance(result, BaseException):

@@ -133,7 +133,8 @@ class ToolPlan:
             self.constraint = {"json_schema": call_schema(allowed)}
         elif self.mode == "auto":
             schema = json.dumps(call_schema(allowed))
-            self.constraint = {"grammar": f"start: call | TEXT\ncall: %json {schema}\nTEXT: /[^{{\\s][\\s\\S]*/\n"}
+            self.constraint = {"grammar": (f"start: call | TEXT\ncall: %json {schema}\n"
+                                           "TEXT: /[^{\\s][\\s\\S]*/\n")}
 
     def finish(self, result: GenerationResult) -> GenerationResult:
         """Fill ``result.tool_calls`` from a complete call reply."""

@@ -7,10 +7,11 @@ when the pair may not merge. Ties go to the leftmost pair, as in llama.cpp.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heapify, heappop, heappush
-from typing import Callable, Optional
+from typing import cast
 
-PairKey = Callable[[str, str], Optional[float]]
+PairKey = Callable[[str, str], float | None]
 
 #: Words up to this many symbols use the rescan loop; longer ones the heap.
 SHORT_WORD = 48
@@ -57,11 +58,11 @@ def _merge_heap(symbols: list[str], key: PairKey) -> list[str]:
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))
-    heap = []
+    heap: list[tuple[float, int, int, str, str]] = []
     for i in range(n - 1):
-        rank = key(syms[i], syms[i + 1])  # type: ignore[arg-type]
+        rank = key(symbols[i], symbols[i + 1])
         if rank is not None:
-            heap.append((rank, i, i + 1, syms[i], syms[i + 1]))
+            heap.append((rank, i, i + 1, symbols[i], symbols[i + 1]))  # syms is symbols here
     heapify(heap)
     while heap:
         _, left, right, left_text, right_text = heappop(heap)
@@ -76,11 +77,13 @@ def _merge_heap(symbols: list[str], key: PairKey) -> list[str]:
             prv[after] = left
         before = prv[left]
         if before != -1:
-            rank = key(syms[before], merged)  # type: ignore[arg-type]
+            prev_text = cast(str, syms[before])  # a live symbol: not None
+            rank = key(prev_text, merged)
             if rank is not None:
-                heappush(heap, (rank, before, left, syms[before], merged))
+                heappush(heap, (rank, before, left, prev_text, merged))
         if after != -1:
-            rank = key(merged, syms[after])  # type: ignore[arg-type]
+            next_text = cast(str, syms[after])  # a live symbol: not None
+            rank = key(merged, next_text)
             if rank is not None:
-                heappush(heap, (rank, left, after, merged, syms[after]))
+                heappush(heap, (rank, left, after, merged, next_text))
     return [s for s in syms if s is not None]

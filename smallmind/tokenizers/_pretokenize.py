@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from ..errors import UnsupportedModelError
 from ._unicode import CLASSES, collapse
@@ -96,7 +96,7 @@ def supported_names() -> list[str]:
     return sorted(n for n in _NAMES if n)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(pipeline: str) -> tuple[tuple[re.Pattern[str], bool], ...]:
     steps = []
     for pattern, covering in _PIPELINES[pipeline]:

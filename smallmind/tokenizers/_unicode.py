@@ -43,6 +43,7 @@ class _CollapseTable(dict):
     def __init__(self) -> None:
         super().__init__()
         from bisect import bisect_right
+
         from ._unicode_data import LETTER, NUMBER, PUNCTUATION
         bounds: list[tuple[int, int, str]] = []
         for ranges, standin in ((LETTER, LETTER_STANDIN), (NUMBER, NUMBER_STANDIN),

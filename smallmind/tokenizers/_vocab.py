@@ -3,7 +3,7 @@ and llama.cpp's splitting of special-token text out of the input before the real
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import TokenizerError
 from .base import Tokenizer
@@ -160,7 +160,7 @@ class VocabTokenizer(Tokenizer):
         for i, text in enumerate(self._tokens):
             if attrs[i] & ATTR_CONTROL and "unused" in text:
                 attrs[i] |= ATTR_UNUSED
-        eog = {fim[role] for role in _FIM_STOPS if fim[role] is not None}
+        eog: set[int] = {f for role in _FIM_STOPS if (f := fim[role]) is not None}
         for text in _EOG_TEXTS:
             if text in lookup:
                 eog.add(lookup[text])

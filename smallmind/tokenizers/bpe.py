@@ -6,16 +6,15 @@ rank first, leftmost on ties) -> vocabulary ids. Words repeat, so their ids are 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs
 from ._pretokenize import PreTokenizer, pre_tokenizer
 from ._vocab import VocabTokenizer
+from ._wordcache import encode_words
 
 __all__ = ["BPETokenizer", "bytes_to_unicode"]
-
-_CACHE_LIMIT = 1 << 18
 
 
 def bytes_to_unicode() -> list[str]:
@@ -83,15 +82,7 @@ class BPETokenizer(VocabTokenizer):
                         else ch.encode("utf-8", "surrogateescape") for ch in text)
 
     def _encode_text(self, text: str, after_special: bool, out: list[int]) -> None:
-        cache = self._cache
-        for word in self._pre.split(text):
-            ids = cache.get(word)
-            if ids is None:
-                ids = self._encode_word(word)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = ids
-            out.extend(ids)
+        encode_words(self._pre.split(text), self._cache, self._encode_word, out)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         spelled = word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_GPT2)

@@ -1,7 +1,8 @@
 """Build a tokenizer from GGUF metadata (``tokenizer.ggml.*``), with llama.cpp's defaults."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import TokenizerError, UnsupportedModelError
 from .base import Tokenizer

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import TokenizerError
-from .base import Tokenizer
 from ._vocab import _check_encodable, _parse_byte_token
+from ._wordcache import encode_words
+from .base import Tokenizer
 from .sentencepiece import merge_by_score, word_splitter
 
 __all__ = ["Llama2cTokenizer"]
@@ -29,7 +30,6 @@ EOS_ID = 2
 BYTE_OFFSET = 3
 #: run.c starts its search for the best merge below this score.
 _SCORE_FLOOR = -1e10
-_CACHE_LIMIT = 1 << 18
 
 
 class Llama2cTokenizer(Tokenizer):
@@ -74,7 +74,7 @@ class Llama2cTokenizer(Tokenizer):
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "Llama2cTokenizer":
+    def from_file(cls, path: str | os.PathLike, vocab_size: int | None = None) -> Llama2cTokenizer:
         """Read a ``tokenizer.bin``. Without ``vocab_size`` (the model header's), tokens
         are read to the end of the file."""
         path = Path(path)
@@ -159,16 +159,11 @@ class Llama2cTokenizer(Tokenizer):
                 words = words[1:]
             else:
                 out.append(BOS_ID)
-        cache = self._cache
-        for word in words:
-            ids = cache.get(word)
-            if ids is None:
-                ids = tuple(self._merge(self._symbols(word)))
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = ids
-            out.extend(ids)
+        encode_words(words, self._cache, self._encode_word, out)
         return out
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
+        return tuple(self._merge(self._symbols(word)))
 
     def _words(self, text: str) -> list[str]:
         if self._space_id is None:

@@ -15,17 +15,17 @@ whole text) and cached.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs
 from ._vocab import VocabTokenizer, _parse_byte_token
+from ._wordcache import encode_words
 
 __all__ = ["SentencePieceTokenizer"]
 
 SPACE = "\u2581"
 _LOWEST_SCORE = -3.4e38
-_CACHE_LIMIT = 1 << 18
 
 
 def _clean_score(value: float) -> float:
@@ -95,17 +95,8 @@ class SentencePieceTokenizer(VocabTokenizer):
         if self.add_space_prefix and after_special:
             text = " " + text
         text = text.replace(" ", SPACE)
-        cache = self._cache
-        for word in self._splitter.split(text):
-            if not word:
-                continue
-            ids = cache.get(word)
-            if ids is None:
-                ids = self._encode_word(word)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = ids
-            out.extend(ids)
+        words = [word for word in self._splitter.split(text) if word]
+        encode_words(words, self._cache, self._encode_word, out)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         symbols = merge_by_score(list(word), self._score)
