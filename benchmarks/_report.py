@@ -103,8 +103,13 @@ def write_report(name: str, rows: list[dict], columns: list[str], meta: dict,
     """
     print(markdown_table(rows, columns))
     path = Path(json_path) if json_path is not None else RESULTS_DIR / f"{name}.json"
+    return write_json(path, {"name": name, "meta": meta, "columns": columns, "rows": rows})
+
+
+def write_json(path: str | os.PathLike, data: object) -> Path:
+    """Write ``data`` as indented JSON to ``path`` (creating its folder) and say where."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"name": name, "meta": meta, "columns": columns, "rows": rows}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(f"\nwrote {path}")
     return path

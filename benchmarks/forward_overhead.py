@@ -14,12 +14,13 @@ Writes JSON to benchmarks/results/forward_overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from _report import write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -94,10 +95,7 @@ def main() -> None:
         print(f"\nthis / other: CPU time {a['cpu_us_per_forward_best'] / b['cpu_us_per_forward_best']:.3f}"
               + (f", instructions {a['instructions_per_forward'] / b['instructions_per_forward']:.4f}"
                  if args.instructions else ""))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"\nJSON: {path}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from _report import write_json  # noqa: E402
 
 from smallmind._bench import format_table, run_seed_workload  # noqa: E402
 
@@ -27,10 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     result = run_seed_workload(quick=args.quick, model=args.model)
     print(format_table(result))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"\nJSON: {path}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":
