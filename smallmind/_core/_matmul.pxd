@@ -25,6 +25,15 @@ cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t l
                  float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
                  int n_threads, void* scratch) noexcept nogil
 cdef Py_ssize_t matmul_scratch_bytes(const WeightView* w, Py_ssize_t n) noexcept nogil
+# matmul for rows that are segments of several sequences. Which float kernel computes a row
+# depends on n (the packed GEMM from packed_min_rows() rows), so rows [0, n_packed) take the
+# packed kernel and [n_packed, n) the row kernel, each row exactly as in a matmul of its own
+# segment. Quantised weights run as one matmul: their rows never depend on n. The scratch
+# must hold matmul_scratch_bytes(w, max(n, packed_min_rows())).
+cdef void matmul_split(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t n_packed,
+                       Py_ssize_t ldx, float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
+                       int n_threads, void* scratch) noexcept nogil
+cdef Py_ssize_t packed_min_rows() noexcept nogil
 # Dequantise row `row` of w into out[0:cols] (embedding lookup).
 cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogil
 

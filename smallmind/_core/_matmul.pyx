@@ -40,8 +40,15 @@ cdef extern from "_matmul_impl.h" nogil:
                     Py_ssize_t row_bytes, const float* x, Py_ssize_t n, Py_ssize_t ldx,
                     float* y, Py_ssize_t ldy, const float* bias, int accumulate, int n_threads,
                     void* scratch)
+    void smm_matmul_kernel(int packed, int type, const unsigned char* w, Py_ssize_t rows,
+                           Py_ssize_t cols, Py_ssize_t row_bytes, const float* x, Py_ssize_t n,
+                           Py_ssize_t ldx, float* y, Py_ssize_t ldy, const float* bias,
+                           int accumulate, int n_threads, void* scratch)
     void smm_get_row(int type, const unsigned char* w, Py_ssize_t cols, Py_ssize_t row_bytes,
                      Py_ssize_t row, float* out)
+    int smm_family(int type)
+    int SMM_FAMILY_FLOAT
+    int SMM_GEMM_MIN_N
 
 # Weight storage types the kernels multiply, by GGML type id.
 SUPPORTED_TYPES = tuple(t for t in GGMLType if smm_block_elems(int(t)) > 0)
@@ -81,6 +88,27 @@ cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t l
                  int n_threads, void* scratch) noexcept nogil:
     smm_matmul(w.type, <const unsigned char*>w.data, w.rows, w.cols, w.row_bytes, x, n, ldx,
                y, ldy, bias, accumulate, n_threads, scratch)
+
+
+cdef void matmul_split(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t n_packed,
+                       Py_ssize_t ldx, float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
+                       int n_threads, void* scratch) noexcept nogil:
+    cdef const unsigned char* data = <const unsigned char*>w.data
+    if smm_family(w.type) != SMM_FAMILY_FLOAT:  # rows never depend on n: one pass over W
+        smm_matmul(w.type, data, w.rows, w.cols, w.row_bytes, x, n, ldx, y, ldy, bias, accumulate,
+                   n_threads, scratch)
+        return
+    if n_packed > 0:
+        smm_matmul_kernel(1, w.type, data, w.rows, w.cols, w.row_bytes, x, n_packed, ldx, y, ldy,
+                          bias, accumulate, n_threads, scratch)
+    if n_packed < n:
+        smm_matmul_kernel(0, w.type, data, w.rows, w.cols, w.row_bytes, x + n_packed * ldx,
+                          n - n_packed, ldx, y + n_packed * ldy, ldy, bias, accumulate, n_threads,
+                          scratch)
+
+
+cdef Py_ssize_t packed_min_rows() noexcept nogil:
+    return SMM_GEMM_MIN_N
 
 
 cdef Py_ssize_t matmul_scratch_bytes(const WeightView* w, Py_ssize_t n) noexcept nogil:

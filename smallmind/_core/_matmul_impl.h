@@ -315,9 +315,13 @@ static void smm_run(const smm_job* j, int nt, ptrdiff_t units, ptrdiff_t align, 
     smp_parallel(nt, (units + per - 1) / per, smm_run_chunk, &ch);
 }
 
-static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t row_bytes,
-                       const float* x, ptrdiff_t n, ptrdiff_t ldx, float* y, ptrdiff_t ldy, const float* bias,
-                       int accumulate, int n_threads, void* scratch)
+/* Float weights: packed != 0 runs the packed GEMM, else the row-at-a-time kernel, whatever n
+ * is. Each kernel computes a row the same way for any n, so a caller that picks the kernel
+ * per segment of rows (a batch of sequences) gets every row exactly as a call of its own
+ * segment would. Quantised weights ignore it: their rows never depend on n. */
+static void smm_matmul_kernel(int packed, int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t cols,
+                              ptrdiff_t row_bytes, const float* x, ptrdiff_t n, ptrdiff_t ldx, float* y,
+                              ptrdiff_t ldy, const float* bias, int accumulate, int n_threads, void* scratch)
 {
     if (rows <= 0 || n <= 0) return;
     if (cols <= 0) { /* empty dot products */
@@ -344,7 +348,7 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
     int nt = n_threads;
     if (nt > 1 && rows * cols < SMM_MIN_PARALLEL_ELEMS) nt = 1;
 
-    ptrdiff_t need = smm_scratch_bytes(type, rows, cols, n);
+    ptrdiff_t need = smm_scratch_bytes(type, rows, cols, packed && n < SMM_GEMM_MIN_N ? SMM_GEMM_MIN_N : n);
     void* owned = NULL;
     if (need > 0 && scratch == NULL) {
         owned = malloc((size_t)need);
@@ -359,7 +363,7 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
 
     int fam = smm_family(type);
     if (fam == SMM_FAMILY_FLOAT) {
-        if (n < SMM_GEMM_MIN_N) {
+        if (!packed) {
             ptrdiff_t groups = (rows + 3) / 4;
             if (nt > groups) nt = (int)groups;
             smm_run(&j, nt, groups, 4, smm_float_small_range);
@@ -391,6 +395,14 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
         smm_run(&j, nt, groups, 4, smm_quant_range);
     }
     free(owned);
+}
+
+static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t row_bytes,
+                       const float* x, ptrdiff_t n, ptrdiff_t ldx, float* y, ptrdiff_t ldy, const float* bias,
+                       int accumulate, int n_threads, void* scratch)
+{
+    smm_matmul_kernel(n >= SMM_GEMM_MIN_N, type, w, rows, cols, row_bytes, x, n, ldx, y, ldy, bias, accumulate,
+                      n_threads, scratch);
 }
 
 /* Row `row` of the weight as float32. */

@@ -21,9 +21,9 @@ Layer (set by ``models/gemma3.py``), not branches here.
 """
 from smallmind._core._elementwise cimport add
 from smallmind._core._gelu cimport geglu
-from smallmind._core._matmul cimport matmul
 from smallmind._core._norm cimport rmsnorm
-from smallmind.models._layer cimport Call, Layer, Steps, Workspace, attention, kv_store, rmsnorm_rows
+from smallmind.models._layer cimport (Call, Layer, Steps, Workspace, attention, kv_store, matmul_rows,
+                                      rmsnorm_rows)
 from smallmind.models._llama cimport attn_norm, ffn_matmul, ffn_norm, qkv_matmul, rope_qk
 
 
@@ -41,8 +41,7 @@ cdef void qk_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.xb, ws.n_embd, NULL, False, c.n_threads,
-           ws.mm_scratch)
+    matmul_rows(c, &L.wo.view, ws.att, ws.q_dim, ws.xb, ws.n_embd, NULL, False, ws.mm_scratch)
 
 
 cdef void post_attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -55,8 +54,7 @@ cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.xb, ws.n_embd, NULL, False, c.n_threads,
-           ws.mm_scratch)
+    matmul_rows(c, &L.w_down.view, ws.h, ws.n_hidden, ws.xb, ws.n_embd, NULL, False, ws.mm_scratch)
 
 
 cdef void post_ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:

@@ -11,13 +11,13 @@
     h = gelu(h)                             activation
     x += Wdown h + b                        down_matmul
 
-Each step runs on all n rows at once (n = 1 when decoding); ``LAYER`` is the table that
+Each step runs on all n rows at once (n = 1 when decoding one sequence; kv_store and
+attention per sequence when a batch runs several); ``LAYER`` is the table that
 ``_layer.run_layers`` runs for every layer.
 """
 from smallmind._core._gelu cimport gelu_tanh
-from smallmind._core._matmul cimport matmul
 from smallmind.models._layer cimport (Call, Layer, Steps, Workspace, attention, down_matmul,
-                                      kv_store, layernorm_rows, out_matmul)
+                                      kv_store, layernorm_rows, matmul_rows, out_matmul)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -25,8 +25,7 @@ cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.wqkv.view, ws.xb, c.n, ws.n_embd, ws.q, ws.ldqkv, L.qkv_b, False, c.n_threads,
-           ws.mm_scratch)
+    matmul_rows(c, &L.wqkv.view, ws.xb, ws.n_embd, ws.q, ws.ldqkv, L.qkv_b, False, ws.mm_scratch)
 
 
 cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -34,8 +33,7 @@ cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.w_up.view, ws.xb, c.n, ws.n_embd, ws.h, ws.n_hidden, L.up_b, False, c.n_threads,
-           ws.mm_scratch)
+    matmul_rows(c, &L.w_up.view, ws.xb, ws.n_embd, ws.h, ws.n_hidden, L.up_b, False, ws.mm_scratch)
 
 
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:

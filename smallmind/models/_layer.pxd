@@ -2,7 +2,7 @@
 """What every architecture's layer is made of: its weights (Layer), the buffers it works
 in (Workspace), and the step runner. The layers themselves are in ``_gpt2.pyx``,
 ``_llama.pyx`` and ``_gemma3.pyx``: each is a list of named steps, run in order."""
-from smallmind._core._matmul cimport Weight
+from smallmind._core._matmul cimport Weight, WeightView, matmul_split
 from smallmind._core._norm cimport layernorm, rmsnorm
 
 
@@ -43,22 +43,37 @@ cdef class Workspace:
     cdef float* logits     # (vocab,) one row of logits
     cdef float* att_scratch
     cdef char* mm_scratch
-    cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim)
-    cdef float* v_cache
+    cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim); NULL in a batch's
+    cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache
     cdef int* tokens       # (max_tokens,)
+    cdef Segment* segs     # (max_segs,) the segments of the running call
     cdef readonly Py_ssize_t max_tokens, n_embd, n_hidden, q_dim, kv_dim, ldqkv, vocab
-    cdef readonly Py_ssize_t capacity, n_layer
+    cdef readonly Py_ssize_t capacity, n_layer, max_segs
     cdef readonly int n_head, n_kv_head, head_dim
     cdef readonly object arrays
     cdef float norm_eps
 
 
-# Which layer runs, on which positions: what a step needs besides weights and buffers.
+# One sequence's rows in a call: rows [row0, row0 + n) of the workspace sit at positions
+# pos0 ... of that sequence, whose KV cache is k_cache / v_cache of `capacity` slots.
+cdef struct Segment:
+    Py_ssize_t row0
+    Py_ssize_t n
+    Py_ssize_t pos0
+    Py_ssize_t capacity
+    float* k_cache
+    float* v_cache
+
+
+# Which layer runs, on which rows: what a step needs besides weights and buffers. Matmuls,
+# norms and activations run on all n rows at once; rope, kv_store and attention per segment.
 cdef struct Call:
     int layer
     int n_threads
-    Py_ssize_t pos0     # first position (KV cache slot) of the n rows
-    Py_ssize_t n
+    Py_ssize_t n         # rows of all segments
+    Py_ssize_t n_packed  # leading rows whose float matmuls take the packed kernel (matmul_split)
+    const Segment* segs
+    int n_segs
 
 
 ctypedef void (*Step)(Workspace ws, Layer L, const Call* c) noexcept nogil
@@ -81,6 +96,13 @@ cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil
 # x += Wo att and x += Wdown h, with the layer's biases if any (GPT-2 and Llama).
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil
+
+
+# y (+)= W x (+ b) for the call's n rows (see matmul_split).
+cdef inline void matmul_rows(const Call* c, const WeightView* w, const float* x, Py_ssize_t ldx,
+                             float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
+                             void* scratch) noexcept nogil:
+    matmul_split(w, x, c.n, c.n_packed, ldx, y, ldy, bias, accumulate, c.n_threads, scratch)
 
 
 cdef inline void rmsnorm_rows(const float* x, const float* w, float* out, Py_ssize_t n,

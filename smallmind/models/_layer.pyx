@@ -9,11 +9,18 @@ themselves hold no profiling code and the plain path pays one NULL test per laye
 
 Every intermediate lives in a :class:`Workspace` prepared once per session, so the decode
 loop never allocates. Decoding is the n == 1 case of prefill, so the two cannot drift.
+
+A call runs segments: rows of one or several sequences (:func:`run_batch`), each at its own
+positions over its own KV cache. Matmuls, norms and activations run on all rows at once (one
+pass over the weights for every sequence); rope, kv_store and attention run per segment. A
+row comes out bit for bit as it would in a call of its own segment (``matmul_split``), so a
+sequence gives the same tokens alone or in a batch.
 """
 import numpy as np
 
 cimport numpy as cnp
 from libc.math cimport tanhf
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy
 
 cdef extern from "<time.h>" nogil:
@@ -26,7 +33,7 @@ cdef extern from "<time.h>" nogil:
 
 from smallmind._core._attention cimport attention as attention_kernel, attention_scratch_floats
 from smallmind._core._elementwise cimport add, scale
-from smallmind._core._matmul cimport Weight, get_row, matmul, matmul_scratch_bytes
+from smallmind._core._matmul cimport Weight, get_row, matmul_scratch_bytes, packed_min_rows
 
 from smallmind.errors import ShapeError
 
@@ -130,12 +137,20 @@ cdef class Layer:
 cdef class Workspace:
     """Built once per session from arrays the caller takes from the buffer pool, so the
     decode loop never allocates. The KV cache arrays are (n_layer, n_kv_head, capacity,
-    head_dim) float32."""
+    head_dim) float32. A batch's workspace has none (``arrays["k_cache"] is None``): its
+    rows attend over the caches of the sequences' own workspaces, of up to ``capacity``
+    slots, in up to ``max_segs`` segments."""
+
+    def __cinit__(self):
+        self.segs = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.segs)
 
     def __init__(self, dict arrays, *, Py_ssize_t max_tokens, Py_ssize_t n_embd,
                  Py_ssize_t n_hidden, int n_head, int n_kv_head, int head_dim,
                  Py_ssize_t vocab, Py_ssize_t capacity, Py_ssize_t n_layer, float norm_eps,
-                 Py_ssize_t mm_scratch_bytes):
+                 Py_ssize_t mm_scratch_bytes, Py_ssize_t max_segs=1):
         self.max_tokens = max_tokens
         self.n_embd = n_embd
         self.n_hidden = n_hidden
@@ -161,8 +176,17 @@ cdef class Workspace:
         self.att_scratch = _buf(arrays["att_scratch"], "att_scratch",
                                 attention_scratch_floats(capacity, 1))
         cache_n = n_layer * n_kv_head * capacity * head_dim
-        self.k_cache = _buf(arrays["k_cache"], "k_cache", cache_n)
-        self.v_cache = _buf(arrays["v_cache"], "v_cache", cache_n)
+        if arrays["k_cache"] is None:
+            self.k_cache = self.v_cache = NULL
+        else:
+            self.k_cache = _buf(arrays["k_cache"], "k_cache", cache_n)
+            self.v_cache = _buf(arrays["v_cache"], "v_cache", cache_n)
+        if max_segs < 1 or max_segs > max_tokens:
+            raise ShapeError(f"max_segs must be in [1, max_tokens={max_tokens}], got {max_segs}")
+        self.max_segs = max_segs
+        self.segs = <Segment*> PyMem_Malloc(max_segs * sizeof(Segment))
+        if self.segs == NULL:
+            raise MemoryError()
         mm = arrays["mm_scratch"]
         if mm.nbytes < mm_scratch_bytes:
             raise ShapeError("workspace buffer mm_scratch is too small")
@@ -173,27 +197,33 @@ cdef class Workspace:
         self.tokens = <int*> cnp.PyArray_DATA(tok)
         self.arrays = arrays
 
-    def set_tokens(self, tokens, Py_ssize_t start, Py_ssize_t n):
-        """Copy tokens[start:start+n] into the token buffer, checking each id once."""
+    def set_tokens(self, tokens, Py_ssize_t start, Py_ssize_t n, Py_ssize_t row0=0):
+        """Copy tokens[start:start+n] into rows row0... of the token buffer, checking each id once."""
         cdef Py_ssize_t t
         cdef long tok
-        if n < 1 or n > self.max_tokens:
-            raise ShapeError(f"{n} tokens do not fit the workspace (1..{self.max_tokens})")
+        if n < 1 or row0 < 0 or row0 + n > self.max_tokens:
+            raise ShapeError(f"{n} tokens at row {row0} do not fit the workspace (1..{self.max_tokens})")
         for t in range(n):
             tok = tokens[start + t]
             if tok < 0 or tok >= self.vocab:
                 from smallmind.errors import TokenizerError
                 raise TokenizerError(f"token id {tok} at index {start + t} is outside the "
                                      f"vocabulary [0, {self.vocab})")
-            self.tokens[t] = <int> tok
+            self.tokens[row0 + t] = <int> tok
 
 
 def attention_scratch_size(Py_ssize_t capacity, int n_threads):
     return attention_scratch_floats(capacity, n_threads)
 
 
+def packed_min_rows_count():
+    """Rows from which a float matmul takes the packed kernel (see matmul_split)."""
+    return packed_min_rows()
+
+
 def scratch_bytes(Weight w, Py_ssize_t n):
-    return matmul_scratch_bytes(&w.view, n)
+    """Matmul scratch for calls of up to n rows, whichever kernel matmul_split picks."""
+    return matmul_scratch_bytes(&w.view, max(n, packed_min_rows()))
 
 
 cdef class Steps:
@@ -219,42 +249,55 @@ cdef class Steps:
 # -- steps every architecture shares ---------------------------------------------------------
 
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    """Copy the n rows of K and V into this layer's cache at positions pos0 ..."""
-    cdef Py_ssize_t t, hh, hd = ws.head_dim
-    cdef Py_ssize_t head_stride = ws.capacity * hd
-    cdef float* kc = ws.k_cache + c.layer * ws.n_kv_head * head_stride
-    cdef float* vc = ws.v_cache + c.layer * ws.n_kv_head * head_stride
-    for t in range(c.n):
-        for hh in range(ws.n_kv_head):
-            memcpy(kc + hh * head_stride + (c.pos0 + t) * hd, ws.k + t * ws.ldqkv + hh * hd,
-                   hd * sizeof(float))
-            memcpy(vc + hh * head_stride + (c.pos0 + t) * hd, ws.v + t * ws.ldqkv + hh * hd,
-                   hd * sizeof(float))
+    """Copy each segment's rows of K and V into this layer of its cache at positions pos0 ..."""
+    cdef Py_ssize_t t, hh, hd = ws.head_dim, head_stride, row
+    cdef int i
+    cdef float* kc
+    cdef float* vc
+    cdef const Segment* seg
+    for i in range(c.n_segs):
+        seg = &c.segs[i]
+        head_stride = seg.capacity * hd
+        kc = seg.k_cache + c.layer * ws.n_kv_head * head_stride
+        vc = seg.v_cache + c.layer * ws.n_kv_head * head_stride
+        for t in range(seg.n):
+            row = (seg.row0 + t) * ws.ldqkv
+            for hh in range(ws.n_kv_head):
+                memcpy(kc + hh * head_stride + (seg.pos0 + t) * hd, ws.k + row + hh * hd,
+                       hd * sizeof(float))
+                memcpy(vc + hh * head_stride + (seg.pos0 + t) * hd, ws.v + row + hh * hd,
+                       hd * sizeof(float))
 
 
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    """att = softmax(q K^T * scale) V over the cached positions (causal, windowed)."""
-    cdef Py_ssize_t head_stride = ws.capacity * ws.head_dim
-    cdef Py_ssize_t off = c.layer * ws.n_kv_head * head_stride
-    # att_scratch holds one score row of the whole cache: attention gets as many threads
-    # as rows of the current length fit in it (all of them until it is half full).
-    cdef Py_ssize_t rows = attention_scratch_floats(ws.capacity, 1) // attention_scratch_floats(c.pos0 + c.n, 1)
-    attention_kernel(ws.q, c.n, ws.ldqkv, ws.k_cache + off, ws.v_cache + off, head_stride, c.pos0,
-                     ws.n_head, ws.n_kv_head, ws.head_dim, L.attn_scale, L.window,
-                     ws.att, ws.q_dim, ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
+    """att = softmax(q K^T * scale) V over each segment's cached positions (causal, windowed)."""
+    cdef Py_ssize_t head_stride, off, rows
+    cdef const Segment* seg
+    cdef int i
+    for i in range(c.n_segs):
+        seg = &c.segs[i]
+        head_stride = seg.capacity * ws.head_dim
+        off = c.layer * ws.n_kv_head * head_stride
+        # A sequence's own att_scratch holds one score row of its whole cache: attention
+        # gets as many threads as rows of the current length fit in it (all of them until
+        # it is half full). A batch's scratch holds at least that, so a segment's threads,
+        # and with them its result, are those it gets alone.
+        rows = attention_scratch_floats(seg.capacity, 1) // attention_scratch_floats(seg.pos0 + seg.n, 1)
+        attention_kernel(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, seg.k_cache + off,
+                         seg.v_cache + off, head_stride, seg.pos0, ws.n_head, ws.n_kv_head,
+                         ws.head_dim, L.attn_scale, L.window, ws.att + seg.row0 * ws.q_dim, ws.q_dim,
+                         ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
 
 
 # The pre-norm residual matmuls of GPT-2 and Llama (a bias only where the layer has one).
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
     """x += Wo att (+ b)"""
-    matmul(&L.wo.view, ws.att, c.n, ws.q_dim, ws.x, ws.n_embd, L.wo_b, True, c.n_threads,
-           ws.mm_scratch)
+    matmul_rows(c, &L.wo.view, ws.att, ws.q_dim, ws.x, ws.n_embd, L.wo_b, True, ws.mm_scratch)
 
 
 cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
     """x += Wdown h (+ b)"""
-    matmul(&L.w_down.view, ws.h, c.n, ws.n_hidden, ws.x, ws.n_embd, L.down_b, True, c.n_threads,
-           ws.mm_scratch)
+    matmul_rows(c, &L.w_down.view, ws.h, ws.n_hidden, ws.x, ws.n_embd, L.down_b, True, ws.mm_scratch)
 
 
 # -- running the layers ----------------------------------------------------------------------
@@ -280,22 +323,72 @@ cdef inline void _run_steps(Steps steps, Workspace ws, Layer L, const Call* c,
 
 def run_layers(Steps steps, list layers, Workspace ws, Py_ssize_t pos0, Py_ssize_t n,
                int n_threads, cnp.ndarray timings=None, Py_ssize_t only=-1):
-    """Run every layer's steps on rows 0..n-1 of ``ws.x`` (positions pos0 ...).
+    """Run every layer's steps on rows 0..n-1 of ``ws.x`` (positions pos0 ... of the
+    workspace's own cache).
 
     ``timings``: None, or a (len(layers), 1 + len(steps)) float64 array that receives
     each layer's start (ns, the clock of ``time.perf_counter_ns``) and step durations.
     ``only``: run just that layer (to find where a value goes wrong), not all of them.
     """
+    if ws.k_cache == NULL:
+        raise ShapeError("run_layers needs a workspace with a KV cache (a batch's runs run_batch)")
+    if n < 1 or n > ws.max_tokens:
+        raise ShapeError(f"layers run on {n} positions; the workspace holds 1..{ws.max_tokens}")
+    if pos0 < 0 or pos0 + n > ws.capacity:
+        raise ShapeError(f"positions {pos0}..{pos0 + n} outside the KV cache of {ws.capacity}")
+    ws.segs[0] = Segment(0, n, pos0, ws.capacity, ws.k_cache, ws.v_cache)
+    _run(steps, layers, ws, 1, n if n >= packed_min_rows() else 0, n_threads, timings, only)
+
+
+def run_batch(Steps steps, list layers, Workspace ws, list caches, const Py_ssize_t[:, ::1] spans,
+              Py_ssize_t n_packed, int n_threads, cnp.ndarray timings=None):
+    """Run every layer's steps on the rows of several sequences at once.
+
+    Segment i is ``spans[i] = (n, pos0)``: the next n rows of ``ws.x`` (segments lie back
+    to back from row 0), at positions pos0 ... of ``caches[i]``, the workspace that holds
+    that sequence's KV cache. Float matmuls take the packed kernel for rows [0, n_packed)
+    and the row kernel for the rest: the caller puts first the segments that would take
+    the packed kernel alone, and n_packed must fall on a segment border.
+    """
+    cdef Py_ssize_t i, n, pos0, row = 0, n_segs = spans.shape[0]
+    cdef Workspace seq
+    if spans.shape[1] != 2 or n_segs != len(caches):
+        raise ShapeError(f"spans: expected ({len(caches)}, 2) (n, pos0) per cache, got "
+                         f"({n_segs}, {spans.shape[1]})")
+    if n_segs < 1 or n_segs > ws.max_segs:
+        raise ShapeError(f"{n_segs} segments; the batch workspace holds 1..{ws.max_segs}")
+    for i in range(n_segs):
+        seq = caches[i]
+        n, pos0 = spans[i, 0], spans[i, 1]
+        if seq.k_cache == NULL or seq.n_layer != ws.n_layer or seq.n_kv_head != ws.n_kv_head \
+                or seq.head_dim != ws.head_dim:
+            raise ShapeError(f"caches[{i}] is not a KV cache of this model")
+        if seq.capacity > ws.capacity:
+            raise ShapeError(f"caches[{i}] holds {seq.capacity} positions, more than the batch "
+                             f"workspace's attention scratch was made for ({ws.capacity})")
+        if n < 1 or pos0 < 0 or pos0 + n > seq.capacity:
+            raise ShapeError(f"segment {i}: positions {pos0}..{pos0 + n} outside 1.. its KV cache "
+                             f"of {seq.capacity}")
+        if row < n_packed < row + n:
+            raise ShapeError(f"n_packed={n_packed} splits segment {i}")
+        if row + n > ws.max_tokens:
+            raise ShapeError(f"the segments hold more than the workspace's {ws.max_tokens} rows")
+        ws.segs[i] = Segment(row, n, pos0, seq.capacity, seq.k_cache, seq.v_cache)
+        row += n
+    if n_packed < 0 or n_packed > row:
+        raise ShapeError(f"n_packed={n_packed} outside the {row} rows")
+    _run(steps, layers, ws, <int>n_segs, n_packed, n_threads, timings, -1)
+
+
+cdef _run(Steps steps, list layers, Workspace ws, int n_segs, Py_ssize_t n_packed, int n_threads,
+          cnp.ndarray timings, Py_ssize_t only):
+    """The layers over the segments already in ws.segs[:n_segs]."""
     cdef Py_ssize_t i, n_layer = len(layers)
     cdef double* timing = NULL
     cdef Layer L
     cdef Call c
-    if n < 1 or n > ws.max_tokens:
-        raise ShapeError(f"layers run on {n} positions; the workspace holds 1..{ws.max_tokens}")
     if n_layer != ws.n_layer:
         raise ShapeError(f"{n_layer} layers for a workspace of {ws.n_layer}")
-    if pos0 < 0 or pos0 + n > ws.capacity:
-        raise ShapeError(f"positions {pos0}..{pos0 + n} outside the KV cache of {ws.capacity}")
     if timings is not None:
         if timings.dtype != np.float64 or not timings.flags.c_contiguous \
                 or timings.size != n_layer * (1 + steps.n):
@@ -304,8 +397,10 @@ def run_layers(Steps steps, list layers, Workspace ws, Py_ssize_t pos0, Py_ssize
         timing = <double*> cnp.PyArray_DATA(timings)
     if only >= n_layer:
         raise ShapeError(f"layer {only} of a model of {n_layer}")
-    c.pos0 = pos0
-    c.n = n
+    c.segs = ws.segs
+    c.n_segs = n_segs
+    c.n = ws.segs[n_segs - 1].row0 + ws.segs[n_segs - 1].n
+    c.n_packed = n_packed
     c.n_threads = n_threads
     for i in range(only if only >= 0 else 0, only + 1 if only >= 0 else n_layer):
         L = layers[i]
@@ -317,42 +412,55 @@ def run_layers(Steps steps, list layers, Workspace ws, Py_ssize_t pos0, Py_ssize
 # -- before and after the layers -------------------------------------------------------------
 
 def embed(Weight token_embd, Workspace ws, Py_ssize_t n, Py_ssize_t pos0,
-          Weight position_embd=None, float embed_scale=1.0):
-    """x[t] = token_embd[tokens[t]] (* embed_scale) (+ position_embd[pos0 + t]).
+          Weight position_embd=None, float embed_scale=1.0, Py_ssize_t row0=0):
+    """x[t] = token_embd[tokens[t]] (* embed_scale) (+ position_embd[pos0 + t - row0]) for
+    rows t in [row0, row0 + n).
 
     Token ids were range-checked by the caller when written into ``ws.tokens``.
     """
     cdef Py_ssize_t d = ws.n_embd, t
     cdef float* tmp = ws.xb
     cdef bint learned = position_embd is not None
-    if n < 1 or n > ws.max_tokens:
-        raise ShapeError(f"embed called for {n} positions; the workspace holds 1..{ws.max_tokens}")
+    if n < 1 or row0 < 0 or row0 + n > ws.max_tokens:
+        raise ShapeError(f"embed called for {n} positions at row {row0}; the workspace holds "
+                         f"1..{ws.max_tokens}")
     if token_embd.view.cols != d:
         raise ShapeError("token_embd width does not match n_embd")
     if position_embd is not None and (position_embd.view.cols != d
                                       or pos0 < 0 or pos0 + n > position_embd.view.rows):
         raise ShapeError(f"positions {pos0}..{pos0 + n} exceed the learned position table")
     with nogil:
-        for t in range(n):
+        for t in range(row0, row0 + n):
             get_row(&token_embd.view, ws.tokens[t], ws.x + t * d)
             if embed_scale != 1.0:
                 scale(ws.x + t * d, embed_scale, ws.x + t * d, d)
             if learned:
-                get_row(&position_embd.view, pos0 + t, tmp)
+                get_row(&position_embd.view, pos0 + t - row0, tmp)
                 add(ws.x + t * d, tmp, ws.x + t * d, d)
 
 
 def lm_head(Weight output, Workspace ws, Py_ssize_t row0, Py_ssize_t n_rows, int n_threads,
             object norm_w, object norm_b=None, bint rms=False, float softcap=0.0,
-            cnp.ndarray out=None):
+            cnp.ndarray out=None, const Py_ssize_t[::1] rows=None):
     """Final norm of x[row0 : row0 + n_rows] into xb, then logits = xb @ output.T.
 
-    Logits land in ``out`` ((n_rows, vocab) float32) or, for one row, in ws.logits.
+    Logits land in ``out`` ((n_rows, vocab) float32) or, for one row, in ws.logits. With
+    ``rows``, row i is x[rows[i]] instead (the last row of each sequence of a batch), and
+    every row is computed as a one-row call computes it.
     """
-    cdef Py_ssize_t d = ws.n_embd, t
+    cdef Py_ssize_t d = ws.n_embd, t, src
     cdef const float* w = _vec(norm_w, "output_norm.weight", d)
     cdef const float* b = _vec(norm_b, "output_norm.bias", d)
     cdef float* dst = ws.logits
+    cdef Py_ssize_t n_packed = n_rows if n_rows >= packed_min_rows() else 0
+    cdef bint listed = rows is not None
+    if listed:
+        if rows.shape[0] != n_rows or n_rows > ws.max_tokens:
+            raise ShapeError(f"rows: expected {n_rows} row indices (at most {ws.max_tokens})")
+        for t in range(n_rows):
+            if rows[t] < 0 or rows[t] >= ws.max_tokens:
+                raise ShapeError(f"rows[{t}] = {rows[t]} outside the workspace")
+        n_packed = 0
     if n_rows < 1 or row0 < 0 or row0 + n_rows > ws.max_tokens:
         raise ShapeError(f"rows {row0}..{row0 + n_rows} outside the workspace")
     if output.view.cols != d or output.view.rows != ws.vocab:
@@ -362,12 +470,14 @@ def lm_head(Weight output, Workspace ws, Py_ssize_t row0, Py_ssize_t n_rows, int
     elif n_rows != 1:
         raise ShapeError("several rows of logits need an `out` array")
     with nogil:
-        if rms:
-            rmsnorm_rows(ws.x + row0 * d, w, ws.xb, n_rows, d, ws.norm_eps)
-        else:
-            layernorm_rows(ws.x + row0 * d, w, b, ws.xb, n_rows, d, ws.norm_eps)
-        matmul(&output.view, ws.xb, n_rows, d, dst, ws.vocab, NULL, False, n_threads,
-               ws.mm_scratch)
+        for t in range(n_rows):
+            src = rows[t] if listed else row0 + t
+            if rms:
+                rmsnorm_rows(ws.x + src * d, w, ws.xb + t * d, 1, d, ws.norm_eps)
+            else:
+                layernorm_rows(ws.x + src * d, w, b, ws.xb + t * d, 1, d, ws.norm_eps)
+        matmul_split(&output.view, ws.xb, n_rows, n_packed, d, dst, ws.vocab, NULL, False, n_threads,
+                     ws.mm_scratch)
         if softcap > 0.0:
             _softcap(dst, n_rows * ws.vocab, softcap)
 

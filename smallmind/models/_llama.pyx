@@ -13,14 +13,14 @@ SwiGLU MLP; no biases):
     h = silu(h) * h2                        activation
     x += Wdown h                            down_matmul
 
-Each step runs on all n rows at once (n = 1 when decoding); ``LAYER`` is the table that
+Each step runs on all n rows at once (n = 1 when decoding one sequence; rope, kv_store and
+attention per sequence when a batch runs several); ``LAYER`` is the table that
 ``_layer.run_layers`` runs for every layer.
 """
 from smallmind._core._attention cimport rope
 from smallmind._core._elementwise cimport swiglu
-from smallmind._core._matmul cimport matmul
-from smallmind.models._layer cimport (Steps, attention, down_matmul, kv_store, out_matmul,
-                                      rmsnorm_rows)
+from smallmind.models._layer cimport (Segment, Steps, attention, down_matmul, kv_store, matmul_rows,
+                                      out_matmul, rmsnorm_rows)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -28,15 +28,24 @@ cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.wq.view, ws.xb, c.n, ws.n_embd, ws.q, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
-    matmul(&L.wk.view, ws.xb, c.n, ws.n_embd, ws.k, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
-    matmul(&L.wv.view, ws.xb, c.n, ws.n_embd, ws.v, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
+    matmul_rows(c, &L.wq.view, ws.xb, ws.n_embd, ws.q, ws.ldqkv, NULL, False, ws.mm_scratch)
+    matmul_rows(c, &L.wk.view, ws.xb, ws.n_embd, ws.k, ws.ldqkv, NULL, False, ws.mm_scratch)
+    matmul_rows(c, &L.wv.view, ws.xb, ws.n_embd, ws.v, ws.ldqkv, NULL, False, ws.mm_scratch)
 
 
 cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    if L.n_rot > 0:
-        rope(ws.q, c.n, ws.ldqkv, ws.n_head, ws.head_dim, L.n_rot, c.pos0, 1.0, L.inv_freq, L.neox)
-        rope(ws.k, c.n, ws.ldqkv, ws.n_kv_head, ws.head_dim, L.n_rot, c.pos0, 1.0, L.inv_freq, L.neox)
+    cdef const Segment* seg
+    cdef Py_ssize_t off
+    cdef int i
+    if L.n_rot == 0:
+        return
+    for i in range(c.n_segs):  # each sequence's rows at its own positions
+        seg = &c.segs[i]
+        off = seg.row0 * ws.ldqkv
+        rope(ws.q + off, seg.n, ws.ldqkv, ws.n_head, ws.head_dim, L.n_rot, seg.pos0, 1.0, L.inv_freq,
+             L.neox)
+        rope(ws.k + off, seg.n, ws.ldqkv, ws.n_kv_head, ws.head_dim, L.n_rot, seg.pos0, 1.0,
+             L.inv_freq, L.neox)
 
 
 cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -44,10 +53,8 @@ cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.w_gate.view, ws.xb, c.n, ws.n_embd, ws.h, ws.n_hidden, NULL, False, c.n_threads,
-           ws.mm_scratch)
-    matmul(&L.w_up.view, ws.xb, c.n, ws.n_embd, ws.h2, ws.n_hidden, NULL, False, c.n_threads,
-           ws.mm_scratch)
+    matmul_rows(c, &L.w_gate.view, ws.xb, ws.n_embd, ws.h, ws.n_hidden, NULL, False, ws.mm_scratch)
+    matmul_rows(c, &L.w_up.view, ws.xb, ws.n_embd, ws.h2, ws.n_hidden, NULL, False, ws.mm_scratch)
 
 
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:

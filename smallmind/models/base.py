@@ -5,7 +5,8 @@ Its tensors are those of its architecture's table (:mod:`.spec`). Its forward pa
 embed -> the layer's steps for every layer -> head; the layer is a table of named Cython
 steps in the model's own block file (``_gpt2.pyx``, ``_llama.pyx``, ``_gemma3.pyx``), run
 over a :class:`State` holding the KV cache and a workspace of preallocated buffers, so the
-decode loop allocates nothing.
+decode loop allocates nothing. :meth:`DecoderModel.forward_batch` runs the rows of several
+sequences (each with its own State) through the weights at once, in a :class:`BatchState`.
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from .spec import TensorSpec, global_specs, layer_specs
 
 #: Prompt positions processed per call of the layers; bounds the workspace size.
 DEFAULT_MAX_TOKENS = 128
+
+
+#: Rows from which a float matmul takes the packed kernel (see _matmul.matmul_split).
+PACKED_MIN_ROWS = _layer.packed_min_rows_count()
 
 
 class Forward(NamedTuple):
@@ -53,11 +58,47 @@ class State:
     _arrays: dict
 
     def close(self) -> None:
-        for name, arr in self._arrays.items():
-            if name not in ("k_cache", "v_cache", "tokens", "mm_scratch"):
-                self.pool.release(arr)
+        _release(self.pool, self._arrays)
         self._arrays = {}
         self.cache.close()
+
+
+class BatchForward(NamedTuple):
+    """What :meth:`DecoderModel.forward_batch` did: each sequence's last-position logits
+    (row i for sequence i, a view of the batch's buffer valid until its next call) and the
+    shifts each sequence's sliding cache made."""
+
+    logits: np.ndarray
+    shifts: tuple[tuple[Shift, ...], ...]
+
+
+@dataclass
+class BatchState:
+    """Buffers for the rows of up to ``max_seqs`` sequences (``max_tokens`` rows in all) run
+    together; no KV cache of its own: each sequence brings its :class:`State`."""
+
+    workspace: _layer.Workspace
+    pool: BufferPool
+    n_threads: int
+    max_seqs: int
+    _arrays: dict
+    _spans: np.ndarray   # (max_seqs, 2) intp: (n, pos0) of each segment, in row order
+    _rows: np.ndarray    # (max_seqs,) intp: each sequence's last row
+
+    @property
+    def capacity(self) -> int:
+        """The longest KV cache a sequence in this batch may have."""
+        return self.workspace.capacity
+
+    def close(self) -> None:
+        _release(self.pool, self._arrays)
+        self._arrays = {}
+
+
+def _release(pool: BufferPool, arrays: dict) -> None:
+    for name, arr in arrays.items():
+        if name not in ("k_cache", "v_cache", "tokens", "mm_scratch") and arr is not None:
+            pool.release(arr)
 
 
 class DecoderModel:
@@ -145,26 +186,50 @@ class DecoderModel:
         cache = KVCache(c.n_layer, c.n_kv_head, capacity, c.head_dim, pool=pool,
                         overflow=overflow, n_keep=n_keep,
                         positional="learned" if c.learned_positions else "rotary")
+        ws, arrays = self._workspace(pool, max_tokens, capacity, 1, cache.k, cache.v)
+        return State(cache, ws, pool, int(n_threads), arrays)
+
+    def new_batch(self, *, max_seqs: int, capacity: int, max_tokens: int | None = None,
+                  n_threads: int = 1, pool: BufferPool | None = None) -> BatchState:
+        """Buffers to run up to ``max_seqs`` sequences together (:meth:`forward_batch`), of
+        ``max_tokens`` rows in all (default: max(max_seqs, DEFAULT_MAX_TOKENS)), whose KV
+        caches hold up to ``capacity`` positions. Allocated once: decoding allocates nothing."""
+        max_seqs = int(max_seqs)
+        max_tokens = max(max_seqs, DEFAULT_MAX_TOKENS) if max_tokens is None else int(max_tokens)
+        if not 1 <= max_seqs <= max_tokens:
+            raise ValueError(f"max_seqs must be in [1, max_tokens={max_tokens}], got {max_seqs}")
+        pool = default_pool() if pool is None else pool
+        ws, arrays = self._workspace(pool, max_tokens, min(int(capacity), self.config.n_ctx),
+                                     max_seqs, None, None, n_logits=max_seqs)
+        return BatchState(ws, pool, int(n_threads), max_seqs, arrays,
+                          np.zeros((max_seqs, 2), dtype=np.intp), np.zeros(max_seqs, dtype=np.intp))
+
+    def _workspace(self, pool: BufferPool, max_tokens: int, capacity: int, max_segs: int,
+                   k_cache: np.ndarray | None, v_cache: np.ndarray | None,
+                   n_logits: int = 1) -> tuple[_layer.Workspace, dict]:
+        c = self.config
+        q_dim, kv_dim = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
         mm_bytes = max(_layer.scratch_bytes(w, max_tokens) for w in self._matrices())
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, np.ndarray | None] = {
             "x": pool.acquire((max_tokens, c.n_embd)),
             "xb": pool.acquire((max_tokens, c.n_embd)),
             "qkv": pool.acquire((max_tokens, q_dim + 2 * kv_dim)),
             "att": pool.acquire((max_tokens, q_dim)),
             "h": pool.acquire((max_tokens, c.n_hidden)),
             "h2": pool.acquire((max_tokens, c.n_hidden)),
-            "logits": pool.acquire((c.vocab_size,)),
+            "logits": pool.acquire((n_logits, c.vocab_size) if n_logits > 1 else (c.vocab_size,)),
             "att_scratch": pool.acquire((_layer.attention_scratch_size(capacity, 1),)),
             "mm_scratch": np.zeros(max(mm_bytes, 64), dtype=np.uint8),
             "tokens": np.zeros(max_tokens, dtype=np.int32),
-            "k_cache": cache.k,
-            "v_cache": cache.v,
+            "k_cache": k_cache,
+            "v_cache": v_cache,
         }
         ws = _layer.Workspace(
             arrays, max_tokens=max_tokens, n_embd=c.n_embd, n_hidden=c.n_hidden,
             n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim, vocab=c.vocab_size,
-            capacity=capacity, n_layer=c.n_layer, norm_eps=c.norm_eps, mm_scratch_bytes=mm_bytes)
-        return State(cache, ws, pool, int(n_threads), arrays)
+            capacity=capacity, n_layer=c.n_layer, norm_eps=c.norm_eps, mm_scratch_bytes=mm_bytes,
+            max_segs=max_segs)
+        return ws, arrays
 
     def _matrices(self) -> list[Weight]:
         out = [self.output]
@@ -216,16 +281,66 @@ class DecoderModel:
         self._head(ws, n - 1, 1, nt, None, profiler)
         return Forward(ws.arrays["logits"], shifts)
 
+    def forward_batch(self, batch: BatchState, seqs: Sequence[tuple[State, Sequence[int]]], *,
+                      packed: Sequence[bool] | None = None) -> BatchForward:
+        """Run each sequence's ``tokens`` after what its State's cache holds, all sequences'
+        rows through the weights together (one pass for the batch) and each attending over
+        its own cache. Returns a :class:`BatchForward`: row i of its logits is sequence i's
+        last position.
+
+        Every row comes out bit for bit as :meth:`forward` of that sequence's tokens alone
+        computes it, given the same chunking: ``packed[i]`` says whether sequence i's rows
+        belong to a chunk of at least :data:`PACKED_MIN_ROWS` rows alone (default: whether
+        ``tokens`` is), which is what picks the float matmul kernel. The caller chunks: the
+        rows must fit the batch's ``max_tokens``.
+        """
+        n_seqs = len(seqs)
+        if not 1 <= n_seqs <= batch.max_seqs:
+            raise ShapeError(f"{n_seqs} sequences for a batch of 1..{batch.max_seqs}")
+        flags = ([len(t) >= PACKED_MIN_ROWS for _, t in seqs] if packed is None
+                 else [bool(p) for p in packed])
+        if len(flags) != n_seqs:
+            raise ShapeError(f"packed: {len(flags)} flags for {n_seqs} sequences")
+        ws, spans, rows = batch.workspace, batch._spans, batch._rows
+        if sum(len(t) for _, t in seqs) > ws.max_tokens:
+            raise ShapeError(f"the sequences hold more than the batch's {ws.max_tokens} rows")
+        caches: list[_layer.Workspace] = []
+        shifts: list[tuple[Shift, ...]] = [()] * n_seqs
+        row = n_packed = 0
+        for i in sorted(range(n_seqs), key=lambda i: not flags[i]):  # packed rows first
+            state, tokens = seqs[i]
+            n = len(tokens)
+            if n == 0:
+                raise ShapeError(f"sequence {i} has no tokens to run")
+            pos0, shift = state.cache.reserve(n)
+            if shift is not None:
+                self.rotate_cached_keys(state.cache, *shift)
+                shifts[i] = (shift,)
+            ws.set_tokens(tokens, 0, n, row)
+            self._embed(ws, n, pos0, row)
+            spans[len(caches)] = n, pos0
+            caches.append(state.workspace)
+            rows[i] = row + n - 1
+            row += n
+            if flags[i]:
+                n_packed = row
+        _layer.run_batch(self.steps, self.layers, ws, caches, spans[:n_seqs], n_packed, batch.n_threads)
+        for state, tokens in seqs:
+            state.cache.commit(len(tokens))
+        logits = batch._arrays["logits"][:n_seqs]
+        self._head(ws, 0, n_seqs, batch.n_threads, logits, rows=rows[:n_seqs])
+        return BatchForward(logits, tuple(shifts))
+
     def run_layer(self, i: int, ws: _layer.Workspace, pos0: int, n: int, n_threads: int) -> None:
         """Run layer ``i`` alone on the workspace (the error path uses it to find a bad layer)."""
         _layer.run_layers(self.steps, self.layers, ws, pos0, n, n_threads, None, i)
 
-    def _embed(self, ws: _layer.Workspace, n: int, pos0: int) -> None:
-        _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, self.config.embed_scale)
+    def _embed(self, ws: _layer.Workspace, n: int, pos0: int, row0: int = 0) -> None:
+        _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, self.config.embed_scale, row0)
 
-    def _head(self, ws, row0, n_rows, nt, out, profiler=None) -> None:
+    def _head(self, ws, row0, n_rows, nt, out, profiler=None, rows=None) -> None:
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,
-                self.final_rmsnorm, self.config.final_logit_softcap, out)
+                self.final_rmsnorm, self.config.final_logit_softcap, out, rows)
         if profiler is None:
             _layer.lm_head(*args)
         else:
