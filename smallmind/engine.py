@@ -174,6 +174,25 @@ class Engine:
         finally:
             self._release_session(session)
 
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]],
+                       params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                       max_batch: int = 16, **kwargs: Any) -> list[GenerationResult]:
+        """Generate from each of ``prompts`` (texts or token-id lists), decoding up to
+        ``max_batch`` sequences together: each step runs one token of every sequence
+        through the weights at once, and a prompt waiting for room joins when a sequence
+        finishes. Returns one :class:`GenerationResult` per prompt, in order.
+
+        Sampling: ``params`` (one :class:`SamplingParams` for all, or a list with one per
+        prompt) and/or its fields as keywords, as :meth:`generate`. With one ``seed=s`` for
+        all, prompt i samples with seed ``s + i``; so result i is, token for token, what
+        ``generate(prompts[i], seed=s + i)`` returns (with a list, what ``generate`` with
+        that prompt's own parameters returns). ``add_special``, ``n_threads`` and the
+        constraints ``json_schema``, ``regex``, ``grammar``, ``choices`` (each sequence held
+        to it separately) are those of :meth:`generate`.
+        """
+        from .batch import generate_batch
+        return generate_batch(self, prompts, params, max_batch=max_batch, **kwargs)
+
     def _claim_session(self) -> Session:
         # One cached session makes repeated generate calls allocation-free; a caller that
         # finds it claimed (another thread, or a stream not yet exhausted) gets its own.
