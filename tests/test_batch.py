@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import cached_model, shared_model
+
 from smallmind import Engine, ModelConfig, SamplingParams
 from smallmind.errors import ShapeError
 from smallmind.models.base import PACKED_MIN_ROWS

@@ -222,3 +222,34 @@ def test_invalid_settings_are_refused(backend):
     ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             Scheduler(backend, **kwargs)
+
+
+@pytest.mark.parametrize("model", ["default", "SmolLM2-135M-Instruct.Q4_1.gguf"])
+def test_eight_concurrent_requests_equal_their_solo_runs(model, make):
+    """Eight requests decoded in one batched forward per step (prompt chunks interleaved with
+    decode rows) give, token for token, what each gives alone; sampled ones too."""
+    if model == "default":
+        back = Backend(Engine.default())
+    else:
+        from conftest import cached_model
+        back = Backend(Engine.load(cached_model(model), n_threads=2))
+    prompts = ["ROMEO:", "JULIET:\nO Romeo", "First Citizen:\nWe are accounted poor citizens", "KING",
+               "What, ho!", "To be, or not to be", "Now is the winter of our discontent", "O"]
+    params = [{"temperature": 0.0} if i % 2 else {"temperature": 0.8, "top_p": 0.95, "seed": 100 + i}
+              for i in range(len(prompts))]
+    gate = Gate()
+    s = Scheduler(back, parallel=8, prefill_chunk=16, step=gate).start()
+    try:
+        sinks = [Collector() for _ in prompts]
+        gate.open.clear()  # admit all eight before the first step
+        for prompt, p, sink in zip(prompts, params, sinks, strict=True):
+            s.submit(Request(back.encode(prompt), 24, p), sink)
+        gate.open.set()
+        for prompt, p, sink in zip(prompts, params, sinks, strict=True):
+            assert isinstance(sink.wait(), Finished)
+            solo = back.engine.generate(prompt, max_new_tokens=24, **p)
+            assert sink.tokens == solo.tokens, prompt
+            assert sink.text == solo.text
+    finally:
+        s.stop()
+    assert max(len(b) for b in gate.batches) == 8

@@ -33,7 +33,7 @@ class Workspace:
     n_kv_head: int
     head_dim: int
     arrays: dict[str, np.ndarray]
-    def __init__(self, arrays: dict[str, np.ndarray], *, max_tokens: int, n_embd: int, n_hidden: int,
+    def __init__(self, arrays: dict[str, np.ndarray | None], *, max_tokens: int, n_embd: int, n_hidden: int,
                  n_head: int, n_kv_head: int, head_dim: int, vocab: int, capacity: int, n_layer: int,
                  norm_eps: float, mm_scratch_bytes: int, max_segs: int = ...) -> None: ...
     max_segs: int

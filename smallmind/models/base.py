@@ -182,7 +182,6 @@ class DecoderModel:
         capacity = c.n_ctx if capacity is None else min(int(capacity), c.n_ctx)
         max_tokens = min(capacity, DEFAULT_MAX_TOKENS if max_tokens is None else int(max_tokens))
         pool = default_pool() if pool is None else pool
-        q_dim, kv_dim = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
         cache = KVCache(c.n_layer, c.n_kv_head, capacity, c.head_dim, pool=pool,
                         overflow=overflow, n_keep=n_keep,
                         positional="learned" if c.learned_positions else "rotary")
@@ -206,7 +205,7 @@ class DecoderModel:
 
     def _workspace(self, pool: BufferPool, max_tokens: int, capacity: int, max_segs: int,
                    k_cache: np.ndarray | None, v_cache: np.ndarray | None,
-                   n_logits: int = 1) -> tuple[_layer.Workspace, dict]:
+                   n_logits: int | None = None) -> tuple[_layer.Workspace, dict]:
         c = self.config
         q_dim, kv_dim = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
         mm_bytes = max(_layer.scratch_bytes(w, max_tokens) for w in self._matrices())
@@ -217,7 +216,7 @@ class DecoderModel:
             "att": pool.acquire((max_tokens, q_dim)),
             "h": pool.acquire((max_tokens, c.n_hidden)),
             "h2": pool.acquire((max_tokens, c.n_hidden)),
-            "logits": pool.acquire((n_logits, c.vocab_size) if n_logits > 1 else (c.vocab_size,)),
+            "logits": pool.acquire((c.vocab_size,) if n_logits is None else (n_logits, c.vocab_size)),
             "att_scratch": pool.acquire((_layer.attention_scratch_size(capacity, 1),)),
             "mm_scratch": np.zeros(max(mm_bytes, 64), dtype=np.uint8),
             "tokens": np.zeros(max_tokens, dtype=np.int32),

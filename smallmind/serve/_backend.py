@@ -3,19 +3,15 @@
 
 A :class:`Slot` is one KV cache (a :class:`~smallmind.engine.Session`) that runs one request at
 a time and keeps its tokens afterwards, so a later request sharing a prefix with them only runs
-its new part. :func:`run_step` advances a list of slots by one step each: a slot still reading
-its prompt runs its next chunk; a slot that is generating runs one token.
-
-Today a step is one forward pass per slot, in turn, through the public streaming API
-(``session.generate(..., stream=True)``). A batched forward replaces the body of
-:func:`run_step`: gather the input rows of every slot (a prompt chunk, or one token), run them
-through the weights together, attend per slot over its own cache, sample per slot with its own
-:class:`Request` parameters, and return one :class:`Emitted` per slot (None for a slot whose
-chunk did not reach the end of its prompt). For that a slot keeps, instead of the stream it
-holds today, its own sampler (seeded), token history and text assembler (stop strings, UTF-8),
-and the model provides one forward over several caches that returns the last row's logits of
-each. The scheduler (``scheduler.py``) and the HTTP layer do not change; the tests that compare
-served tokens with ``Engine.generate`` check that batching changes no token.
+its new part. :func:`run_step` advances a list of slots by one step in one batched forward pass
+(:meth:`~smallmind.models.base.DecoderModel.forward_batch`): the rows of every slot (the next
+chunk of a prompt, or the token generated last) go through the weights together, each attends
+over its own cache, and each slot samples with its own :class:`~smallmind.batch.Decoder`
+(seeded sampler, token history, text assembler with stop strings and whole UTF-8 characters,
+structured constraint). Every row is computed bit for bit as the same row alone, and a prompt
+is cut into chunks that fall within those a lone ``generate`` would run (which picks the
+matmul kernel of float weights), so batching changes no token: the tests compare served tokens
+with ``Engine.generate``. The scheduler (``scheduler.py``) and the HTTP layer do not change.
 """
 
 from __future__ import annotations
@@ -24,8 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ..batch import Decoder
 from ..chat import chat_stop_strings, encode_chat
-from ..engine import Engine, Session, TokenStream
+from ..engine import Engine, Session
+from ..models.base import PACKED_MIN_ROWS, BatchState
+from ..sampling import SamplingParams
+from ..structured import compile_grammar
 
 __all__ = ["Backend", "Emitted", "Request", "Slot", "load_engine", "run_step"]
 
@@ -74,6 +76,7 @@ class Backend:
         self.n_ctx = engine.n_ctx
         self.vocab_size = engine.config.vocab_size
         self.has_chat_template = bool(engine.chat_template)
+        self._batch: _Batch | None = None
 
     @property
     def model_id(self) -> str:
@@ -110,18 +113,45 @@ class Backend:
         return chat_stop_strings(self.engine.chat_template)
 
     def new_slot(self) -> Slot:
-        return Slot(self.engine.session())
+        if self._batch is None:
+            self._batch = _Batch(self.engine)
+        return Slot(self.engine.session(), self._batch)
+
+
+_CONSTRAINTS = ("json_schema", "regex", "grammar", "choices")
+
+
+class _Batch:
+    """The batch buffers the slots of one engine share, grown (rarely) to the largest step."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.state: BatchState | None = None
+
+    def get(self, n_seqs: int, n_rows: int) -> BatchState:
+        state = self.state
+        if state is None or state.max_seqs < n_seqs or state.workspace.max_tokens < n_rows:
+            seqs = max(n_seqs, state.max_seqs if state else 1)
+            rows = max(n_rows, state.workspace.max_tokens if state else 1, seqs)
+            if state is not None:
+                state.close()
+            self.state = state = self.engine.model.new_batch(
+                max_seqs=seqs, max_tokens=rows, capacity=self.engine.n_ctx, n_threads=self.engine.n_threads)
+        return state
 
 
 class Slot:
     """One KV cache serving one request at a time (see the module docstring)."""
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, batch: _Batch):
         self._session = session
+        self._batch = batch
         self._pending: list[int] = []  # prompt tokens not yet run
-        self._stream: TokenStream | None = None
+        self._chunk_left = 0  # of the pending chunk a lone generate would run
+        self._chunk_packed = False
+        self._decoder: Decoder | None = None
         self._request: Request | None = None
-        self._generated = 0
+        self._next: list[int] = []  # the rows of this slot's next step
 
     @property
     def tokens(self) -> list[int]:
@@ -144,8 +174,8 @@ class Slot:
         """Take ``request``; returns how many prompt tokens are already in the cache."""
         self.cancel()
         self._request = request
-        self._generated = 0
         self._pending = self._session.continue_with(request.prompt)
+        self._chunk_left = 0
         return len(request.prompt) - len(self._pending)
 
     @property
@@ -153,59 +183,61 @@ class Slot:
         """Prompt tokens still to run before the first generated token."""
         return len(self._pending)
 
-    def advance(self, budget: int) -> Emitted | None:
-        """Run up to ``budget`` prompt tokens, or one generated token (see :func:`run_step`)."""
+    def _plan(self, budget: int) -> tuple[list[int], bool]:
+        """The rows this step runs for the slot (up to ``budget`` prompt tokens, or the last
+        generated token) and whether a lone generate would run them with the packed kernel."""
         request = self._request
         assert request is not None, "advance() on an idle slot"
+        if self._decoder is None:  # the request's parameters are checked here, not in start()
+            sampling = dict(request.sampling)
+            grammar = compile_grammar(self._session.engine.tokenizer, self._session.engine.config.vocab_size,
+                                      **{k: sampling.pop(k) for k in _CONSTRAINTS if k in sampling})
+            params = SamplingParams.build(None, max_new_tokens=request.max_tokens, stop=list(request.stop),
+                                          **sampling)
+            self._decoder = Decoder(self._session.engine, params, request.prompt, request.prompt,
+                                    self.capacity, grammar)
+        if not self._pending:
+            return self._next, False
+        if self._chunk_left == 0:  # the next chunk of session.generate(pending) alone
+            self._chunk_left = min(len(self._pending), self._session._state.workspace.max_tokens)
+            self._chunk_packed = self._chunk_left >= PACKED_MIN_ROWS
+        n = max(1, min(budget, self._chunk_left))
+        return self._pending[:n], self._chunk_packed
+
+    def _after(self, ran: list[int], logits: np.ndarray) -> Emitted | None:
+        """Book the rows that ran; sample from their last row once the prompt is done."""
+        self._session.tokens.extend(ran)
+        decoder = self._decoder
+        assert decoder is not None
         if self._pending:
-            if len(self._pending) > budget:
-                chunk, self._pending = self._pending[:budget], self._pending[budget:]
-                self._session.generate(chunk, max_new_tokens=0)
+            del self._pending[:len(ran)]
+            self._chunk_left -= len(ran)
+            if self._pending:
                 return None
-            last, self._pending = self._pending, []
-            if request.max_tokens == 0:
-                self._session.generate(last, max_new_tokens=0)
-                return self._finish("")
-            self._stream = self._session.generate(  # stream=True: a TokenStream
-                last,
-                max_new_tokens=request.max_tokens,
-                stop=list(request.stop),
-                stream=True,
-                **request.sampling,
-            )
-        return self._next()
+            decoder.prompt_done()
+        chunk = None if decoder.done else decoder.step(logits)
+        cache = self._session._state.cache
+        if chunk is not None and chunk.token is not None and not decoder.done \
+                and cache.length < cache.capacity:
+            self._next = [chunk.token]
+            return Emitted(chunk.token, chunk.text)
+        text = (chunk.text if chunk is not None else "") + decoder.finish()
+        reason = "stop" if decoder.run.finish_reason in ("stop", "eos") else "length"
+        self._decoder = self._request = None
+        return Emitted(chunk.token if chunk is not None else None, text, reason)
 
-    def _next(self) -> Emitted:
-        assert self._stream is not None
-        try:
-            chunk = next(self._stream)
-        except StopIteration:
-            return self._finish("")
-        if chunk.token is None:  # held-back text, released as the stream ends
-            return self._finish(chunk.text)
-        self._generated += 1
-        assert self._request is not None
-        if self._generated >= self._request.max_tokens:  # the stream ends without a forward pass
-            return self._finish(chunk.text, chunk.token)
-        return Emitted(chunk.token, chunk.text)
-
-    def _finish(self, text: str, token: int | None = None) -> Emitted:
-        reason = "length"
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            for chunk in stream:  # only held-back text remains: no forward pass
-                text += chunk.text
-            result = getattr(stream, "result", None)
-            if result is not None and result.finish_reason in ("stop", "eos"):
-                reason = "stop"
-        self._request = None
-        return Emitted(token, text, reason)
+    def advance(self, budget: int) -> Emitted | None:
+        """Run this slot alone for one step (see :func:`run_step`)."""
+        result = run_step([(self, budget)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def cancel(self) -> None:
         """Drop the running request (if any); the cache keeps what it holds for reuse."""
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.close()  # ends the generate call, so the session takes the next one
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            decoder.close()
         self._pending = []
         self._request = None
 
@@ -220,16 +252,43 @@ class Slot:
 
 
 def run_step(work: Sequence[tuple[Slot, int]]) -> list[Emitted | BaseException | None]:
-    """Advance each ``(slot, prefill_budget)`` by one step; one result per slot, in order:
-    an :class:`Emitted`, None (a prompt chunk that did not reach the prompt's end), or the
-    exception that slot raised (the other slots still run)."""
-    out: list[Emitted | BaseException | None] = []
-    for slot, budget in work:
+    """Advance each ``(slot, prefill_budget)`` by one step, all in one batched forward pass; one
+    result per slot, in order: an :class:`Emitted`, None (a prompt chunk that did not reach the
+    prompt's end), or the exception that slot raised (the other slots still run; an error of
+    the forward pass itself is every slot's)."""
+    out: list[Emitted | BaseException | None] = [None] * len(work)
+    planned: list[tuple[int, Slot, list[int], bool]] = []
+    for k, (slot, budget) in enumerate(work):
         try:
-            out.append(slot.advance(budget))
+            ran, packed = slot._plan(budget)
+            planned.append((k, slot, ran, packed))
         except Exception as exc:  # noqa: BLE001  one bad sequence must not take the others down
-            out.append(exc)
+            out[k] = exc
+    for group in _by_batch(planned):
+        batch = group[0][1]._batch
+        try:
+            state = batch.get(len(group), sum(len(ran) for _, _, ran, _ in group))
+            fwd = batch.engine.model.forward_batch(
+                state, [(slot._session._state, ran) for _, slot, ran, _ in group],
+                packed=[packed for *_, packed in group])
+        except Exception as exc:  # noqa: BLE001
+            for k, *_ in group:
+                out[k] = exc
+            continue
+        for (k, slot, ran, _), logits in zip(group, fwd.logits, strict=True):
+            try:
+                out[k] = slot._after(ran, logits)
+            except Exception as exc:  # noqa: BLE001
+                out[k] = exc
     return out
+
+
+def _by_batch(planned: list) -> list[list]:
+    """The planned slots grouped by the engine (batch buffers) they run on."""
+    groups: dict[int, list] = {}
+    for item in planned:
+        groups.setdefault(id(item[1]._batch), []).append(item)
+    return list(groups.values())
 
 
 def _basename(path: str) -> str:
