@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 
@@ -170,6 +171,8 @@ class Engine:
         try:
             session.reset()
             result: GenerationResult | TokenStream = session.generate(prompt, params, **kwargs)
+            if isinstance(result, TokenStream):
+                result._engine = self  # the cached session's engine is a weak proxy (see below)
             return result
         finally:
             self._release_session(session)
@@ -198,7 +201,10 @@ class Engine:
         # finds it claimed (another thread, or a stream not yet exhausted) gets its own.
         with self._lock:
             if self._session is None:
-                self._session = Session(self)
+                # The session reaches its engine through a weak proxy: a strong reference back
+                # would make a cycle, and the engine (its model, buffers, memory map) would
+                # live on until the garbage collector found it.
+                self._session = Session(cast("Engine", weakref.proxy(self)))
             elif self._session_claimed or self._session.busy:
                 return Session(self)
             self._session_claimed = True

@@ -93,6 +93,7 @@ class TokenStream:
         self._chunks = chunks
         self._run = run
         self._epoch = epoch
+        self._engine: object = None  # keeps an engine alive while its cached session streams
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> TokenStream:

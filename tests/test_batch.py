@@ -194,3 +194,21 @@ def test_generate_batch_structured_per_sequence():
         assert (r.tokens, r.json, r.finish_reason) == (alone.tokens, alone.json, alone.finish_reason)
     choices = engine.generate_batch(["Yes or no?", "Pick one:"], choices=["yes", "no"], temperature=0)
     assert all(r.text in ("yes", "no") for r in choices)
+
+
+def test_an_engine_is_freed_without_the_garbage_collector():
+    """The engine's cached session reaches it through a weak proxy: no reference cycle."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        engine = Engine.default()
+        assert engine.generate("ROMEO:", max_new_tokens=3, temperature=0).tokens
+        ref = weakref.ref(engine)
+        del engine
+        assert ref() is None
+        stream = Engine.default().generate("ROMEO:", max_new_tokens=4, temperature=0, stream=True)
+        assert len([c for c in stream if c.token is not None]) == 4  # the stream keeps its engine
+    finally:
+        gc.enable()

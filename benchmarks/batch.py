@@ -1,0 +1,99 @@
+"""Batched decoding: aggregate decode tok/s of Engine.generate_batch for 1, 2, 4, 8, 16
+sequences against one sequence's Engine.generate, in the same run.
+
+    python benchmarks/batch.py [--model FILE] [--threads 2] [--new 64] [--sizes 1,2,4,8,16]
+
+Every sequence decodes exactly --new tokens (its end-of-sequence tokens are suppressed with
+logit_bias), greedy. A batch's decode time is its wall time less its prompts' prefill time
+(the prompts are prefilled one after the other before the batch decodes). A second table
+gives the matrix products alone: one pass over every weight matrix of the model for n rows at
+once (what one batched decode step does), per call and per row, against n = 1. Default model:
+SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind (python tools/fetch_models.py). Writes
+benchmarks/results/batch.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from _report import machine_info, markdown_table, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from smallmind import Engine  # noqa: E402
+from smallmind._core._matmul import _bench_sweep  # noqa: E402
+
+DEFAULT_MODEL = Path.home() / ".cache" / "smallmind" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "1, 2, 3, 4,",
+           "Dear diary, today", "The best way to learn", "In the beginning", "Here is a recipe for",
+           "The weather today", "My favourite book is", "Q: What is 2+2?\nA:", "import numpy as np\n",
+           "Roses are red,", "The quick brown fox", "Breaking news:", "To whom it may concern,"]
+
+
+def decode_rates(engine: Engine, sizes: list[int], n_new: int) -> list[dict]:
+    tok = engine.tokenizer
+    no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+    sampling = dict(max_new_tokens=n_new, temperature=0.0, logit_bias=no_end)
+    engine.generate(PROMPTS[0], **sampling)  # warm up
+    single = engine.generate(PROMPTS[0], **sampling).timings.decode_tokens_per_s
+    rows = [{"sequences": "1 (generate)", "decode tok/s": single, "per sequence": single, "vs one": 1.0}]
+    for n in sizes:
+        prompts = [PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)) for i in range(n)]
+        t0 = time.perf_counter()
+        results = engine.generate_batch(prompts, max_batch=n, **sampling)
+        wall = time.perf_counter() - t0
+        decode_s = wall - sum(r.timings.prompt_ms for r in results) / 1e3
+        tokens = sum(len(r.tokens) for r in results)
+        assert tokens == n * n_new, "a sequence ended early"
+        rate = (tokens - n) / decode_s  # each sequence's first token comes from its prefill
+        rows.append({"sequences": n, "decode tok/s": rate, "per sequence": rate / n, "vs one": rate / single})
+    return rows
+
+
+def matmul_rates(engine: Engine, sizes: list[int], n_threads: int) -> list[dict]:
+    model = engine.model
+    weights = [w for layer in model.layers
+               for w in (layer.wqkv, layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up,
+                         layer.w_down) if w is not None]
+    base = None
+    rows = []
+    for n in [1, *sizes]:
+        if rows and n == 1:
+            continue
+        seconds = min(_bench_sweep(weights, n, n_threads, 5) for _ in range(3)) / 5
+        base = base or seconds
+        rows.append({"rows": n, "ms per pass": seconds * 1e3, "us per row": seconds * 1e6 / n,
+                     "time vs n=1": seconds / base, "rows/s vs n=1": n * base / seconds})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new", type=int, default=64, help="tokens each sequence decodes")
+    ap.add_argument("--sizes", default="1,2,4,8,16", help="batch sizes")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "batch.json"))
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    engine = Engine.load(args.model, n_threads=args.threads)
+    decode = decode_rates(engine, sizes, args.new)
+    print(f"\n{Path(args.model).name}, {args.threads} threads, {args.new} new tokens per sequence\n")
+    dcols = ["sequences", "decode tok/s", "per sequence", "vs one"]
+    print(markdown_table(decode, dcols))
+    matmul = matmul_rates(engine, sizes, args.threads)
+    mcols = ["rows", "ms per pass", "us per row", "time vs n=1", "rows/s vs n=1"]
+    print("\nEvery weight matrix once for n rows (one batched decode step's matrix products)\n")
+    print(markdown_table(matmul, mcols))
+    write_json(args.json, {"name": "batch", "meta": {**machine_info(), "model": args.model,
+                                                     "threads": args.threads, "new_tokens": args.new},
+                           "decode": {"columns": dcols, "rows": decode},
+                           "matmul": {"columns": mcols, "rows": matmul}})
+
+
+if __name__ == "__main__":
+    main()
