@@ -5,9 +5,11 @@ sequences against one sequence's Engine.generate, in the same run.
 
 Every sequence decodes exactly --new tokens (its end-of-sequence tokens are suppressed with
 logit_bias), greedy. A batch's decode time is its wall time less its prompts' prefill time
-(the prompts are prefilled one after the other before the batch decodes). A second table
-gives the matrix products alone: one pass over every weight matrix of the model for n rows at
-once (what one batched decode step does), per call and per row, against n = 1. Default model:
+(the prompts are prefilled one after the other before the batch decodes); with --threads 1
+the rates from CPU time are shown too (a shared machine distorts them less). A second table
+gives the matrix products alone: one pass over every layer matrix of the model for n rows at
+once (what one batched decode step does), wall time on --threads and CPU time on one thread
+(least distorted by a loaded machine), as rows per second against n = 1. Default model:
 SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind (python tools/fetch_models.py). Writes
 benchmarks/results/batch.json.
 """
@@ -39,35 +41,43 @@ def decode_rates(engine: Engine, sizes: list[int], n_new: int) -> list[dict]:
     no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
     sampling = dict(max_new_tokens=n_new, temperature=0.0, logit_bias=no_end)
     engine.generate(PROMPTS[0], **sampling)  # warm up
-    single = engine.generate(PROMPTS[0], **sampling).timings.decode_tokens_per_s
-    rows = [{"sequences": "1 (generate)", "decode tok/s": single, "per sequence": single, "vs one": 1.0}]
+    c0 = time.thread_time()
+    result = engine.generate(PROMPTS[0], **sampling)
+    single = result.timings.decode_tokens_per_s
+    # On one thread, this thread's CPU time is all the work: a rate a loaded machine distorts less.
+    single_cpu = (n_new - 1) / (time.thread_time() - c0 - result.timings.prompt_ms / 1e3)
+    rows = [{"sequences": "1 (generate)", "decode tok/s": single, "per sequence": single, "vs one": 1.0,
+             "CPU tok/s": single_cpu, "CPU vs one": 1.0}]
     for n in sizes:
         prompts = [PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)) for i in range(n)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         results = engine.generate_batch(prompts, max_batch=n, **sampling)
-        wall = time.perf_counter() - t0
-        decode_s = wall - sum(r.timings.prompt_ms for r in results) / 1e3
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        prefill_s = sum(r.timings.prompt_ms for r in results) / 1e3
         tokens = sum(len(r.tokens) for r in results)
         assert tokens == n * n_new, "a sequence ended early"
-        rate = (tokens - n) / decode_s  # each sequence's first token comes from its prefill
-        rows.append({"sequences": n, "decode tok/s": rate, "per sequence": rate / n, "vs one": rate / single})
+        rate = (tokens - n) / (wall - prefill_s)  # each sequence's first token comes from its prefill
+        cpu_rate = (tokens - n) / (cpu - prefill_s)
+        rows.append({"sequences": n, "decode tok/s": rate, "per sequence": rate / n, "vs one": rate / single,
+                     "CPU tok/s": cpu_rate, "CPU vs one": cpu_rate / single_cpu})
     return rows
 
 
 def matmul_rates(engine: Engine, sizes: list[int], n_threads: int) -> list[dict]:
+    """One pass over every layer matrix for n rows: wall time on n_threads, and CPU time on
+    one thread (what a loaded machine distorts least: the kernels' compute per row)."""
     model = engine.model
     weights = [w for layer in model.layers
                for w in (layer.wqkv, layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up,
                          layer.w_down) if w is not None]
-    base = None
-    rows = []
-    for n in [1, *sizes]:
-        if rows and n == 1:
-            continue
-        seconds = min(_bench_sweep(weights, n, n_threads, 5) for _ in range(3)) / 5
-        base = base or seconds
-        rows.append({"rows": n, "ms per pass": seconds * 1e3, "us per row": seconds * 1e6 / n,
-                     "time vs n=1": seconds / base, "rows/s vs n=1": n * base / seconds})
+    rows: list[dict] = []
+    for n in sorted({1, *sizes}):
+        wall = min(_bench_sweep(weights, n, n_threads, 5) for _ in range(3)) / 5
+        cpu = min(_bench_sweep(weights, n, 1, 5, True) for _ in range(3)) / 5
+        base = rows[0] if rows else {"wall": wall, "cpu": cpu}
+        rows.append({"rows": n, "wall": wall, "cpu": cpu, "ms per pass": wall * 1e3,
+                     "rows/s vs n=1": n * base["wall"] / wall, "1-thread CPU ms": cpu * 1e3,
+                     "CPU rows/s vs n=1": n * base["cpu"] / cpu})
     return rows
 
 
@@ -84,9 +94,11 @@ def main() -> None:
     decode = decode_rates(engine, sizes, args.new)
     print(f"\n{Path(args.model).name}, {args.threads} threads, {args.new} new tokens per sequence\n")
     dcols = ["sequences", "decode tok/s", "per sequence", "vs one"]
+    if args.threads == 1:
+        dcols += ["CPU tok/s", "CPU vs one"]
     print(markdown_table(decode, dcols))
     matmul = matmul_rates(engine, sizes, args.threads)
-    mcols = ["rows", "ms per pass", "us per row", "time vs n=1", "rows/s vs n=1"]
+    mcols = ["rows", "ms per pass", "rows/s vs n=1", "1-thread CPU ms", "CPU rows/s vs n=1"]
     print("\nEvery weight matrix once for n rows (one batched decode step's matrix products)\n")
     print(markdown_table(matmul, mcols))
     write_json(args.json, {"name": "batch", "meta": {**machine_info(), "model": args.model,

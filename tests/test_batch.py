@@ -167,6 +167,8 @@ def test_forward_batch_checks_its_arguments():
             model.forward_batch(batch, [(states[0], [1] * 5), (states[1], [2] * 5)])
         with pytest.raises(ShapeError, match="no tokens"):
             model.forward_batch(batch, [(states[0], [])])
+        with pytest.raises(ShapeError, match="twice"):
+            model.forward_batch(batch, [(states[0], [1]), (states[0], [2])])
         with pytest.raises(ShapeError, match="packed"):
             model.forward_batch(batch, [(states[0], [1])], packed=[True, False])
         big = model.new_state(capacity=32)

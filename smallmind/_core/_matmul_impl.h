@@ -201,6 +201,7 @@ static void smm_float_gemm_range(const smm_job* j, ptrdiff_t p0, ptrdiff_t p1)
 #define SMM_TILE_CASES(FN, T, w, ws, a, as, cols, out) \
     switch (R * 8 + C) {                                        \
     case 4 * 8 + 1: FN(T, 4, 1, w, ws, a, as, cols, out); break; \
+    case 4 * 8 + 2: FN(T, 4, 2, w, ws, a, as, cols, out); break; \
     case 2 * 8 + 4: FN(T, 2, 4, w, ws, a, as, cols, out); break; \
     case 2 * 8 + 1: FN(T, 2, 1, w, ws, a, as, cols, out); break; \
     case 1 * 8 + 4: FN(T, 1, 4, w, ws, a, as, cols, out); break; \
@@ -241,7 +242,21 @@ static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const u
         for (; r < r1; r++) smm_q_tile(j, 1, 1, r, 0, act, astride);
         return;
     }
+    /* Groups of 4 weight rows: 2x4 tiles for the activation rows in fours, then 4x2 and 4x1
+     * tiles for the 1-3 left (their weights now in L1). 2x1 tiles unpacked every weight block
+     * once per activation row and two rows at a time, which made n = 2 slower than two
+     * products of one row (a batch of 2 sequences, measured). */
+    const ptrdiff_t n4 = j->n / 4 * 4;
     ptrdiff_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        ptrdiff_t t = 0;
+        for (; t < n4; t += 4) {
+            smm_q_tile(j, 2, 4, r, t, act, astride);
+            smm_q_tile(j, 2, 4, r + 2, t, act, astride);
+        }
+        for (; t + 2 <= j->n; t += 2) smm_q_tile(j, 4, 2, r, t, act, astride);
+        if (t < j->n) smm_q_tile(j, 4, 1, r, t, act, astride);
+    }
     for (; r + 2 <= r1; r += 2) {
         ptrdiff_t t = 0;
         for (; t + 4 <= j->n; t += 4) smm_q_tile(j, 2, 4, r, t, act, astride);

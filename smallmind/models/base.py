@@ -300,6 +300,8 @@ class DecoderModel:
                  else [bool(p) for p in packed])
         if len(flags) != n_seqs:
             raise ShapeError(f"packed: {len(flags)} flags for {n_seqs} sequences")
+        if len({id(state) for state, _ in seqs}) != n_seqs:
+            raise ShapeError("a sequence's State appears twice in the batch")
         ws, spans, rows = batch.workspace, batch._spans, batch._rows
         if sum(len(t) for _, t in seqs) > ws.max_tokens:
             raise ShapeError(f"the sequences hold more than the batch's {ws.max_tokens} rows")
