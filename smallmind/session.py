@@ -18,7 +18,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -65,6 +65,9 @@ class Session:
         self._open_stream = -1       # epoch of a stream not yet finished
         self._dropped = 0            # tokens a slide discarded during the current call
         self._last_row = 0           # workspace row of the last forward's final position
+        #: Called with each step's raw logits row before a grammar mask or the sampler sees
+        #: it (the server's logprobs); must not modify or keep the row.
+        self._observe_logits: Callable[[np.ndarray], None] | None = None
 
     @property
     def capacity(self) -> int:
@@ -326,6 +329,8 @@ class Session:
                 if n_hist != len(self.tokens):  # first step, or the cache slid: resync
                     n_hist = min(len(self.tokens), hist.shape[0] - 1)
                     hist[:n_hist] = self.tokens[len(self.tokens) - n_hist:]
+                if self._observe_logits is not None:
+                    self._observe_logits(logits)
                 if constraint is not None:
                     constraint.apply(logits)
                 if profiler is None:

@@ -22,10 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..chat import chat_stop_strings, encode_chat
 from ..engine import Engine, Session, TokenStream
+from ._logprobs import LogprobTexts, TokenLogprob, token_logprob
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..structured.tools import ToolPlan
 
 __all__ = ["Backend", "Emitted", "Request", "Slot", "load_engine", "run_step"]
 
@@ -54,6 +60,7 @@ class Request:
     max_tokens: int
     sampling: dict[str, Any] = field(default_factory=dict)  # keyword arguments of generate()
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # report each token's logprob and this many alternatives (None: off)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Emitted:
     token: int | None
     text: str
     finish_reason: str | None = None
+    logprob: TokenLogprob | None = None  # when the request asked for logprobs and token is not None
 
 
 class Backend:
@@ -94,17 +102,31 @@ class Backend:
             raise ValueError("this model has no tokenizer")
         return tok.decode([int(i) for i in ids])
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         tok = self.engine.tokenizer
         if tok is None:
             raise ValueError("this model has no tokenizer")
-        return encode_chat(messages, tok, self.engine.chat_template)
+        return encode_chat(messages, tok, self.engine.chat_template, tools=tools)
 
-    def check_json_schema(self, schema: dict[str, Any]) -> None:
-        """Compile ``schema`` for this vocabulary (cached); ValueError if it is invalid or
-        uses a keyword that cannot be enforced, ImportError without the structured extra."""
+    def tool_plan(self, messages: list[dict], tools: Any, tool_choice: Any) -> ToolPlan:
+        """How ``engine.chat(messages, tools=..., tool_choice=...)`` renders and constrains a
+        reply (ValueError/TypeError for bad tools)."""
+        from ..structured.tools import ToolPlan
+        return ToolPlan(self.engine.chat_template, messages, tools, tool_choice, {})
+
+    @property
+    def logprob_texts(self) -> LogprobTexts:
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise ValueError("this model has no tokenizer")
+        return LogprobTexts(tok)
+
+    def check_constraint(self, **constraint: Any) -> None:
+        """Compile a ``json_schema=`` / ``grammar=`` constraint for this vocabulary (cached);
+        ValueError if it is invalid or uses a keyword that cannot be enforced, ImportError
+        without the structured extra."""
         from ..structured import compile_grammar
-        compile_grammar(self.engine.tokenizer, self.engine.config.vocab_size, json_schema=schema)
+        compile_grammar(self.engine.tokenizer, self.engine.config.vocab_size, **constraint)
 
     def chat_stops(self) -> list[str]:
         return chat_stop_strings(self.engine.chat_template)
@@ -122,6 +144,7 @@ class Slot:
         self._stream: TokenStream | None = None
         self._request: Request | None = None
         self._generated = 0
+        self._row: np.ndarray | None = None  # the last step's raw logits, when logprobs are asked
 
     @property
     def tokens(self) -> list[int]:
@@ -146,7 +169,19 @@ class Slot:
         self._request = request
         self._generated = 0
         self._pending = self._session.continue_with(request.prompt)
+        self._session._observe_logits = None if request.logprobs is None else self._keep_row
         return len(request.prompt) - len(self._pending)
+
+    def _keep_row(self, logits: np.ndarray) -> None:
+        if self._row is None or self._row.shape != logits.shape:
+            self._row = np.empty_like(logits)
+        np.copyto(self._row, logits)
+
+    def _logprob(self, token: int) -> TokenLogprob | None:
+        k = self._request.logprobs if self._request is not None else None
+        if k is None or self._row is None:
+            return None
+        return token_logprob(self._row, token, k)
 
     @property
     def pending_prompt(self) -> int:
@@ -185,11 +220,12 @@ class Slot:
             return self._finish(chunk.text)
         self._generated += 1
         assert self._request is not None
+        logprob = self._logprob(chunk.token)
         if self._generated >= self._request.max_tokens:  # the stream ends without a forward pass
-            return self._finish(chunk.text, chunk.token)
-        return Emitted(chunk.token, chunk.text)
+            return self._finish(chunk.text, chunk.token, logprob)
+        return Emitted(chunk.token, chunk.text, logprob=logprob)
 
-    def _finish(self, text: str, token: int | None = None) -> Emitted:
+    def _finish(self, text: str, token: int | None = None, logprob: TokenLogprob | None = None) -> Emitted:
         reason = "length"
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -199,7 +235,8 @@ class Slot:
             if result is not None and result.finish_reason in ("stop", "eos"):
                 reason = "stop"
         self._request = None
-        return Emitted(token, text, reason)
+        self._session._observe_logits = None
+        return Emitted(token, text, reason, logprob)
 
     def cancel(self) -> None:
         """Drop the running request (if any); the cache keeps what it holds for reuse."""
@@ -208,6 +245,7 @@ class Slot:
             stream.close()  # ends the generate call, so the session takes the next one
         self._pending = []
         self._request = None
+        self._session._observe_logits = None
 
     def reset(self) -> None:
         """Forget the cache (after an error left it in an unknown state)."""
