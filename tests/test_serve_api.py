@@ -437,3 +437,19 @@ def test_response_format_json_schema_and_json_object(server):
             response_format={"type": "json_schema",
                              "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}})
     assert err.value.body["param"] == "response_format"
+
+
+def test_echo_starts_each_completion_with_its_prompt(server, engine):
+    api = client(server)
+    solo = engine.generate("KING:", max_new_tokens=6, temperature=0).text
+    r = api.completions.create(model="m", prompt=["KING:", "ROMEO:"], max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text == "KING:" + solo and r.choices[1].text.startswith("ROMEO:")
+    stream = api.completions.create(model="m", prompt="KING:", max_tokens=6, temperature=0, echo=True,
+                                    stream=True)
+    assert "".join(ch.choices[0].text for ch in stream) == "KING:" + solo
+    ids = engine.tokenizer.encode("KING:")
+    r = api.completions.create(model="m", prompt=ids, max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text == engine.tokenizer.decode(ids) + solo
+    with pytest.raises(openai.BadRequestError) as err:  # the prompt's own logprobs are not computed
+        api.completions.create(model="m", prompt="KING:", max_tokens=2, echo=True, logprobs=1)
+    assert err.value.body["param"] == "echo"

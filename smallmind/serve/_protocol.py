@@ -21,6 +21,7 @@ __all__ = [
     "Limits",
     "TokenizeRequest",
     "build_requests",
+    "echo_texts",
 ]
 
 MAX_STOP = 16
@@ -261,9 +262,25 @@ def _response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
     return fmt.json_schema.schema_
 
 
+def echo_texts(body: ChatCompletionRequest | CompletionRequest, requests: list[Request],
+               backend: Backend) -> list[str] | None:
+    """The prompt text each choice starts with under ``echo`` (None without it)."""
+    if not isinstance(body, CompletionRequest) or not body.echo:
+        return None
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt] * len(requests)
+    if all(isinstance(p, str) for p in prompt):
+        return [str(prompt[i // body.n]) for i in range(len(requests))]
+    return [backend.decode(r.prompt) for r in requests]
+
+
 def _logprobs(body: ChatCompletionRequest | CompletionRequest) -> int | None:
     """How many alternatives each token's logprob comes with (None: no logprobs)."""
     if isinstance(body, CompletionRequest):
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo with logprobs (the prompt's logprobs) is not supported",
+                           param="echo", code="unsupported_parameter")
         return body.logprobs
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")

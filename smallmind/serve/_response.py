@@ -92,7 +92,8 @@ class Run:
     """The choices of one API request as their events arrive, and the OpenAI objects made of them."""
 
     def __init__(self, body: Body, model_id: str, n_choices: int, prompt_lengths: list[int],
-                 plan: ToolPlan | None = None, texts: LogprobTexts | None = None):
+                 plan: ToolPlan | None = None, texts: LogprobTexts | None = None,
+                 echo: list[str] | None = None):
         self.chat = isinstance(body, ChatCompletionRequest)
         self.include_usage = body.include_usage()
         self.model_id = model_id
@@ -100,6 +101,7 @@ class Run:
         self.object = "chat.completion" if self.chat else "text_completion"
         self.created = int(time.time())
         self.texts: list[list[str]] = [[] for _ in range(n_choices)]
+        self.echo = echo  # completions' echo: each choice's text starts with its prompt
         self.finish: list[Finished | None] = [None] * n_choices
         self.failed: list[Failed] = []
         self.n_per_prompt = body.n
@@ -181,7 +183,7 @@ class Run:
 
     def opening_chunks(self) -> list[dict[str, Any]]:
         if not self.chat:
-            return []
+            return [self._chunk(i, {"text": e}, None) for i, e in enumerate(self.echo or []) if e]
         return [self._chunk(i, {"role": "assistant", "content": ""}, None) for i in range(len(self.texts))]
 
     def failure(self) -> ApiError | None:
@@ -248,7 +250,7 @@ class Run:
         for i, parts in enumerate(self.texts):
             finished = self.finish[i]
             reason = finished.finish_reason if finished is not None else "stop"
-            text = "".join(parts)
+            text = (self.echo[i] if self.echo else "") + "".join(parts)
             logprobs = self._logprobs(i, self.logprobs[i], 0)
             if self.chat:
                 message, reason = self._message(text, reason)

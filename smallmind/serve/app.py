@@ -31,6 +31,7 @@ from ._protocol import (
     Limits,
     TokenizeRequest,
     build_requests,
+    echo_texts,
 )
 from ._response import Body, Run
 from .scheduler import Event, Handle, QueueFullError, Scheduler
@@ -199,7 +200,8 @@ class _Server:
             self._cancel(handles)
             raise ApiError(503, str(exc), type="server_error") from exc
         texts = self.backend.logprob_texts if requests and requests[0].logprobs is not None else None
-        run = Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests], plan, texts)
+        echo = echo_texts(body, requests, self.backend)
+        run = Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests], plan, texts, echo)
         if body.stream:
             return StreamingResponse(
                 self._sse(run, queue, handles),
