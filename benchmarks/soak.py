@@ -12,9 +12,12 @@ which the server must notice and cancel. Counted as unexpected: any answer that 
 a stream that ends without ``[DONE]`` when the client did not hang up, a transport error,
 and at the end a server that still reports running or waiting requests, or is not healthy.
 
-The server's resident memory (VmRSS) is read after a warm-up round that has created every
-slot, then every 10 s; the run passes when there were no unexpected errors and RSS grew by
-less than ``--max-growth-mb`` (50 MB) from the start to the end. Exit code 0 on a pass, 1
+The server's resident memory (VmRSS) is read once the server is up (``rss_idle_mb``), after a
+warm-up of ``--warmup-s`` seconds of the same load (every slot's cache then exists, and the
+allocator has its working set: ``rss_start_mb``), then every 10 s; the run passes when there
+were no unexpected errors (warm-up included) and RSS grew by less than ``--max-growth-mb``
+(50 MB) from the start to the end. ``rss_growth_2nd_half_mb`` shows whether it is still
+growing (a leak grows steadily; the allocator's working set levels off). Exit code 0 on a pass, 1
 otherwise. Prints a markdown table and writes JSON (default benchmarks/results/soak.json).
 """
 
@@ -35,7 +38,8 @@ from serve import DEFAULT_MODEL, HERE, PROMPTS, REPO, free_port, server_command,
 
 RSS_EVERY_S = 10.0
 COLUMNS = ["minutes", "clients", "requests", "completed", "disconnected", "unexpected_errors",
-           "tokens", "rss_start_mb", "rss_end_mb", "rss_growth_mb", "passed"]
+           "tokens", "rss_idle_mb", "rss_start_mb", "rss_end_mb", "rss_growth_mb", "rss_growth_2nd_half_mb",
+           "passed"]
 
 
 def rss_mb(pid: int) -> float:
@@ -118,37 +122,30 @@ def metric(url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
-def warm_up(url: str, n: int) -> None:
-    """``n`` requests at once, so that every slot's cache exists before RSS is first read."""
-
-    def one(k: int) -> None:
-        with httpx.Client() as client:
-            client.post(url + "/v1/completions", json={"prompt": PROMPTS[k % len(PROMPTS)], "max_tokens": 16},
-                        timeout=300)
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-
-
-def soak(url: str, pid: int, args: argparse.Namespace) -> dict:
-    warm_up(url, args.parallel)
-    rss = [(0.0, rss_mb(pid))]
-    tally = Tally()
+def run_clients(url: str, args: argparse.Namespace, seconds: float, tally: Tally, pid: int,
+                rss: list[tuple[float, float]], seed: int) -> None:
+    """``args.clients`` client loops for ``seconds``; RSS sampled into ``rss`` meanwhile."""
     t0 = time.monotonic()
-    until = t0 + args.minutes * 60
-    clients = [threading.Thread(target=client_loop, args=(k, url, until, args.disconnect, tally), daemon=True)
-               for k in range(args.clients)]
+    until = t0 + seconds
+    clients = [threading.Thread(target=client_loop, args=(seed + k, url, until, args.disconnect, tally),
+                                daemon=True) for k in range(args.clients)]
     for t in clients:
         t.start()
     while any(t.is_alive() for t in clients):
-        time.sleep(min(RSS_EVERY_S, max(0.1, until - time.monotonic())))
+        time.sleep(max(0.5, min(RSS_EVERY_S, until - time.monotonic())))
         rss.append((time.monotonic() - t0, rss_mb(pid)))
         if time.monotonic() > until + 300:
             tally.errors.append("clients still running 5 minutes after the end")
             break
+
+
+def soak(url: str, pid: int, args: argparse.Namespace) -> dict:
+    idle = rss_mb(pid)
+    tally = Tally()
+    run_clients(url, args, args.warmup_s, tally, pid, [], seed=10_000)
+    rss = [(0.0, rss_mb(pid))]
+    t0 = time.monotonic()
+    run_clients(url, args, args.minutes * 60, tally, pid, rss, seed=0)
     deadline = time.monotonic() + 30  # cancelled streams are dropped at the next step
     while time.monotonic() < deadline and metric(url, "smallmind_requests_running") > 0:
         time.sleep(0.2)
@@ -160,6 +157,7 @@ def soak(url: str, pid: int, args: argparse.Namespace) -> dict:
         tally.errors.append(f"/health answered {health.status_code}: {health.text[:200]}")
     rss.append((time.monotonic() - t0, rss_mb(pid)))
     growth = rss[-1][1] - rss[0][1]
+    half = next(v for t, v in rss if t >= rss[-1][0] / 2)
     return {
         "minutes": args.minutes,
         "clients": args.clients,
@@ -169,10 +167,13 @@ def soak(url: str, pid: int, args: argparse.Namespace) -> dict:
         "unexpected_errors": len(tally.errors),
         "error_samples": tally.errors[:5],
         "tokens": tally.tokens,
+        "warmup_s": args.warmup_s,
+        "rss_idle_mb": idle,
         "rss_start_mb": rss[0][1],
         "rss_end_mb": rss[-1][1],
         "rss_max_mb": max(v for _, v in rss),
         "rss_growth_mb": growth,
+        "rss_growth_2nd_half_mb": rss[-1][1] - half,
         "rss_samples": [(round(t, 1), round(v, 1)) for t, v in rss],
         "passed": not tally.errors and growth < args.max_growth_mb,
     }
@@ -188,6 +189,7 @@ def main() -> int:
     p.add_argument("--ctx", type=int, default=512, help="context per slot")
     p.add_argument("--disconnect", type=float, default=0.3, help="share of streams the client hangs up on")
     p.add_argument("--max-growth-mb", type=float, default=50.0)
+    p.add_argument("--warmup-s", type=float, default=30.0, help="seconds of load before RSS is first read")
     p.add_argument("--json", type=Path, default=HERE / "results" / "soak.json")
     args = p.parse_args()
     if not args.model.exists():
@@ -210,7 +212,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     meta = {**machine_info(), "model": args.model.name, "parallel": args.parallel, "threads": args.threads,
-            "disconnect": args.disconnect, "max_growth_mb": args.max_growth_mb, "command": " ".join(sys.argv)}
+            "disconnect": args.disconnect, "warmup_s": args.warmup_s, "max_growth_mb": args.max_growth_mb, "command": " ".join(sys.argv)}
     write_report("soak", [row], COLUMNS, meta, json_path=args.json)
     for error in row["error_samples"]:
         print("unexpected:", error)
