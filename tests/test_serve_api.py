@@ -453,3 +453,13 @@ def test_echo_starts_each_completion_with_its_prompt(server, engine):
     with pytest.raises(openai.BadRequestError) as err:  # the prompt's own logprobs are not computed
         api.completions.create(model="m", prompt="KING:", max_tokens=2, echo=True, logprobs=1)
     assert err.value.body["param"] == "echo"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": 5}, "stop"),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools.0.function"),
+])
+def test_a_bad_union_field_is_named_without_pydantics_branch_names(server, body, param):
+    r = httpx.post(server + "/v1/chat/completions", json={"model": "x", **body}, timeout=TIMEOUT)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param

@@ -22,6 +22,7 @@ __all__ = [
     "TokenizeRequest",
     "build_requests",
     "echo_texts",
+    "error_param",
 ]
 
 MAX_STOP = 16
@@ -192,6 +193,22 @@ class Limits(BaseModel):
 
     max_prompt_tokens: int
     max_tokens: int
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def error_param(loc: tuple | list) -> str | None:
+    """The field a pydantic error location names, as OpenAI's ``param`` ("messages.0.content"):
+    without the leading "body", and cut where pydantic names the branch of a union it tried
+    ("str", "list[TextPart]")."""
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, str) and (p in _TYPE_TAGS or "[" in p):
+            break
+        if p != "body" or parts:
+            parts.append(str(p))
+    return ".".join(parts) or None
 
 
 def _stop(value: str | list[str] | None) -> list[str]:

@@ -32,6 +32,7 @@ from ._protocol import (
     TokenizeRequest,
     build_requests,
     echo_texts,
+    error_param,
 )
 from ._response import Body, Run
 from .scheduler import Event, Handle, QueueFullError, Scheduler
@@ -108,8 +109,7 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
+        param = error_param(first.get("loc", ()))
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request"))
         return JSONResponse(ApiError(400, message, param=param, code=first.get("type")).body(), 400)
 
