@@ -264,3 +264,25 @@ def test_bad_logprobs_are_400(server, path, body, param):
     base = {"messages": ASK} if "chat" in path else {"prompt": "hi"}
     r = httpx.post(server + path, json={**base, "max_tokens": 2, **body}, timeout=30.0)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("reply", [
+    '{"name": "get_weather", "arguments": {"city": "Paris}", "days": 3}}',
+    '{ "name":"get_weather" ,"arguments" : {"city": "a", "days": 1} }\n',
+    '{"name": "get_weather", "arguments": {"city": "}}", "days": 7}}',
+])
+def test_call_stream_splits_any_piecing_into_head_and_arguments(reply):
+    from smallmind.serve._response import _CallStream
+    from smallmind.structured.tools import ToolPlan
+
+    plan = ToolPlan(None, ASK, [WEATHER], "required", {})
+    for size in (1, 3, len(reply)):
+        stream = _CallStream(plan)
+        deltas = [d for i in range(0, len(reply), size) for d in stream.feed(reply[i:i + size])]
+        last, reason = stream.finish("stop")
+        calls = [c for d in deltas + last for c in d["tool_calls"]]
+        assert reason == "tool_calls" and calls[0]["function"]["name"] == "get_weather"
+        arguments = "".join(c["function"]["arguments"] for c in calls)
+        assert json.loads(arguments) == json.loads(reply)["arguments"]
+    text = _CallStream(ToolPlan(None, ASK, [WEATHER], "auto", {}))
+    assert text.feed("  ") == [] and text.feed("Hi") == [{"content": "  Hi"}] and text.finish("stop") == ([], "stop")
