@@ -244,6 +244,18 @@ def test_sampled_logprobs_are_the_raw_distribution_not_the_sampling_one(server, 
     assert got == pytest.approx(direct_logprobs(engine, solo.prompt_tokens, solo.tokens), abs=1e-4)
 
 
+def test_logprobs_under_a_grammar_are_the_unmasked_distribution(server, engine):
+    pytest.importorskip("llguidance", reason="the structured extra is not installed")
+    body = {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 0, "logprobs": 1,
+            "response_format": {"type": "json_object"}}
+    r = httpx.post(server + "/v1/completions", json=body, timeout=30.0).json()
+    solo = engine.generate("ROMEO:", max_new_tokens=10, temperature=0, json_schema={"type": "object"})
+    assert r["choices"][0]["text"] == solo.text
+    got = r["choices"][0]["logprobs"]["token_logprobs"]
+    # The mask would make every probability larger (the forbidden tokens' share removed).
+    assert got == pytest.approx(direct_logprobs(engine, solo.prompt_tokens, solo.tokens), abs=1e-4)
+
+
 def test_logprob_values_and_ranges():
     row = np.array([1.0, 3.0, 3.0, -np.inf, 0.5], dtype=np.float32)
     e = token_logprob(row, 0, 3)
