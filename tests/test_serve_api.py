@@ -463,3 +463,17 @@ def test_echo_starts_each_completion_with_its_prompt(server, engine):
 def test_a_bad_union_field_is_named_without_pydantics_branch_names(server, body, param):
     r = httpx.post(server + "/v1/chat/completions", json={"model": "x", **body}, timeout=TIMEOUT)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_a_conversation_the_chat_template_refuses_is_400():
+    engine = Engine.default()
+    engine.chat_template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with "
+                            "user') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with running(create_app(engine, parallel=1)) as url:
+        r = httpx.post(url + "/v1/chat/completions", timeout=TIMEOUT,
+                       json={"messages": [{"role": "assistant", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        assert "roles must start with user" in r.json()["error"]["message"]
+        r = httpx.post(url + "/v1/chat/completions", timeout=TIMEOUT,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 200

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from ..errors import SmallMindError
 from ._backend import Backend, Request
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -241,10 +242,13 @@ def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | 
 def _prompts(body: ChatCompletionRequest | CompletionRequest, backend: Backend,
              plan: ToolPlan | None) -> list[list[int]]:
     if isinstance(body, ChatCompletionRequest):
-        if plan is not None:
-            return [backend.encode_chat(plan.messages, tools=plan.template_tools)]
         from ..structured.tools import plain_messages
-        return [backend.encode_chat(plain_messages([m.as_dict() for m in body.messages]))]
+        try:
+            if plan is not None:
+                return [backend.encode_chat(plan.messages, tools=plan.template_tools)]
+            return [backend.encode_chat(plain_messages([m.as_dict() for m in body.messages]))]
+        except SmallMindError as exc:  # the model's template refuses the conversation
+            raise ApiError(400, str(exc), param="messages") from None
     prompt = body.prompt
     if isinstance(prompt, str):
         return [backend.encode(prompt)]
