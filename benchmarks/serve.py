@@ -1,14 +1,17 @@
 """Concurrent streaming clients against OpenAI-compatible servers on this machine.
 
     python benchmarks/serve.py [--model PATH] [--threads 2] [--clients 1,4,8,16,32]
-                               [--requests 2] [--max-tokens 64] [--parallel 8]
+                               [--requests 2] [--max-tokens 64] [--parallel 8] [--smallmind-parallel P]
                                [--servers smallmind,llama-cpp-python] [--llama-server BIN]
                                [--quick] [--json PATH] [--png PATH]
 
 Each server runs in its own process on a free 127.0.0.1 port, on the same GGUF file (default:
 SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind) with the same thread count:
 
-* ``smallmind``: ``python -m smallmind serve --parallel P`` (continuous batching over P slots);
+* ``smallmind``: ``python -m smallmind serve --parallel P`` (continuous batching over P slots;
+  ``--smallmind-parallel`` gives it more slots than the peers, e.g. 32 for the goal of a p99
+  time to first token under 2 s at 32 clients, which no server meets while 24 of them wait
+  for a slot);
 * ``llama-cpp-python``: ``python -m llama_cpp.server`` (one request at a time, behind a lock),
   when ``import llama_cpp`` works;
 * ``llama-server``: llama.cpp's own server with ``-np P`` (continuous batching over P slots), found
@@ -103,7 +106,7 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
             "--threads",
             threads,
             "--parallel",
-            str(args.parallel),
+            str(args.smallmind_parallel or args.parallel),
             "--ctx",
             str(args.ctx),
             "--port",
@@ -380,6 +383,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--parallel", type=int, default=8, help="slots of smallmind serve / llama-server -np")
+    p.add_argument("--smallmind-parallel", type=int, default=None, help="slots of smallmind serve alone")
     p.add_argument("--ctx", type=int, default=512, help="context per slot")
     p.add_argument("--servers", default="smallmind,llama-cpp-python,llama-server")
     p.add_argument("--llama-server", default=None,
@@ -407,6 +411,7 @@ def main() -> int:
         "threads": args.threads,
         "max_tokens": args.max_tokens,
         "parallel": args.parallel,
+        "smallmind_parallel": args.smallmind_parallel or args.parallel,
         "requests_per_client": args.requests,
         "command": " ".join(sys.argv),
         "llama_server": args.llama_server,
