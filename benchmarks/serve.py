@@ -106,7 +106,7 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
             "--threads",
             threads,
             "--parallel",
-            str(args.smallmind_parallel or args.parallel),
+            str(getattr(args, "smallmind_parallel", None) or args.parallel),  # soak.py has no such flag
             "--ctx",
             str(args.ctx),
             "--port",
