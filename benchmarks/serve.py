@@ -1,17 +1,30 @@
 """Concurrent streaming clients against OpenAI-compatible servers on this machine.
 
     python benchmarks/serve.py [--model PATH] [--threads 2] [--clients 1,4,8,16,32]
-                               [--requests 2] [--max-tokens 64] [--parallel 8]
+                               [--requests 2] [--max-tokens 64] [--parallel 8] [--smallmind-parallel P]
                                [--servers smallmind,llama-cpp-python] [--llama-server BIN]
                                [--quick] [--json PATH] [--png PATH]
 
 Each server runs in its own process on a free 127.0.0.1 port, on the same GGUF file (default:
 SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind) with the same thread count:
 
-* ``smallmind``: ``python -m smallmind serve --parallel P`` (continuous batching over P slots);
+* ``smallmind``: ``python -m smallmind serve --parallel P`` (continuous batching over P slots;
+  ``--smallmind-parallel`` gives it more slots than the peers, e.g. 32 for the goal of a p99
+  time to first token under 2 s at 32 clients, which no server meets while 24 of them wait
+  for a slot);
 * ``llama-cpp-python``: ``python -m llama_cpp.server`` (one request at a time, behind a lock),
   when ``import llama_cpp`` works;
-* ``llama-server``: llama.cpp's own server with ``-np P``, when ``--llama-server BIN`` is given.
+* ``llama-server``: llama.cpp's own server with ``-np P`` (continuous batching over P slots), found
+  as ``--llama-server BIN``, else ``$SMALLMIND_LLAMA_SERVER``, else ``~/.cache/smallmind/llama-server``,
+  else ``llama-server`` on the PATH. Build it from the llama.cpp tree that llama-cpp-python 0.3.36
+  vendors (so both llama.cpp peers run the same code)::
+
+      pip download --no-deps --no-binary llama-cpp-python --no-build-isolation \
+          llama-cpp-python==0.3.36 -d /tmp/lcpp
+      cd /tmp/lcpp && tar xzf llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36/vendor/llama.cpp
+      cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
+      cmake --build build --target llama-server -j 2     # 10-30 minutes on 2 cores
+      cp build/bin/llama-server ~/.cache/smallmind/llama-server
 
 For each client count N, N threads each send ``--requests`` streaming ``/v1/completions``
 requests one after another (a plain-text prompt, ``max_tokens`` tokens, temperature 0.7 with a
@@ -21,7 +34,10 @@ chunk) and the gaps between later chunks (inter-token latency); per run: aggrega
 completion tokens of all requests / wall time from the first request to the last answer, and
 errors (non-200 answers, broken streams, timeouts). Prints a markdown table, writes JSON
 (default benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
-Figures from a machine shared with other work are noisy: compare servers within one run.
+After the table it prints the ratios the serving goals are stated in (8 clients against one
+client of smallmind, against llama-server and against llama-cpp-python; p99 TTFT at 32 clients).
+Figures from a machine shared with other work are noisy: compare servers within one run (the
+1-minute load average is recorded with each row).
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -53,6 +70,7 @@ PROMPTS = [
     "Dear diary, today I finally",
     "In the year 2150, the first city on Mars",
 ]
+LLAMA_SERVER_ENV = "SMALLMIND_LLAMA_SERVER"
 START_S = 180.0
 REQUEST_S = 300.0
 COLUMNS = [
@@ -65,6 +83,7 @@ COLUMNS = [
     "ttft_p99_ms",
     "itl_p50_ms",
     "itl_p99_ms",
+    "load_1min",
 ]
 
 
@@ -87,7 +106,7 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
             "--threads",
             threads,
             "--parallel",
-            str(args.parallel),
+            str(getattr(args, "smallmind_parallel", None) or args.parallel),  # soak.py has no such flag
             "--ctx",
             str(args.ctx),
             "--port",
@@ -229,6 +248,7 @@ def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[in
     gaps = sorted(g for r in ok for g in r["gaps"])
     return {
         "clients": n_clients,
+        "load_1min": round(os.getloadavg()[0], 2),
         "requests": len(results),
         "errors": len(errors),
         "error_samples": errors[:3],
@@ -299,6 +319,7 @@ def plot(rows: list[dict], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print("matplotlib is not installed: no PNG chart", file=sys.stderr)
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for server in sorted({r["server"] for r in rows if "clients" in r}):
@@ -319,6 +340,41 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
+def find_llama_server(given: str | None) -> str | None:
+    """The llama-server binary: ``given``, the environment variable, the cache, or the PATH."""
+    if given:
+        if not (Path(given).is_file() and os.access(given, os.X_OK)):
+            raise SystemExit(f"--llama-server {given}: not an executable file")
+        return given
+    for candidate in (os.environ.get(LLAMA_SERVER_ENV), str(CACHE / "llama-server")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("llama-server")
+
+
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """The serving goals' ratios, from the rows of one run (those that were measured)."""
+    def get(server: str, clients: int, key: str = "tok_per_s") -> float | None:
+        for r in rows:
+            if r["server"] == server and r["clients"] == clients and r.get(key):
+                return float(r[key])
+        return None
+
+    out: dict[str, float] = {}
+    mine8, mine1 = get("smallmind", 8), get("smallmind", 1)
+    if mine8 and mine1:
+        out["smallmind 8 clients / 1 client"] = mine8 / mine1
+    for peer in ("llama-server", "llama-cpp-python"):
+        for n, mine in ((1, mine1), (8, mine8)):
+            theirs = get(peer, n)
+            if mine and theirs:
+                out[f"smallmind / {peer}, {n} client{'s' if n > 1 else ''}"] = mine / theirs
+    p99 = get("smallmind", 32, "ttft_p99_ms")
+    if p99:
+        out["smallmind p99 TTFT at 32 clients, s"] = p99 / 1e3
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -327,14 +383,18 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--parallel", type=int, default=8, help="slots of smallmind serve / llama-server -np")
+    p.add_argument("--smallmind-parallel", type=int, default=None, help="slots of smallmind serve alone")
     p.add_argument("--ctx", type=int, default=512, help="context per slot")
     p.add_argument("--servers", default="smallmind,llama-cpp-python,llama-server")
-    p.add_argument("--llama-server", default=None, help="path of llama.cpp's llama-server binary")
+    p.add_argument("--llama-server", default=None,
+                   help=f"llama.cpp's llama-server binary (default: ${LLAMA_SERVER_ENV}, "
+                        "~/.cache/smallmind/llama-server, or the PATH)")
     p.add_argument("--quick", action="store_true", help="1, 4 and 8 clients, one request each")
     p.add_argument("--json", type=Path, default=HERE / "results" / "serve.json")
     p.add_argument("--png", type=Path, default=HERE / "results" / "serve.png")
     args = p.parse_args()
     args.clients = [int(c) for c in ("1,4,8" if args.quick else args.clients).split(",")]
+    args.llama_server = find_llama_server(args.llama_server)
     if args.quick:
         args.requests = 1
     if not args.model.exists():
@@ -351,11 +411,16 @@ def main() -> int:
         "threads": args.threads,
         "max_tokens": args.max_tokens,
         "parallel": args.parallel,
+        "smallmind_parallel": args.smallmind_parallel or args.parallel,
         "requests_per_client": args.requests,
         "command": " ".join(sys.argv),
+        "llama_server": args.llama_server,
     }
     measured = [r for r in rows if "clients" in r]
+    meta["ratios"] = ratios(measured)
     write_report("serve", measured, COLUMNS, meta, json_path=args.json)
+    for name, value in meta["ratios"].items():
+        print(f"{name}: {value:.2f}")
     for r in rows:
         if "skipped" in r:
             print(f"{r['server']}: skipped ({r['skipped']})")

@@ -186,7 +186,6 @@ def test_concurrent_streams_get_their_solo_answers(server, engine):
         ({"logit_bias": {"99999": 1}}, "logit_bias"),
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"stop": [""]}, "stop"),
-        ({"logprobs": True}, "logprobs"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": "x" * 400}]}, "messages"),
@@ -438,3 +437,43 @@ def test_response_format_json_schema_and_json_object(server):
             response_format={"type": "json_schema",
                              "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}})
     assert err.value.body["param"] == "response_format"
+
+
+def test_echo_starts_each_completion_with_its_prompt(server, engine):
+    api = client(server)
+    solo = engine.generate("KING:", max_new_tokens=6, temperature=0).text
+    r = api.completions.create(model="m", prompt=["KING:", "ROMEO:"], max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text == "KING:" + solo and r.choices[1].text.startswith("ROMEO:")
+    stream = api.completions.create(model="m", prompt="KING:", max_tokens=6, temperature=0, echo=True,
+                                    stream=True)
+    assert "".join(ch.choices[0].text for ch in stream) == "KING:" + solo
+    ids = engine.tokenizer.encode("KING:")
+    r = api.completions.create(model="m", prompt=ids, max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text == engine.tokenizer.decode(ids) + solo
+    with pytest.raises(openai.BadRequestError) as err:  # the prompt's own logprobs are not computed
+        api.completions.create(model="m", prompt="KING:", max_tokens=2, echo=True, logprobs=1)
+    assert err.value.body["param"] == "echo"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": 5}, "stop"),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools.0.function"),
+])
+def test_a_bad_union_field_is_named_without_pydantics_branch_names(server, body, param):
+    r = httpx.post(server + "/v1/chat/completions", json={"model": "x", **body}, timeout=TIMEOUT)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_a_conversation_the_chat_template_refuses_is_400():
+    engine = Engine.default()
+    engine.chat_template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with "
+                            "user') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with running(create_app(engine, parallel=1)) as url:
+        r = httpx.post(url + "/v1/chat/completions", timeout=TIMEOUT,
+                       json={"messages": [{"role": "assistant", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        assert "roles must start with user" in r.json()["error"]["message"]
+        r = httpx.post(url + "/v1/chat/completions", timeout=TIMEOUT,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 200

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,10 @@ from ..engine import Engine, Session
 from ..models.base import PACKED_MIN_ROWS, BatchState
 from ..sampling import SamplingParams
 from ..structured import compile_grammar
+from ._logprobs import LogprobTexts, TokenLogprob, token_logprob
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..structured.tools import ToolPlan
 
 __all__ = ["Backend", "Emitted", "Request", "Slot", "load_engine", "run_step"]
 
@@ -56,6 +60,7 @@ class Request:
     max_tokens: int
     sampling: dict[str, Any] = field(default_factory=dict)  # keyword arguments of generate()
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # report each token's logprob and this many alternatives (None: off)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Emitted:
     token: int | None
     text: str
     finish_reason: str | None = None
+    logprob: TokenLogprob | None = None  # when the request asked for logprobs and token is not None
 
 
 class Backend:
@@ -97,17 +103,31 @@ class Backend:
             raise ValueError("this model has no tokenizer")
         return tok.decode([int(i) for i in ids])
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         tok = self.engine.tokenizer
         if tok is None:
             raise ValueError("this model has no tokenizer")
-        return encode_chat(messages, tok, self.engine.chat_template)
+        return encode_chat(messages, tok, self.engine.chat_template, tools=tools)
 
-    def check_json_schema(self, schema: dict[str, Any]) -> None:
-        """Compile ``schema`` for this vocabulary (cached); ValueError if it is invalid or
-        uses a keyword that cannot be enforced, ImportError without the structured extra."""
+    def tool_plan(self, messages: list[dict], tools: Any, tool_choice: Any) -> ToolPlan:
+        """How ``engine.chat(messages, tools=..., tool_choice=...)`` renders and constrains a
+        reply (ValueError/TypeError for bad tools)."""
+        from ..structured.tools import ToolPlan
+        return ToolPlan(self.engine.chat_template, messages, tools, tool_choice, {})
+
+    @property
+    def logprob_texts(self) -> LogprobTexts:
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise ValueError("this model has no tokenizer")
+        return LogprobTexts(tok)
+
+    def check_constraint(self, **constraint: Any) -> None:
+        """Compile a ``json_schema=`` / ``grammar=`` constraint for this vocabulary (cached);
+        ValueError if it is invalid or uses a keyword that cannot be enforced, ImportError
+        without the structured extra."""
         from ..structured import compile_grammar
-        compile_grammar(self.engine.tokenizer, self.engine.config.vocab_size, json_schema=schema)
+        compile_grammar(self.engine.tokenizer, self.engine.config.vocab_size, **constraint)
 
     def chat_stops(self) -> list[str]:
         return chat_stop_strings(self.engine.chat_template)
@@ -215,16 +235,23 @@ class Slot:
             if self._pending:
                 return None
             decoder.prompt_done()
+        k = self._request.logprobs if self._request is not None else None
+        # logprobs are those of the raw logits: copied before the sampler's bias, penalties
+        # and grammar mask edit the row in place
+        row = logits.copy() if k is not None and not decoder.done else None
         chunk = None if decoder.done else decoder.step(logits)
+        token = chunk.token if chunk is not None else None
+        logprob: TokenLogprob | None = None
+        if row is not None and token is not None and k is not None:
+            logprob = token_logprob(row, token, k)
         cache = self._session._state.cache
-        if chunk is not None and chunk.token is not None and not decoder.done \
-                and cache.length < cache.capacity:
-            self._next = [chunk.token]
-            return Emitted(chunk.token, chunk.text)
+        if chunk is not None and token is not None and not decoder.done and cache.length < cache.capacity:
+            self._next = [token]
+            return Emitted(token, chunk.text, logprob=logprob)
         text = (chunk.text if chunk is not None else "") + decoder.finish()
         reason = "stop" if decoder.run.finish_reason in ("stop", "eos") else "length"
         self._decoder = self._request = None
-        return Emitted(chunk.token if chunk is not None else None, text, reason)
+        return Emitted(token, text, reason, logprob)
 
     def advance(self, budget: int) -> Emitted | None:
         """Run this slot alone for one step (see :func:`run_step`)."""

@@ -4,11 +4,15 @@ range is rejected with the name of the field."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from ..errors import SmallMindError
 from ._backend import Backend, Request
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..structured.tools import ToolPlan
 
 __all__ = [
     "ApiError",
@@ -18,6 +22,8 @@ __all__ = [
     "Limits",
     "TokenizeRequest",
     "build_requests",
+    "echo_texts",
+    "error_param",
 ]
 
 MAX_STOP = 16
@@ -61,9 +67,23 @@ class TextPart(_Body):
     text: str
 
 
+class FunctionCall(_Body):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Body):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool's answer: to which call
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -71,6 +91,31 @@ class ChatMessage(_Body):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as a chat template sees it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        for key in ("tool_call_id", "name"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+class FunctionDef(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Body):
+    type: Literal["function"]
+    function: FunctionDef
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": "function", "function": self.function.model_dump(exclude_none=True)}
 
 
 class JsonSchemaFormat(_Body):
@@ -123,6 +168,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ToolDef] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # checked by the tool plan
+    parallel_tool_calls: bool | None = None  # accepted: a reply makes at most one call
 
 
 class CompletionRequest(_Sampling):
@@ -146,6 +194,22 @@ class Limits(BaseModel):
 
     max_prompt_tokens: int
     max_tokens: int
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def error_param(loc: tuple | list) -> str | None:
+    """The field a pydantic error location names, as OpenAI's ``param`` ("messages.0.content"):
+    without the leading "body", and cut where pydantic names the branch of a union it tried
+    ("str", "list[TextPart]")."""
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, str) and (p in _TYPE_TAGS or "[" in p):
+            break
+        if p != "body" or parts:
+            parts.append(str(p))
+    return ".".join(parts) or None
 
 
 def _stop(value: str | list[str] | None) -> list[str]:
@@ -175,10 +239,16 @@ def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | 
     return bias
 
 
-def _prompts(body: ChatCompletionRequest | CompletionRequest, backend: Backend) -> list[list[int]]:
+def _prompts(body: ChatCompletionRequest | CompletionRequest, backend: Backend,
+             plan: ToolPlan | None) -> list[list[int]]:
     if isinstance(body, ChatCompletionRequest):
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return [backend.encode_chat(messages)]
+        from ..structured.tools import plain_messages
+        try:
+            if plan is not None:
+                return [backend.encode_chat(plan.messages, tools=plan.template_tools)]
+            return [backend.encode_chat(plain_messages([m.as_dict() for m in body.messages]))]
+        except SmallMindError as exc:  # the model's template refuses the conversation
+            raise ApiError(400, str(exc), param="messages") from None
     prompt = body.prompt
     if isinstance(prompt, str):
         return [backend.encode(prompt)]
@@ -213,19 +283,58 @@ def _response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
     return fmt.json_schema.schema_
 
 
+def echo_texts(body: ChatCompletionRequest | CompletionRequest, requests: list[Request],
+               backend: Backend) -> list[str] | None:
+    """The prompt text each choice starts with under ``echo`` (None without it)."""
+    if not isinstance(body, CompletionRequest) or not body.echo:
+        return None
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt] * len(requests)
+    if all(isinstance(p, str) for p in prompt):
+        return [str(prompt[i // body.n]) for i in range(len(requests))]
+    return [backend.decode(r.prompt) for r in requests]
+
+
+def _logprobs(body: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """How many alternatives each token's logprob comes with (None: no logprobs)."""
+    if isinstance(body, CompletionRequest):
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo with logprobs (the prompt's logprobs) is not supported",
+                           param="echo", code="unsupported_parameter")
+        return body.logprobs
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
+def _tool_plan(body: ChatCompletionRequest | CompletionRequest, backend: Backend) -> ToolPlan | None:
+    """How ``tools`` / ``tool_choice`` render and constrain the reply (None: no tools)."""
+    if not isinstance(body, ChatCompletionRequest) or (body.tools is None and body.tool_choice is None):
+        return None
+    if not body.tools:
+        if body.tool_choice in (None, "none"):
+            return None
+        raise ApiError(400, "tool_choice needs a non-empty tools list", param="tool_choice")
+    if _response_schema(body.response_format) is not None:
+        raise ApiError(400, "tools and response_format cannot be combined: a tool call is JSON already",
+                       param="response_format")
+    try:
+        return backend.tool_plan([m.as_dict() for m in body.messages], [t.as_dict() for t in body.tools],
+                                 body.tool_choice)
+    except (ValueError, TypeError) as exc:
+        param = "tool_choice" if "tool_choice" in str(exc) else "tools"
+        raise ApiError(400, str(exc), param=param) from None
+
+
 def build_requests(
     body: ChatCompletionRequest | CompletionRequest, backend: Backend, limits: Limits
-) -> list[Request]:
+) -> tuple[list[Request], ToolPlan | None]:
     """One scheduler :class:`Request` per choice: ``n`` per prompt, prompt by prompt (the
-    choice index OpenAI gives is ``prompt_index * n + i``)."""
-    if body.logprobs:
-        raise ApiError(
-            400,
-            "logprobs are not supported by this server yet",
-            param="logprobs",
-            code="unsupported_parameter",
-        )
+    choice index OpenAI gives is ``prompt_index * n + i``), and the tool plan that reads the
+    replies back (None without tools)."""
     chat = isinstance(body, ChatCompletionRequest)
+    logprobs = _logprobs(body)
     wanted = body.max_tokens
     if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
         wanted = body.max_completion_tokens
@@ -248,16 +357,19 @@ def build_requests(
         "frequency_penalty": body.frequency_penalty,
         "logit_bias": _logit_bias(body.logit_bias, backend.vocab_size),
     }
+    plan = _tool_plan(body, backend)
     schema = _response_schema(body.response_format)
-    if schema is not None:
-        sampling["json_schema"] = schema
+    constraint = {"json_schema": schema} if schema is not None else dict(plan.constraint if plan else {})
+    if constraint:
+        sampling.update(constraint)
         try:  # compiled (and cached) now, so that a bad schema is a 400 before any work
-            backend.check_json_schema(schema)
+            backend.check_constraint(**constraint)
         except (ValueError, TypeError, ImportError) as exc:
-            raise ApiError(400, str(exc), param="response_format") from None
+            param = "response_format" if schema is not None else "tools"
+            raise ApiError(400, str(exc), param=param) from None
     requests = []
     param = "messages" if chat else "prompt"
-    for ids in _prompts(body, backend):
+    for ids in _prompts(body, backend, plan):
         if len(ids) > limits.max_prompt_tokens:
             raise ApiError(
                 400,
@@ -278,5 +390,5 @@ def build_requests(
         max_tokens = min(room, limits.max_tokens if wanted is None else wanted)
         for i in range(body.n):
             seed = None if body.seed is None else (body.seed + i) % 2**63
-            requests.append(Request(ids, max_tokens, dict(sampling, seed=seed), tuple(stops)))
-    return requests
+            requests.append(Request(ids, max_tokens, dict(sampling, seed=seed), tuple(stops), logprobs))
+    return requests, plan

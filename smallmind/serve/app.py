@@ -10,7 +10,6 @@ import asyncio
 import hmac
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Engine
-from ._backend import Backend, Emitted
+from ._backend import Backend
 from ._metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from ._protocol import (
     ApiError,
@@ -32,8 +31,11 @@ from ._protocol import (
     Limits,
     TokenizeRequest,
     build_requests,
+    echo_texts,
+    error_param,
 )
-from .scheduler import Event, Failed, Finished, Handle, QueueFullError, Scheduler
+from ._response import Body, Run
+from .scheduler import Event, Handle, QueueFullError, Scheduler
 
 __all__ = ["create_app"]
 
@@ -107,8 +109,7 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
+        param = error_param(first.get("loc", ()))
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request"))
         return JSONResponse(ApiError(400, message, param=param, code=first.get("type")).body(), 400)
 
@@ -168,9 +169,6 @@ def create_app(
     return _Guard(app, api_key=api_key, max_body_bytes=max_body_bytes)
 
 
-Body = ChatCompletionRequest | CompletionRequest
-
-
 class _Server:
     """Runs one API request: submits its choices, then answers in one body or as SSE."""
 
@@ -182,7 +180,7 @@ class _Server:
         self.created = int(time.time())
 
     async def complete(self, body: Body, http: HttpRequest) -> Response:
-        requests = await asyncio.to_thread(build_requests, body, self.backend, self.limits)
+        requests, plan = await asyncio.to_thread(build_requests, body, self.backend, self.limits)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         handles: list[Handle] = []
@@ -201,7 +199,9 @@ class _Server:
         except RuntimeError as exc:
             self._cancel(handles)
             raise ApiError(503, str(exc), type="server_error") from exc
-        run = _Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests])
+        texts = self.backend.logprob_texts if requests and requests[0].logprobs is not None else None
+        echo = echo_texts(body, requests, self.backend)
+        run = Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests], plan, texts, echo)
         if body.stream:
             return StreamingResponse(
                 self._sse(run, queue, handles),
@@ -226,7 +226,7 @@ class _Server:
         return JSONResponse(run.response())
 
     async def _sse(
-        self, run: _Run, queue: asyncio.Queue[tuple[int, Event]], handles: list[Handle]
+        self, run: Run, queue: asyncio.Queue[tuple[int, Event]], handles: list[Handle]
     ) -> AsyncIterator[str]:
         try:
             for chunk in run.opening_chunks():
@@ -237,8 +237,7 @@ class _Server:
                 except asyncio.TimeoutError:
                     yield ": keep-alive\n\n"  # also finds out when the client has gone
                     continue
-                piece = run.add(index, event)
-                if piece is not None:
+                for piece in run.add(index, event):
                     yield _data(piece)
             failure = run.failure()
             if failure is not None:
@@ -268,141 +267,6 @@ def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event
 
 def _data(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-class _Run:
-    """The choices of one API request as their events arrive, and the OpenAI objects made of them."""
-
-    def __init__(self, body: Body, model_id: str, n_choices: int, prompt_lengths: list[int]):
-        self.chat = isinstance(body, ChatCompletionRequest)
-        self.include_usage = body.include_usage()
-        self.model_id = model_id
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
-        self.object = "chat.completion" if self.chat else "text_completion"
-        self.created = int(time.time())
-        self.texts: list[list[str]] = [[] for _ in range(n_choices)]
-        self.finish: list[Finished | None] = [None] * n_choices
-        self.failed: list[Failed] = []
-        self.n_per_prompt = body.n
-        self.prompt_lengths = prompt_lengths
-        self.left = n_choices
-
-    @property
-    def done(self) -> bool:
-        return self.left == 0
-
-    def add(self, index: int, event: Event) -> dict[str, Any] | None:
-        """Record ``event``; returns the stream chunk it makes (or None)."""
-        if isinstance(event, Emitted):
-            self.texts[index].append(event.text)
-            if not event.text:
-                return None
-            delta: dict[str, Any] = {"content": event.text} if self.chat else {"text": event.text}
-            return self._chunk(index, delta, None)
-        self.left -= 1
-        if isinstance(event, Failed):
-            self.failed.append(event)
-            return None
-        self.finish[index] = event
-        if event.finish_reason not in ("stop", "length"):
-            return None
-        return self._chunk(index, {} if self.chat else {"text": ""}, event.finish_reason)
-
-    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": None}
-        if self.chat:
-            choice["delta"] = delta
-        else:
-            choice.update(delta)
-        chunk = {
-            "id": self.id,
-            "object": self.object + (".chunk" if self.chat else ""),
-            "created": self.created,
-            "model": self.model_id,
-            "choices": [choice],
-        }
-        if self.include_usage:
-            chunk["usage"] = None
-        return chunk
-
-    def opening_chunks(self) -> list[dict[str, Any]]:
-        if not self.chat:
-            return []
-        return [self._chunk(i, {"role": "assistant", "content": ""}, None) for i in range(len(self.texts))]
-
-    def failure(self) -> ApiError | None:
-        if self.failed:
-            err = self.failed[0].error
-            return ApiError(500, f"generation failed: {type(err).__name__}: {err}", type="server_error")
-        reasons = {f.finish_reason for f in self.finish if f is not None}
-        if "timeout" in reasons:
-            return ApiError(
-                503,
-                "the request waited longer than the server's time limit for a slot",
-                type="server_busy",
-                code="timeout",
-                headers={"Retry-After": "1"},
-            )
-        if "cancelled" in reasons:
-            return ApiError(
-                503,
-                "the request was cancelled (the server is shutting down)",
-                type="server_error",
-                code="cancelled",
-            )
-        return None
-
-    def raise_failure(self) -> None:
-        failure = self.failure()
-        if failure is not None:
-            raise failure
-
-    def usage(self) -> dict[str, Any]:
-        prompt = sum(self.prompt_lengths[:: self.n_per_prompt])
-        completion = sum(f.completion_tokens for f in self.finish if f is not None)
-        cached = sum(f.cached_tokens for f in self.finish if f is not None)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached},
-        }
-
-    def usage_chunk(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": self.object + (".chunk" if self.chat else ""),
-            "created": self.created,
-            "model": self.model_id,
-            "choices": [],
-            "usage": self.usage(),
-        }
-
-    def response(self) -> dict[str, Any]:
-        choices = []
-        for i, parts in enumerate(self.texts):
-            finished = self.finish[i]
-            reason = finished.finish_reason if finished is not None else "stop"
-            text = "".join(parts)
-            if self.chat:
-                choices.append(
-                    {
-                        "index": i,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": reason,
-                        "logprobs": None,
-                    }
-                )
-            else:
-                choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
-        return {
-            "id": self.id,
-            "object": self.object,
-            "created": self.created,
-            "model": self.model_id,
-            "choices": choices,
-            "usage": self.usage(),
-        }
 
 
 class _Guard:

@@ -290,7 +290,7 @@ class Scheduler:
                     if self.metrics is not None:
                         self.metrics.first_token(h.first_token_at - h.t_submit)
             if result.text or result.token is not None:
-                self._send(h, Emitted(result.token, result.text))
+                self._send(h, Emitted(result.token, result.text, logprob=result.logprob))
             if result.finish_reason is not None:
                 self._release(h, result.finish_reason)
 

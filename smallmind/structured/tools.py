@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from ..results import GenerationResult, TokenStream
 
-__all__ = ["ToolPlan"]
+__all__ = ["ToolPlan", "new_call_id", "plain_messages"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONSTRAINT_KEYS = ("json_schema", "regex", "grammar", "choices")
@@ -88,7 +88,7 @@ def _with_instructions(messages: list[dict], functions: list[dict], mode: str) -
     return [{"role": "system", "content": text}, *messages]
 
 
-def _plain(messages: list[dict]) -> list[dict]:
+def plain_messages(messages: list[dict]) -> list[dict]:
     """Tool traffic as text, for templates that know nothing of tools: an assistant's calls
     become its content, a tool's result is a message of role "tool"."""
     out = []
@@ -108,6 +108,10 @@ def _plain(messages: list[dict]) -> list[dict]:
     return out
 
 
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
 class ToolPlan:
     """How one chat call with tools is rendered, constrained and read back."""
 
@@ -124,9 +128,9 @@ class ToolPlan:
             self.template_tools = [{"type": "function", "function": f} for f in functions]
             self.messages = messages
         elif self.mode == "none":
-            self.messages = _plain(messages)
+            self.messages = plain_messages(messages)
         else:
-            self.messages = _with_instructions(_plain(messages), allowed, self.mode)
+            self.messages = _with_instructions(plain_messages(messages), allowed, self.mode)
         #: Keyword arguments that constrain generate() to the reply format.
         self.constraint: dict[str, Any] = {}
         if self.mode == "required":
@@ -138,16 +142,22 @@ class ToolPlan:
 
     def finish(self, result: GenerationResult) -> GenerationResult:
         """Fill ``result.tool_calls`` from a complete call reply."""
-        if self.mode == "none" or result.finish_reason != "stop":
+        if result.finish_reason != "stop":
             return result
-        text = result.text.strip()
-        if not text.startswith("{"):
-            return result
-        call = json.loads(text)
-        result.json = call
-        result.tool_calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                              "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]
+        calls = self.calls(result.text)
+        if calls is not None:
+            result.json = json.loads(result.text)
+            result.tool_calls = calls
         return result
+
+    def calls(self, text: str) -> list[dict] | None:
+        """The OpenAI ``tool_calls`` of a complete reply ``text``; None when it is plain text."""
+        text = text.strip()
+        if self.mode == "none" or not text.startswith("{"):
+            return None
+        call = json.loads(text)
+        return [{"id": new_call_id(), "type": "function",
+                 "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]
 
     def stream(self, stream: TokenStream) -> TokenStream:
         """``stream`` whose final ``result`` carries the tool calls."""
