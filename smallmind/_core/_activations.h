@@ -155,35 +155,42 @@ SM_AVX512 SM_INLINE __m512 sm512_gelu_fast(__m512 x)
  * lane mask), so the result does not depend on the array length or position.
  * --------------------------------------------------------------------------------- */
 
-/* out[i] = fn(x[i]), 8 lanes: two vectors a step, then masked steps of 8. */
-#define SM_UNARY_ARRAY(NAME, FN)                                                            \
-    static void NAME(const float* x, float* out, ptrdiff_t n)                               \
+/* out[i] = fn(x[i]) over one instruction set's vectors (ISA: SM256 or SM512): two vectors
+ * a step, then masked steps of one vector. */
+#define SM_UNARY_ARRAY_OF(ISA, NAME, FN)                                                    \
+    ISA##_ATTR static void NAME(const float* x, float* out, ptrdiff_t n)                    \
     {                                                                                       \
         ptrdiff_t i = 0;                                                                    \
-        for (; i + 16 <= n; i += 16) {                                                      \
-            _mm256_storeu_ps(out + i, FN(_mm256_loadu_ps(x + i)));                          \
-            _mm256_storeu_ps(out + i + 8, FN(_mm256_loadu_ps(x + i + 8)));                  \
+        for (; i + 2 * ISA##_LANES <= n; i += 2 * ISA##_LANES) {                            \
+            ISA##_STORE(out + i, FN(ISA##_LOAD(x + i)));                                    \
+            ISA##_STORE(out + i + ISA##_LANES, FN(ISA##_LOAD(x + i + ISA##_LANES)));        \
         }                                                                                   \
-        for (; i < n; i += 8) {                                                             \
-            __m256i m = sm_tail_mask(n - i);                                                \
-            _mm256_maskstore_ps(out + i, m, FN(_mm256_maskload_ps(x + i, m)));              \
+        for (; i < n; i += ISA##_LANES) {                                                   \
+            ISA##_MASK m = ISA##_TAIL_MASK(n - i);                                          \
+            ISA##_MASK_STORE(out + i, m, FN(ISA##_MASK_LOAD(x + i, m)));                    \
         }                                                                                   \
     }
 
-/* The same with 16 lanes: two vectors a step, the tail under a lane mask. */
-#define SM512_UNARY_ARRAY(NAME, FN)                                                         \
-    SM_AVX512 static void NAME(const float* x, float* out, ptrdiff_t n)                     \
-    {                                                                                       \
-        ptrdiff_t i = 0;                                                                    \
-        for (; i + 32 <= n; i += 32) {                                                      \
-            _mm512_storeu_ps(out + i, FN(_mm512_loadu_ps(x + i)));                          \
-            _mm512_storeu_ps(out + i + 16, FN(_mm512_loadu_ps(x + i + 16)));                \
-        }                                                                                   \
-        for (; i < n; i += 16) {                                                            \
-            __mmask16 m = sm512_tail_mask(n - i);                                           \
-            _mm512_mask_storeu_ps(out + i, m, FN(_mm512_maskz_loadu_ps(m, x + i)));         \
-        }                                                                                   \
-    }
+/* What SM_UNARY_ARRAY_OF needs of each instruction set. */
+#define SM256_ATTR
+#define SM256_LANES 8
+#define SM256_LOAD(p) _mm256_loadu_ps(p)
+#define SM256_STORE(p, v) _mm256_storeu_ps(p, v)
+#define SM256_MASK __m256i
+#define SM256_TAIL_MASK(k) sm_tail_mask(k)
+#define SM256_MASK_LOAD(p, m) _mm256_maskload_ps(p, m)
+#define SM256_MASK_STORE(p, m, v) _mm256_maskstore_ps(p, m, v)
+#define SM512_ATTR SM_AVX512
+#define SM512_LANES 16
+#define SM512_LOAD(p) _mm512_loadu_ps(p)
+#define SM512_STORE(p, v) _mm512_storeu_ps(p, v)
+#define SM512_MASK __mmask16
+#define SM512_TAIL_MASK(k) sm512_tail_mask(k)
+#define SM512_MASK_LOAD(p, m) _mm512_maskz_loadu_ps(m, p)
+#define SM512_MASK_STORE(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+
+#define SM_UNARY_ARRAY(NAME, FN) SM_UNARY_ARRAY_OF(SM256, NAME, FN)
+#define SM512_UNARY_ARRAY(NAME, FN) SM_UNARY_ARRAY_OF(SM512, NAME, FN)
 
 /* out[i] = act(gate[i]) * up[i]; out may alias gate or up. */
 #define SM_GATED_ARRAY(NAME, ACT)                                                           \

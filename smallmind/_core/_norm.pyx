@@ -42,10 +42,25 @@ cdef enum:
 # again after arithmetic (masked-off lanes load as 0, and 0 - K is not 0).
 # ---------------------------------------------------------------------------------
 
-cdef double _sum_minus(const float* x, float shift, Py_ssize_t n) noexcept nogil:
-    """Sum of (x[i] - shift)."""
-    cdef __m256 vs = _mm256_set1_ps(shift)
-    cdef __m256 a0, a1, a2, a3
+# The sums LayerNorm (squares=False: of x[i] - shift) and RMSNorm (squares=True: of
+# x[i]^2) start from. ``squares`` is a constant at every call, so each caller gets its own
+# loop with the branches folded away.
+cdef inline __m256 _add_term(__m256 acc, __m256 d, bint squares) noexcept nogil:
+    return _mm256_fmadd_ps(d, d, acc) if squares else _mm256_add_ps(acc, d)
+
+
+cdef inline __m256 _term(__m256 v, __m256 vs, bint squares) noexcept nogil:
+    return v if squares else _mm256_sub_ps(v, vs)
+
+
+cdef inline __m256 _tail_term(__m256 v, __m256 vs, __m256i mask, bint squares) noexcept nogil:
+    # v's off lanes are 0, so its squares are too; v - shift must be masked again.
+    return v if squares else _mm256_and_ps(_mm256_sub_ps(v, vs), _mm256_castsi256_ps(mask))
+
+
+cdef inline double _sum(const float* x, float shift, bint squares, Py_ssize_t n) noexcept nogil:
+    """Sum of x[i]^2 (squares) or of (x[i] - shift)."""
+    cdef __m256 a0, a1, a2, a3, vs = _mm256_set1_ps(shift)
     cdef __m256i mask
     cdef double total = 0.0
     cdef Py_ssize_t i = 0, end
@@ -54,23 +69,24 @@ cdef double _sum_minus(const float* x, float shift, Py_ssize_t n) noexcept nogil
         a0 = _mm256_setzero_ps(); a1 = _mm256_setzero_ps()
         a2 = _mm256_setzero_ps(); a3 = _mm256_setzero_ps()
         while i + 32 <= end:
-            a0 = _mm256_add_ps(a0, _mm256_sub_ps(_mm256_loadu_ps(x + i), vs))
-            a1 = _mm256_add_ps(a1, _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vs))
-            a2 = _mm256_add_ps(a2, _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), vs))
-            a3 = _mm256_add_ps(a3, _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), vs))
+            a0 = _add_term(a0, _term(_mm256_loadu_ps(x + i), vs, squares), squares)
+            a1 = _add_term(a1, _term(_mm256_loadu_ps(x + i + 8), vs, squares), squares)
+            a2 = _add_term(a2, _term(_mm256_loadu_ps(x + i + 16), vs, squares), squares)
+            a3 = _add_term(a3, _term(_mm256_loadu_ps(x + i + 24), vs, squares), squares)
             i += 32
         while i < end:
             mask = sm_tail_mask(end - i)
-            a0 = _mm256_add_ps(a0, _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), vs),
-                                                 _mm256_castsi256_ps(mask)))
+            a0 = _add_term(a0, _tail_term(_mm256_maskload_ps(x + i, mask), vs, mask, squares), squares)
             i += 8
         i = end
         total += sm_hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
     return total
 
 
-cdef double _add_and_sum_minus(float* x, const float* delta, float shift, Py_ssize_t n) noexcept nogil:
-    """x[i] += delta[i] (stored), returning the sum of (new x[i] - shift)."""
+cdef inline double _add_and_sum(float* x, const float* delta, float shift, bint squares,
+                                Py_ssize_t n) noexcept nogil:
+    """x[i] += delta[i] (stored), returning the sum of the new x[i]^2 (squares) or of
+    (new x[i] - shift)."""
     cdef __m256 vs = _mm256_set1_ps(shift)
     cdef __m256 a0, a1, v0, v1
     cdef __m256i mask
@@ -84,14 +100,14 @@ cdef double _add_and_sum_minus(float* x, const float* delta, float shift, Py_ssi
             v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(delta + i + 8))
             _mm256_storeu_ps(x + i, v0)
             _mm256_storeu_ps(x + i + 8, v1)
-            a0 = _mm256_add_ps(a0, _mm256_sub_ps(v0, vs))
-            a1 = _mm256_add_ps(a1, _mm256_sub_ps(v1, vs))
+            a0 = _add_term(a0, _term(v0, vs, squares), squares)
+            a1 = _add_term(a1, _term(v1, vs, squares), squares)
             i += 16
         while i < end:
             mask = sm_tail_mask(end - i)
             v0 = _mm256_add_ps(_mm256_maskload_ps(x + i, mask), _mm256_maskload_ps(delta + i, mask))
             _mm256_maskstore_ps(x + i, mask, v0)
-            a0 = _mm256_add_ps(a0, _mm256_and_ps(_mm256_sub_ps(v0, vs), _mm256_castsi256_ps(mask)))
+            a0 = _add_term(a0, _tail_term(v0, vs, mask, squares), squares)
             i += 8
         i = end
         total += sm_hsum(_mm256_add_ps(a0, a1))
@@ -174,62 +190,6 @@ cdef void _layernorm_finish(const float* x, float shift, double sum_shifted, con
             _mm256_maskstore_ps(out + i, mask, _mm256_mul_ps(t, _mm256_maskload_ps(w + i, mask)))
 
 
-cdef double _sum_squares(const float* x, Py_ssize_t n) noexcept nogil:
-    cdef __m256 a0, a1, a2, a3, v
-    cdef __m256i mask
-    cdef double total = 0.0
-    cdef Py_ssize_t i = 0, end
-    while i < n:
-        end = min(i + BLOCK, n)
-        a0 = _mm256_setzero_ps(); a1 = _mm256_setzero_ps()
-        a2 = _mm256_setzero_ps(); a3 = _mm256_setzero_ps()
-        while i + 32 <= end:
-            v = _mm256_loadu_ps(x + i)
-            a0 = _mm256_fmadd_ps(v, v, a0)
-            v = _mm256_loadu_ps(x + i + 8)
-            a1 = _mm256_fmadd_ps(v, v, a1)
-            v = _mm256_loadu_ps(x + i + 16)
-            a2 = _mm256_fmadd_ps(v, v, a2)
-            v = _mm256_loadu_ps(x + i + 24)
-            a3 = _mm256_fmadd_ps(v, v, a3)
-            i += 32
-        while i < end:
-            v = _mm256_maskload_ps(x + i, sm_tail_mask(end - i))    # off lanes load as 0
-            a0 = _mm256_fmadd_ps(v, v, a0)
-            i += 8
-        i = end
-        total += sm_hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
-    return total
-
-
-cdef double _add_and_sum_squares(float* x, const float* delta, Py_ssize_t n) noexcept nogil:
-    """x[i] += delta[i] (stored), returning the sum of the new x[i]^2."""
-    cdef __m256 a0, a1, v0, v1
-    cdef __m256i mask
-    cdef double total = 0.0
-    cdef Py_ssize_t i = 0, end
-    while i < n:
-        end = min(i + BLOCK, n)
-        a0 = _mm256_setzero_ps(); a1 = _mm256_setzero_ps()
-        while i + 16 <= end:
-            v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(delta + i))
-            v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(delta + i + 8))
-            _mm256_storeu_ps(x + i, v0)
-            _mm256_storeu_ps(x + i + 8, v1)
-            a0 = _mm256_fmadd_ps(v0, v0, a0)
-            a1 = _mm256_fmadd_ps(v1, v1, a1)
-            i += 16
-        while i < end:
-            mask = sm_tail_mask(end - i)
-            v0 = _mm256_add_ps(_mm256_maskload_ps(x + i, mask), _mm256_maskload_ps(delta + i, mask))
-            _mm256_maskstore_ps(x + i, mask, v0)
-            a0 = _mm256_fmadd_ps(v0, v0, a0)
-            i += 8
-        i = end
-        total += sm_hsum(_mm256_add_ps(a0, a1))
-    return total
-
-
 cdef void _rmsnorm_finish(const float* x, double sum_squares, const float* w, float* out,
                           Py_ssize_t n, float eps) noexcept nogil:
     cdef __m256 vr = _mm256_set1_ps(<float>(1.0 / sqrt(sum_squares / n + eps)))
@@ -260,7 +220,7 @@ cdef inline void _layernorm(const float* x, const float* w, const float* b, floa
     if n <= 0:
         return
     cdef float shift = x[0]
-    _layernorm_finish(x, shift, _sum_minus(x, shift, n), w, b, out, n, eps)
+    _layernorm_finish(x, shift, _sum(x, shift, False, n), w, b, out, n, eps)
 
 
 cdef void rmsnorm(const float* x, const float* w, float* out,
@@ -272,7 +232,7 @@ cdef inline void _rmsnorm(const float* x, const float* w, float* out,
                           Py_ssize_t n, float eps) noexcept nogil:
     if n <= 0:
         return
-    _rmsnorm_finish(x, _sum_squares(x, n), w, out, n, eps)
+    _rmsnorm_finish(x, _sum(x, 0.0, True, n), w, out, n, eps)
 
 
 cdef void residual_layernorm(float* x, const float* delta, const float* w, const float* b,
@@ -286,7 +246,7 @@ cdef inline void _residual_layernorm(float* x, const float* delta, const float* 
         return
     # Same float32 addition as the vector pass, so shift equals the stored x[0].
     cdef float shift = x[0] + delta[0]
-    _layernorm_finish(x, shift, _add_and_sum_minus(x, delta, shift, n), w, b, out, n, eps)
+    _layernorm_finish(x, shift, _add_and_sum(x, delta, shift, False, n), w, b, out, n, eps)
 
 
 cdef void residual_rmsnorm(float* x, const float* delta, const float* w, float* out,
@@ -298,7 +258,7 @@ cdef inline void _residual_rmsnorm(float* x, const float* delta, const float* w,
                                    Py_ssize_t n, float eps) noexcept nogil:
     if n <= 0:
         return
-    _rmsnorm_finish(x, _add_and_sum_squares(x, delta, n), w, out, n, eps)
+    _rmsnorm_finish(x, _add_and_sum(x, delta, 0.0, True, n), w, out, n, eps)
 
 
 # ---------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ Layer (set by ``models/gemma3.py``), not branches here.
 from smallmind._core._elementwise cimport add
 from smallmind._core._gelu cimport geglu
 from smallmind._core._norm cimport rmsnorm
-from smallmind.models._layer cimport (Call, Layer, Steps, Workspace, attention, kv_store, matmul_rows,
-                                      rmsnorm_rows)
+from smallmind.models._layer cimport (Call, Layer, Step, Workspace, attention, kv_store, matmul_rows,
+                                      rmsnorm_rows, steps_table)
 from smallmind.models._llama cimport attn_norm, ffn_matmul, ffn_norm, qkv_matmul, rope_qk
 
 
@@ -62,18 +62,8 @@ cdef void post_ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
     add(ws.x, ws.xb, ws.x, c.n * ws.n_embd)
 
 
-cdef Steps _LAYER = Steps()
-(_LAYER.add("attn_norm", attn_norm)
-       .add("qkv_matmul", qkv_matmul)
-       .add("qk_norm", qk_norm)
-       .add("rope", rope_qk)
-       .add("kv_store", kv_store)
-       .add("attention", attention)
-       .add("out_matmul", out_matmul)
-       .add("post_attn_norm", post_attn_norm)
-       .add("ffn_norm", ffn_norm)
-       .add("ffn_matmul", ffn_matmul)
-       .add("activation", activation)
-       .add("down_matmul", down_matmul)
-       .add("post_ffn_norm", post_ffn_norm))
-LAYER = _LAYER
+cdef Step[13] _STEPS = [attn_norm, qkv_matmul, qk_norm, rope_qk, kv_store, attention, out_matmul,
+                        post_attn_norm, ffn_norm, ffn_matmul, activation, down_matmul, post_ffn_norm]
+LAYER = steps_table(_STEPS, sizeof(_STEPS) // sizeof(Step), "attn_norm qkv_matmul qk_norm rope kv_store "
+                    "attention out_matmul post_attn_norm ffn_norm ffn_matmul activation down_matmul "
+                    "post_ffn_norm")

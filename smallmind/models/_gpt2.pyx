@@ -16,8 +16,8 @@ attention per sequence when a batch runs several); ``LAYER`` is the table that
 ``_layer.run_layers`` runs for every layer.
 """
 from smallmind._core._gelu cimport gelu_tanh
-from smallmind.models._layer cimport (Call, Layer, Steps, Workspace, attention, down_matmul,
-                                      kv_store, layernorm_rows, matmul_rows, out_matmul)
+from smallmind.models._layer cimport (Call, Layer, Step, Workspace, attention, down_matmul,
+                                      kv_store, layernorm_rows, matmul_rows, out_matmul, steps_table)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -40,14 +40,7 @@ cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
     gelu_tanh(ws.h, ws.h, c.n * ws.n_hidden)
 
 
-cdef Steps _LAYER = Steps()
-(_LAYER.add("attn_norm", attn_norm)
-       .add("qkv_matmul", qkv_matmul)
-       .add("kv_store", kv_store)
-       .add("attention", attention)
-       .add("out_matmul", out_matmul)
-       .add("ffn_norm", ffn_norm)
-       .add("ffn_matmul", ffn_matmul)
-       .add("activation", activation)
-       .add("down_matmul", down_matmul))
-LAYER = _LAYER
+cdef Step[9] _STEPS = [attn_norm, qkv_matmul, kv_store, attention, out_matmul, ffn_norm, ffn_matmul,
+                       activation, down_matmul]
+LAYER = steps_table(_STEPS, sizeof(_STEPS) // sizeof(Step), "attn_norm qkv_matmul kv_store attention "
+                    "out_matmul ffn_norm ffn_matmul activation down_matmul")

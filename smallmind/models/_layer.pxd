@@ -90,6 +90,10 @@ cdef class Steps:
     cdef Steps add(self, str name, Step fn)
 
 
+# Steps from their functions and their space-separated names, both in running order.
+cdef Steps steps_table(const Step* fns, Py_ssize_t n, str names)
+
+
 # Steps every architecture shares.
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil

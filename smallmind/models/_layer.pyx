@@ -246,6 +246,17 @@ cdef class Steps:
         return "Steps(" + " -> ".join(self.names) + ")"
 
 
+cdef Steps steps_table(const Step* fns, Py_ssize_t n, str names):
+    cdef Steps steps = Steps()
+    cdef list words = names.split()
+    cdef Py_ssize_t i
+    if len(words) != n:
+        raise ValueError(f"{n} step functions but {len(words)} step names: {names!r}")
+    for i in range(n):
+        steps.add(words[i], fns[i])
+    return steps
+
+
 # -- steps every architecture shares ---------------------------------------------------------
 
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil:

@@ -19,8 +19,8 @@ attention per sequence when a batch runs several); ``LAYER`` is the table that
 """
 from smallmind._core._attention cimport rope
 from smallmind._core._elementwise cimport swiglu
-from smallmind.models._layer cimport (Segment, Steps, attention, down_matmul, kv_store, matmul_rows,
-                                      out_matmul, rmsnorm_rows)
+from smallmind.models._layer cimport (Segment, Step, attention, down_matmul, kv_store, matmul_rows,
+                                      out_matmul, rmsnorm_rows, steps_table)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -61,15 +61,7 @@ cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
     swiglu(ws.h, ws.h2, ws.h, c.n * ws.n_hidden)
 
 
-cdef Steps _LAYER = Steps()
-(_LAYER.add("attn_norm", attn_norm)
-       .add("qkv_matmul", qkv_matmul)
-       .add("rope", rope_qk)
-       .add("kv_store", kv_store)
-       .add("attention", attention)
-       .add("out_matmul", out_matmul)
-       .add("ffn_norm", ffn_norm)
-       .add("ffn_matmul", ffn_matmul)
-       .add("activation", activation)
-       .add("down_matmul", down_matmul))
-LAYER = _LAYER
+cdef Step[10] _STEPS = [attn_norm, qkv_matmul, rope_qk, kv_store, attention, out_matmul, ffn_norm,
+                        ffn_matmul, activation, down_matmul]
+LAYER = steps_table(_STEPS, sizeof(_STEPS) // sizeof(Step), "attn_norm qkv_matmul rope kv_store attention "
+                    "out_matmul ffn_norm ffn_matmul activation down_matmul")
