@@ -126,26 +126,28 @@ SMM_INLINE smm_act32 smm_act32_at(const uint8_t* row, ptrdiff_t cols)
 }
 
 /* The f16 scales d (and mins m, with `has_min`) of `nbc` <= 8 consecutive blocks `bb` bytes
- * apart, as 8 floats (lanes past nbc are 0). The 16-bit fields are packed into two 64-bit
- * words with scalar loads, shifts and ors, which run on the integer ALUs while the vector
- * pipes do the dot products; a vpgatherdd of the same 8 fields is microcoded on Zen 2/3
- * and cost as much as the 8 blocks' dot products themselves. */
+ * apart, as 8 floats (lanes past nbc are 0). The 32-bit words at the blocks' starts (d, then
+ * m or the first code bytes) are paired into 64-bit words with scalar loads, a shift and an
+ * or, which run on the integer ALUs while the vector pipes do the dot products; one in-lane
+ * byte shuffle and one permute (per 8 blocks, outside the block loop) then split them into
+ * 8 d's and 8 m's. A vpgatherdd of the same words is microcoded on Zen 2/3 and cost about
+ * as much as the 8 blocks' dot products, and a scalar 16-bit field at a time took twice the
+ * instructions of this. */
 SMM_INLINE void smm_q32_scales8(const int has_min, const uint8_t* p, const int bb, const int nbc, __m256* d,
                                 __m256* m)
 {
-    uint64_t d0 = 0, d1 = 0, m0 = 0, m1 = 0;
-    /* written out so that GCC keeps the words in registers with constant shifts */
-#define SMM_SCALE_FIELD(i, dw, mw)                                                  \
-    if ((i) < nbc) {                                                                \
-        const uint32_t v = has_min ? smm_ld32(p + (i) * bb) : smm_ld16(p + (i) * bb); \
-        dw |= (uint64_t)(v & 0xFFFF) << (16 * ((i) & 3));                           \
-        if (has_min) mw |= (uint64_t)(v >> 16) << (16 * ((i) & 3));                 \
+    uint64_t q[4] = {0, 0, 0, 0};
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        if (2 * k < nbc) q[k] = smm_ld32(p + 2 * k * bb);
+        if (2 * k + 1 < nbc) q[k] |= (uint64_t)smm_ld32(p + (2 * k + 1) * bb) << 32;
     }
-    SMM_SCALE_FIELD(0, d0, m0) SMM_SCALE_FIELD(1, d0, m0) SMM_SCALE_FIELD(2, d0, m0) SMM_SCALE_FIELD(3, d0, m0)
-    SMM_SCALE_FIELD(4, d1, m1) SMM_SCALE_FIELD(5, d1, m1) SMM_SCALE_FIELD(6, d1, m1) SMM_SCALE_FIELD(7, d1, m1)
-#undef SMM_SCALE_FIELD
-    *d = _mm256_cvtph_ps(_mm_set_epi64x((long long)d1, (long long)d0));
-    if (has_min) *m = _mm256_cvtph_ps(_mm_set_epi64x((long long)m1, (long long)m0));
+    const __m256i sel = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256i g = _mm256_set_epi64x((long long)q[3], (long long)q[2], (long long)q[1], (long long)q[0]);
+    g = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, sel), 0xD8); /* d0..d7 | m0..m7 */
+    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+    if (has_min) *m = _mm256_cvtph_ps(_mm256_extracti128_si256(g, 1));
 }
 
 /*
