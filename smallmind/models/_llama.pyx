@@ -18,7 +18,7 @@ Each step runs on all n rows at once (n = 1 when decoding); ``LAYER`` is the tab
 """
 from smallmind._core._attention cimport rope
 from smallmind._core._elementwise cimport swiglu
-from smallmind._core._matmul cimport matmul
+from smallmind._core._matmul cimport WeightView, matmul_many
 from smallmind.models._layer cimport (Steps, attention, down_matmul, kv_store, out_matmul,
                                       rmsnorm_rows)
 
@@ -28,9 +28,14 @@ cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.wq.view, ws.xb, c.n, ws.n_embd, ws.q, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
-    matmul(&L.wk.view, ws.xb, c.n, ws.n_embd, ws.k, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
-    matmul(&L.wv.view, ws.xb, c.n, ws.n_embd, ws.v, ws.ldqkv, NULL, False, c.n_threads, ws.mm_scratch)
+    # one call for the three products of xb: quantised once, one thread-pool job
+    cdef const WeightView* w[3]
+    cdef float* y[3]
+    cdef Py_ssize_t ld[3]
+    w[0], w[1], w[2] = &L.wq.view, &L.wk.view, &L.wv.view
+    y[0], y[1], y[2] = ws.q, ws.k, ws.v
+    ld[0] = ld[1] = ld[2] = ws.ldqkv
+    matmul_many(3, w, ws.xb, c.n, ws.n_embd, y, ld, c.n_threads, ws.mm_scratch)
 
 
 cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -44,10 +49,13 @@ cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul(&L.w_gate.view, ws.xb, c.n, ws.n_embd, ws.h, ws.n_hidden, NULL, False, c.n_threads,
-           ws.mm_scratch)
-    matmul(&L.w_up.view, ws.xb, c.n, ws.n_embd, ws.h2, ws.n_hidden, NULL, False, c.n_threads,
-           ws.mm_scratch)
+    cdef const WeightView* w[2]
+    cdef float* y[2]
+    cdef Py_ssize_t ld[2]
+    w[0], w[1] = &L.w_gate.view, &L.w_up.view
+    y[0], y[1] = ws.h, ws.h2
+    ld[0] = ld[1] = ws.n_hidden
+    matmul_many(2, w, ws.xb, c.n, ws.n_embd, y, ld, c.n_threads, ws.mm_scratch)
 
 
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
