@@ -20,6 +20,13 @@
 
 #define SMM_INLINE static inline __attribute__((always_inline))
 
+/* The start of every R x C tile kernel (AVX2 and AVX-512): views a[c] of the C activation
+ * rows (act + c * astride, made by `at`) and the accumulators acc[r][c] set to `zero`. */
+#define SMM_TILE_START(a, at, acc, zero)                                           \
+    _Pragma("GCC unroll 4") for (int c_ = 0; c_ < C; c_++) a[c_] = at(act + c_ * astride, cols); \
+    _Pragma("GCC unroll 4") for (int r_ = 0; r_ < R; r_++)                         \
+        _Pragma("GCC unroll 4") for (int c_ = 0; c_ < C; c_++) acc[r_][c_] = (zero);
+
 /* Software prefetch of the next tile's weights. A tile reads R rows at once, R streams
  * the hardware prefetchers follow only partly, and its loop body is long (unpacking,
  * integer dot products), so out-of-order execution alone keeps only a few lines per row
@@ -176,12 +183,7 @@ SMM_INLINE void smm_q32_tile_avx2(const int type, const int R, const int C,
     __m256 acc[4][4];
     float S[4][4][8] __attribute__((aligned(32)));
     smm_act32 a[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) a[c] = smm_act32_at(act + c * astride, cols);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    SMM_TILE_START(a, smm_act32_at, acc, _mm256_setzero_ps())
 
     for (ptrdiff_t b0 = 0; b0 < nb; b0 += 8) {
         const int nbc = (int)(nb - b0 < 8 ? nb - b0 : 8);
@@ -324,15 +326,8 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
     __m256 acc[4][4];
     __m128 accm[4][4]; /* the mins' terms (Q4_K, Q5_K) */
     smm_actk a[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) a[c] = smm_actk_at(act + c * astride, cols);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) {
-            acc[r][c] = _mm256_setzero_ps();
-            accm[r][c] = _mm_setzero_ps();
-        }
+    SMM_TILE_START(a, smm_actk_at, acc, _mm256_setzero_ps())
+    SMM_TILE_START(a, smm_actk_at, accm, _mm_setzero_ps())
 
     for (ptrdiff_t b = 0; b < nb; b++) {
         smm_kblock kb[4];

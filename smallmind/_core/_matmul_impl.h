@@ -86,55 +86,43 @@ static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptr
  * Float weights
  * ---------------------------------------------------------------------------------- */
 
+/* Rows [r, r + nvalid) of a float weight at w against every activation row, with the
+ * 4-row kernel FN (AVX2 or AVX-512) instantiated for the weight's storage type. */
+#define SMM_FLOAT_ROWS4(FN, j, w, nvalid, r)                                                              \
+    switch ((j)->type) {                                                                                  \
+    case SMM_F32:                                                                                         \
+        FN(SMM_F32, w, (j)->row_bytes, nvalid, (j)->cols, (j)->x, (j)->n, (j)->ldx, (j)->y, (j)->ldy,     \
+           (j)->bias, r, (j)->accumulate);                                                                \
+        break;                                                                                            \
+    case SMM_F16:                                                                                         \
+        FN(SMM_F16, w, (j)->row_bytes, nvalid, (j)->cols, (j)->x, (j)->n, (j)->ldx, (j)->y, (j)->ldy,     \
+           (j)->bias, r, (j)->accumulate);                                                                \
+        break;                                                                                            \
+    default:                                                                                              \
+        FN(SMM_BF16, w, (j)->row_bytes, nvalid, (j)->cols, (j)->x, (j)->n, (j)->ldx, (j)->y, (j)->ldy,    \
+           (j)->bias, r, (j)->accumulate);                                                                \
+        break;                                                                                            \
+    }
+
+/* Row groups [g0, g1) (4 rows each): the loop body of smm_float_small_range. */
+#define SMM_FLOAT_GROUPS(FN, j, g0, g1)                                  \
+    for (ptrdiff_t g = g0; g < g1; g++) {                                \
+        ptrdiff_t r = 4 * g;                                             \
+        int nvalid = (int)((j)->rows - r < 4 ? (j)->rows - r : 4);       \
+        const uint8_t* w = (j)->w + r * (j)->row_bytes;                  \
+        SMM_FLOAT_ROWS4(FN, j, w, nvalid, r)                             \
+    }
+
 SMM_AVX512_TARGET static void smm_float_small_512(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
-    for (ptrdiff_t g = g0; g < g1; g++) {
-        ptrdiff_t r = 4 * g;
-        int nvalid = (int)(j->rows - r < 4 ? j->rows - r : 4);
-        const uint8_t* w = j->w + r * j->row_bytes;
-        switch (j->type) {
-        case SMM_F32:
-            smm_float_rows4_512(SMM_F32, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                j->bias, r, j->accumulate);
-            break;
-        case SMM_F16:
-            smm_float_rows4_512(SMM_F16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                j->bias, r, j->accumulate);
-            break;
-        default:
-            smm_float_rows4_512(SMM_BF16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                j->bias, r, j->accumulate);
-            break;
-        }
-    }
+    SMM_FLOAT_GROUPS(smm_float_rows4_512, j, g0, g1)
 }
 
 /* Weight row groups [g0, g1) (4 rows each) against every activation row. */
 static void smm_float_small_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
-    if (j->isa >= SMM_ISA_AVX512) {
-        smm_float_small_512(j, g0, g1);
-        return;
-    }
-    for (ptrdiff_t g = g0; g < g1; g++) {
-        ptrdiff_t r = 4 * g;
-        int nvalid = (int)(j->rows - r < 4 ? j->rows - r : 4);
-        const uint8_t* w = j->w + r * j->row_bytes;
-        switch (j->type) {
-        case SMM_F32:
-            smm_float_rows4_avx2(SMM_F32, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                 j->bias, r, j->accumulate);
-            break;
-        case SMM_F16:
-            smm_float_rows4_avx2(SMM_F16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                 j->bias, r, j->accumulate);
-            break;
-        default:
-            smm_float_rows4_avx2(SMM_BF16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                 j->bias, r, j->accumulate);
-            break;
-        }
-    }
+    if (j->isa >= SMM_ISA_AVX512) smm_float_small_512(j, g0, g1);
+    else SMM_FLOAT_GROUPS(smm_float_rows4_avx2, j, g0, g1)
 }
 
 typedef void (*smm_ukr_fn)(ptrdiff_t, const float*, const float*, float*, ptrdiff_t, int, int, int,
