@@ -194,6 +194,22 @@ def test_two_threads_match_one(isa, name, n, rows, seed):
     check_product(name, w32, mag, x, two)
 
 
+@settings(suppress_health_check=FIXTURE_OK)
+@given(names=st.lists(st.sampled_from(QUANT_TYPES + FLOAT_TYPES), min_size=1, max_size=4),
+       n=st.sampled_from([1, 2, 5, 9]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_matmul_many_equals_separate_products(isa, names, n, threads, seed):
+    """Products sharing x (Q, K, V; gate, up) in one call: bit for bit the separate products,
+    whether the weights share a quantisation of x (fused) or not (one at a time)."""
+    rng = np.random.default_rng(seed)
+    cols = 512  # a multiple of every block size
+    made = [make_weight(name, int(rng.integers(60, 200)), cols, rng) for name in names]
+    x = random_activations(n, cols, rng)
+    outs = _matmul._matmul_many([w for w, _, _ in made], x, threads)
+    for name, (w, w32, mag), y in zip(names, made, outs, strict=True):
+        np.testing.assert_array_equal(y, w.matmul(x, n_threads=threads))
+        check_product(name, w32, mag, x, y)
+
+
 @pytest.mark.parametrize("name", FLOAT_TYPES)
 @pytest.mark.parametrize("n", [8, 9, 64, 200])
 def test_float_gemm_path(isa, name, n):

@@ -34,6 +34,12 @@ cdef void matmul_split(const WeightView* w, const float* x, Py_ssize_t n, Py_ssi
                        Py_ssize_t ldx, float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
                        int n_threads, void* scratch) noexcept nogil
 cdef Py_ssize_t packed_min_rows() noexcept nogil
+# y[i][t, r] = sum_c W_i[r, c] * x[t, c] for i < count (<= 4 weights with equal cols; y[i]
+# rows ldy[i] floats apart; no bias, no accumulate): exactly `count` matmul calls, but when
+# the weights are quantised alike x is quantised once and all rows are one thread-pool job.
+# scratch: at least the largest matmul_scratch_bytes(w[i], n), or NULL.
+cdef void matmul_many(int count, const WeightView** w, const float* x, Py_ssize_t n, Py_ssize_t ldx,
+                      float** y, const Py_ssize_t* ldy, int n_threads, void* scratch) noexcept nogil
 # Dequantise row `row` of w into out[0:cols] (embedding lookup).
 cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogil
 

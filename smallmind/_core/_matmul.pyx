@@ -49,6 +49,15 @@ cdef extern from "_matmul_impl.h" nogil:
     int smm_family(int type)
     int SMM_FAMILY_FLOAT
     int SMM_GEMM_MIN_N
+    ctypedef struct smm_target:
+        int type
+        const unsigned char* w
+        Py_ssize_t rows, row_bytes
+        float* y
+        Py_ssize_t ldy
+    enum: SMM_MANY_MAX
+    void smm_matmul_many(int count, const smm_target* t, Py_ssize_t cols, const float* x, Py_ssize_t n,
+                         Py_ssize_t ldx, int n_threads, void* scratch)
 
 # Weight storage types the kernels multiply, by GGML type id.
 SUPPORTED_TYPES = tuple(t for t in GGMLType if smm_block_elems(int(t)) > 0)
@@ -109,6 +118,24 @@ cdef void matmul_split(const WeightView* w, const float* x, Py_ssize_t n, Py_ssi
 
 cdef Py_ssize_t packed_min_rows() noexcept nogil:
     return SMM_GEMM_MIN_N
+
+
+cdef void matmul_many(int count, const WeightView** w, const float* x, Py_ssize_t n, Py_ssize_t ldx,
+                      float** y, const Py_ssize_t* ldy, int n_threads, void* scratch) noexcept nogil:
+    cdef smm_target t[SMM_MANY_MAX]
+    cdef int i
+    if count > SMM_MANY_MAX:  # more than the fused kernel takes: one product at a time
+        for i in range(count):
+            matmul(w[i], x, n, ldx, y[i], ldy[i], NULL, False, n_threads, scratch)
+        return
+    for i in range(count):
+        t[i].type = w[i].type
+        t[i].w = <const unsigned char*>w[i].data
+        t[i].rows = w[i].rows
+        t[i].row_bytes = w[i].row_bytes
+        t[i].y = y[i]
+        t[i].ldy = ldy[i]
+    smm_matmul_many(count, t, w[0].cols, x, n, ldx, n_threads, scratch)
 
 
 cdef Py_ssize_t matmul_scratch_bytes(const WeightView* w, Py_ssize_t n) noexcept nogil:
@@ -334,6 +361,34 @@ def _bench_read(buf, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
         for i in range(iters):
             check += smm_read_bandwidth(&b[0], nbytes, n_threads)
     return clock() - t0
+
+
+def _matmul_many(list weights, x, int n_threads=1):
+    """[w.matmul(x) for w in weights] through matmul_many (for tests): x is (n, cols) float32,
+    C-contiguous; every weight has `cols` columns."""
+    cdef Py_ssize_t k, m = len(weights)
+    cdef Weight w
+    if not 1 <= m <= SMM_MANY_MAX:
+        raise ShapeError(f"1 to {SMM_MANY_MAX} weights, got {m}")
+    cdef const float[:, ::1] xv = x
+    cdef const WeightView* views[SMM_MANY_MAX]
+    cdef float* ys[SMM_MANY_MAX]
+    cdef Py_ssize_t lds[SMM_MANY_MAX]
+    cdef float[:, ::1] yv
+    outs = []
+    for k in range(m):
+        w = weights[k]
+        if w.view.cols != xv.shape[1]:
+            raise ShapeError(f"weight {k} has {w.view.cols} columns, x has {xv.shape[1]}")
+        out = np.empty((xv.shape[0], w.view.rows), np.float32)
+        yv = out
+        views[k] = &w.view
+        ys[k] = &yv[0, 0]
+        lds[k] = w.view.rows
+        outs.append(out)
+    with nogil:
+        matmul_many(<int>m, views, &xv[0, 0], xv.shape[0], xv.shape[1], ys, lds, n_threads, NULL)
+    return outs
 
 
 def _bench_sweep(list weights, Py_ssize_t n, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):

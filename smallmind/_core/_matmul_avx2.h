@@ -20,6 +20,13 @@
 
 #define SMM_INLINE static inline __attribute__((always_inline))
 
+/* The start of every R x C tile kernel (AVX2 and AVX-512): views a[c] of the C activation
+ * rows (act + c * astride, made by `at`) and the accumulators acc[r][c] set to `zero`. */
+#define SMM_TILE_START(a, at, acc, zero)                                           \
+    _Pragma("GCC unroll 4") for (int c_ = 0; c_ < C; c_++) a[c_] = at(act + c_ * astride, cols); \
+    _Pragma("GCC unroll 4") for (int r_ = 0; r_ < R; r_++)                         \
+        _Pragma("GCC unroll 4") for (int c_ = 0; c_ < C; c_++) acc[r_][c_] = (zero);
+
 /* Software prefetch of the next tile's weights. A tile reads R rows at once, R streams
  * the hardware prefetchers follow only partly, and its loop body is long (unpacking,
  * integer dot products), so out-of-order execution alone keeps only a few lines per row
@@ -70,14 +77,20 @@ SMM_INLINE __m256i smm_unpack_nibbles(const uint8_t* qs)
     return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
 }
 
-/* Byte j = 0xFF where bit j of `bits` is set, else 0. */
-SMM_INLINE __m256i smm_bits_to_bytes(uint32_t bits)
+/* A float read from any address (the 32-bit fifth-bit words of Q5 blocks are unaligned). */
+typedef float smm_f32_unaligned __attribute__((may_alias, aligned(1)));
+
+/* Byte j = 0x10 where bit j of the 32-bit word at `qh` is set, else 0: the fifth bits of a
+ * Q5 block. The word is broadcast straight from memory (a load, where a general-purpose
+ * register would take a move and a shuffle) and byte (j / 8) is spread to byte j. */
+SMM_INLINE __m256i smm_fifth_bits(const uint8_t* qh)
 {
     const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
                                              0x0101010101010101LL, 0);
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
-    v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL));
-    return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i v = _mm256_castps_si256(_mm256_set1_ps(*(const smm_f32_unaligned*)qh));
+    v = _mm256_and_si256(_mm256_shuffle_epi8(v, spread), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
 }
 
 /* The codes of one 32-element block of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 row, unsigned (signed
@@ -90,11 +103,9 @@ SMM_INLINE __m256i smm_w32_avx2(const int type, const uint8_t* b)
     case SMM_Q4_1:
         return smm_unpack_nibbles(b + 4);
     case SMM_Q5_0:
-        return _mm256_or_si256(smm_unpack_nibbles(b + 6),
-                               _mm256_and_si256(smm_bits_to_bytes(smm_ld32(b + 2)), _mm256_set1_epi8(0x10)));
+        return _mm256_or_si256(smm_unpack_nibbles(b + 6), smm_fifth_bits(b + 2));
     case SMM_Q5_1:
-        return _mm256_or_si256(smm_unpack_nibbles(b + 8),
-                               _mm256_and_si256(smm_bits_to_bytes(smm_ld32(b + 4)), _mm256_set1_epi8(0x10)));
+        return _mm256_or_si256(smm_unpack_nibbles(b + 8), smm_fifth_bits(b + 4));
     default: /* SMM_Q8_0 */
         return _mm256_loadu_si256((const __m256i*)(b + 2));
     }
@@ -121,24 +132,44 @@ SMM_INLINE smm_act32 smm_act32_at(const uint8_t* row, ptrdiff_t cols)
     return a;
 }
 
-/* The low and high f16 halves of 8 dwords, as floats. */
-SMM_INLINE void smm_f16_pairs8(__m256i g, __m256* lo, __m256* hi)
+/* The f16 scales d (and mins m, with `has_min`) of `nbc` <= 8 consecutive blocks `bb` bytes
+ * apart, as 8 floats (lanes past nbc are 0). The 32-bit words at the blocks' starts (d, then
+ * m or the first code bytes) are paired into 64-bit words with scalar loads, a shift and an
+ * or, which run on the integer ALUs while the vector pipes do the dot products; one in-lane
+ * byte shuffle and one permute (per 8 blocks, outside the block loop) then split them into
+ * 8 d's and 8 m's. A vpgatherdd of the same words is microcoded on Zen 2/3 and cost about
+ * as much as the 8 blocks' dot products, and a scalar 16-bit field at a time took twice the
+ * instructions of this. */
+SMM_INLINE void smm_q32_scales8(const int has_min, const uint8_t* p, const int bb, const int nbc, __m256* d,
+                                __m256* m)
 {
+    uint64_t q[4] = {0, 0, 0, 0};
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        if (2 * k < nbc) q[k] = smm_ld32(p + 2 * k * bb);
+        if (2 * k + 1 < nbc) q[k] |= (uint64_t)smm_ld32(p + (2 * k + 1) * bb) << 32;
+    }
     const __m256i sel = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
                                          0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-    __m256i v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, sel), 0xD8); /* lows | highs */
-    *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(v));
-    *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(v, 1));
+    __m256i g = _mm256_set_epi64x((long long)q[3], (long long)q[2], (long long)q[1], (long long)q[0]);
+    g = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, sel), 0xD8); /* d0..d7 | m0..m7 */
+    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+    if (has_min) *m = _mm256_cvtph_ps(_mm256_extracti128_si256(g, 1));
 }
 
 /*
  * Tile of R weight rows (w + r*wstride) x C activation rows (act + c*astride) over nb
- * blocks: out[r][c] = dot(W[r], x[c]). Scales are handled 8 blocks at a time: one gather
- * reads the f16 scale (and min) of 8 blocks of a row, S = d_w * d_x is computed for the 8
- * and stored, and each block's FMA broadcasts its S from memory (a load, no shuffle).
- * Q4_0/Q5_0 codes carry an offset of 8/16: sum((q-8)*x) = sum(q*x) - 8*sum(x), folded into
- * the int32 lanes (8 lanes, so each subtracts sumq or 2*sumq). The mins of Q4_1/Q5_1 are
- * one 8-lane FMA with the activation sums per 8 blocks (lanes are all summed at the end).
+ * blocks: out[r][c] = dot(W[r], x[c]). Scales are handled 8 blocks at a time: the f16
+ * scales (and mins) of 8 blocks of a row are packed by smm_q32_scales8, S = d_w * d_x is
+ * computed for the 8 and stored, and each block's FMA broadcasts its S from memory (a
+ * load, no shuffle). Q4_0/Q5_0 codes carry an offset of 8/16: sum((q-8)*x) = sum(q*x) -
+ * 8*sum(x), folded into the int32 lanes (8 lanes, so each subtracts sumq or 2*sumq). The
+ * mins of Q4_1/Q5_1 are one 8-lane FMA with the activation sums per 8 blocks (lanes are
+ * all summed at the end). The block loop takes one row at a time so that only that row's
+ * codes are live: with all R rows' codes live, GCC spilled accumulators to the stack (AVX2
+ * has 16 ymm registers) and the loop became latency-bound. Every (r, c) pair goes through
+ * the same operations in the same order whatever R and C are, so a row's result does not
+ * depend on how many activation rows share the call.
  */
 SMM_INLINE void smm_q32_tile_avx2(const int type, const int R, const int C,
                                   const uint8_t* w, ptrdiff_t wstride,
@@ -149,26 +180,19 @@ SMM_INLINE void smm_q32_tile_avx2(const int type, const int R, const int C,
     const int bb = smm_block_bytes(type);
     const int has_min = type == SMM_Q4_1 || type == SMM_Q5_1;
     const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bb));
     __m256 acc[4][4];
     float S[4][4][8] __attribute__((aligned(32)));
     smm_act32 a[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) a[c] = smm_act32_at(act + c * astride, cols);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    SMM_TILE_START(a, smm_act32_at, acc, _mm256_setzero_ps())
 
     for (ptrdiff_t b0 = 0; b0 < nb; b0 += 8) {
         const int nbc = (int)(nb - b0 < 8 ? nb - b0 : 8);
         const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(nbc), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            __m256i g = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int*)(w + r * wstride + b0 * bb),
-                                                    gidx, km, 1);
-            __m256 dw, mw;
-            smm_f16_pairs8(g, &dw, &mw);
+            __m256 dw, mw = _mm256_setzero_ps();
+            if (nbc == 8) smm_q32_scales8(has_min, w + r * wstride + b0 * bb, bb, 8, &dw, &mw);
+            else smm_q32_scales8(has_min, w + r * wstride + b0 * bb, bb, nbc, &dw, &mw);
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) {
                 _mm256_store_ps(S[r][c], _mm256_mul_ps(dw, _mm256_maskload_ps(a[c].d + b0, km)));
@@ -177,28 +201,26 @@ SMM_INLINE void smm_q32_tile_avx2(const int type, const int R, const int C,
         }
         for (int i = 0; i < nbc; i++) {
             const ptrdiff_t b = b0 + i;
-            __m256i wq[4], wabs[4];
+            __m256i xv[4], corr[4];
             smm_prefetch_next_tile(w, R, wstride, b * R * bb, R * bb);
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                wq[r] = smm_w32_avx2(type, w + r * wstride + b * bb);
-                if (type == SMM_Q8_0) wabs[r] = _mm256_sign_epi8(wq[r], wq[r]);
+            for (int c = 0; c < C; c++) {
+                xv[c] = _mm256_loadu_si256((const __m256i*)(a[c].q + 32 * b));
+                if (type == SMM_Q4_0) corr[c] = _mm256_set1_epi32(a[c].sumq[b]);
+                if (type == SMM_Q5_0) corr[c] = _mm256_set1_epi32(2 * a[c].sumq[b]);
             }
 #pragma GCC unroll 4
-            for (int c = 0; c < C; c++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i*)(a[c].q + 32 * b));
-                __m256i corr = _mm256_setzero_si256();
-                if (type == SMM_Q4_0) corr = _mm256_set1_epi32(a[c].sumq[b]);
-                if (type == SMM_Q5_0) corr = _mm256_set1_epi32(2 * a[c].sumq[b]);
+            for (int r = 0; r < R; r++) {
+                const __m256i wq = smm_w32_avx2(type, w + r * wstride + b * bb);
 #pragma GCC unroll 4
-                for (int r = 0; r < R; r++) {
+                for (int c = 0; c < C; c++) {
                     __m256i p16;
                     if (type == SMM_Q8_0)
-                        p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(xv, wq[r]));
+                        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv[c], wq));
                     else
-                        p16 = _mm256_maddubs_epi16(wq[r], xv);
+                        p16 = _mm256_maddubs_epi16(wq, xv[c]);
                     __m256i p32 = _mm256_madd_epi16(p16, ones);
-                    if (type == SMM_Q4_0 || type == SMM_Q5_0) p32 = _mm256_sub_epi32(p32, corr);
+                    if (type == SMM_Q4_0 || type == SMM_Q5_0) p32 = _mm256_sub_epi32(p32, corr[c]);
                     acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_broadcast_ss(&S[r][c][i]), acc[r][c]);
                 }
             }
@@ -304,15 +326,8 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
     __m256 acc[4][4];
     __m128 accm[4][4]; /* the mins' terms (Q4_K, Q5_K) */
     smm_actk a[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) a[c] = smm_actk_at(act + c * astride, cols);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) {
-            acc[r][c] = _mm256_setzero_ps();
-            accm[r][c] = _mm_setzero_ps();
-        }
+    SMM_TILE_START(a, smm_actk_at, acc, _mm256_setzero_ps())
+    SMM_TILE_START(a, smm_actk_at, accm, _mm_setzero_ps())
 
     for (ptrdiff_t b = 0; b < nb; b++) {
         smm_kblock kb[4];

@@ -12,6 +12,22 @@
 #define SMM_INLINE512 static inline __attribute__((always_inline)) SMM_AVX512_TARGET
 
 /* Horizontal sums of 4 vectors -> (a, b, c, d). */
+/* Tiles of R weight rows (row r, bytes at w) against activation rows 4 at a time, then
+ * one at a time; TILE(T, R, C, w, ws, a, as, cols, out) computes one, smm_store_tile stores
+ * it. Uses the range function's j, n, ws, act, as, cols and out. */
+#define SMM_TILES_OVER_N(TILE, T, R, w, r)                                      \
+    do {                                                                        \
+        ptrdiff_t t = 0;                                                        \
+        for (; t + 4 <= n; t += 4) {                                            \
+            TILE(T, R, 4, w, ws, act + t * as, as, cols, out);                  \
+            smm_store_tile(j, out, r, t, R, 4);                                 \
+        }                                                                       \
+        for (; t < n; t++) {                                                    \
+            TILE(T, R, 1, w, ws, act + t * as, as, cols, out);                  \
+            smm_store_tile(j, out, r, t, R, 1);                                 \
+        }                                                                       \
+    } while (0)
+
 SMM_INLINE512 __m128 smm_reduce4_512(__m512 a, __m512 b, __m512 c, __m512 d)
 {
     __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));

@@ -21,6 +21,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "_simd_dispatch.h"
 #include "_quant.h"
@@ -85,55 +86,43 @@ static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptr
  * Float weights
  * ---------------------------------------------------------------------------------- */
 
+/* Rows [r, r + nvalid) of a float weight at w against every activation row, with the
+ * 4-row kernel FN (AVX2 or AVX-512) instantiated for the weight's storage type. */
+#define SMM_FLOAT_ROWS4(FN, j, w, nvalid, r)                                                              \
+    switch ((j)->type) {                                                                                  \
+    case SMM_F32:                                                                                         \
+        FN(SMM_F32, w, (j)->row_bytes, nvalid, (j)->cols, (j)->x, (j)->n, (j)->ldx, (j)->y, (j)->ldy,     \
+           (j)->bias, r, (j)->accumulate);                                                                \
+        break;                                                                                            \
+    case SMM_F16:                                                                                         \
+        FN(SMM_F16, w, (j)->row_bytes, nvalid, (j)->cols, (j)->x, (j)->n, (j)->ldx, (j)->y, (j)->ldy,     \
+           (j)->bias, r, (j)->accumulate);                                                                \
+        break;                                                                                            \
+    default:                                                                                              \
+        FN(SMM_BF16, w, (j)->row_bytes, nvalid, (j)->cols, (j)->x, (j)->n, (j)->ldx, (j)->y, (j)->ldy,    \
+           (j)->bias, r, (j)->accumulate);                                                                \
+        break;                                                                                            \
+    }
+
+/* Row groups [g0, g1) (4 rows each): the loop body of smm_float_small_range. */
+#define SMM_FLOAT_GROUPS(FN, j, g0, g1)                                  \
+    for (ptrdiff_t g = g0; g < g1; g++) {                                \
+        ptrdiff_t r = 4 * g;                                             \
+        int nvalid = (int)((j)->rows - r < 4 ? (j)->rows - r : 4);       \
+        const uint8_t* w = (j)->w + r * (j)->row_bytes;                  \
+        SMM_FLOAT_ROWS4(FN, j, w, nvalid, r)                             \
+    }
+
 SMM_AVX512_TARGET static void smm_float_small_512(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
-    for (ptrdiff_t g = g0; g < g1; g++) {
-        ptrdiff_t r = 4 * g;
-        int nvalid = (int)(j->rows - r < 4 ? j->rows - r : 4);
-        const uint8_t* w = j->w + r * j->row_bytes;
-        switch (j->type) {
-        case SMM_F32:
-            smm_float_rows4_512(SMM_F32, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                j->bias, r, j->accumulate);
-            break;
-        case SMM_F16:
-            smm_float_rows4_512(SMM_F16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                j->bias, r, j->accumulate);
-            break;
-        default:
-            smm_float_rows4_512(SMM_BF16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                j->bias, r, j->accumulate);
-            break;
-        }
-    }
+    SMM_FLOAT_GROUPS(smm_float_rows4_512, j, g0, g1)
 }
 
 /* Weight row groups [g0, g1) (4 rows each) against every activation row. */
 static void smm_float_small_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
-    if (j->isa >= SMM_ISA_AVX512) {
-        smm_float_small_512(j, g0, g1);
-        return;
-    }
-    for (ptrdiff_t g = g0; g < g1; g++) {
-        ptrdiff_t r = 4 * g;
-        int nvalid = (int)(j->rows - r < 4 ? j->rows - r : 4);
-        const uint8_t* w = j->w + r * j->row_bytes;
-        switch (j->type) {
-        case SMM_F32:
-            smm_float_rows4_avx2(SMM_F32, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                 j->bias, r, j->accumulate);
-            break;
-        case SMM_F16:
-            smm_float_rows4_avx2(SMM_F16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                 j->bias, r, j->accumulate);
-            break;
-        default:
-            smm_float_rows4_avx2(SMM_BF16, w, j->row_bytes, nvalid, j->cols, j->x, j->n, j->ldx, j->y, j->ldy,
-                                 j->bias, r, j->accumulate);
-            break;
-        }
-    }
+    if (j->isa >= SMM_ISA_AVX512) smm_float_small_512(j, g0, g1);
+    else SMM_FLOAT_GROUPS(smm_float_rows4_avx2, j, g0, g1)
 }
 
 typedef void (*smm_ukr_fn)(ptrdiff_t, const float*, const float*, float*, ptrdiff_t, int, int, int,
@@ -288,6 +277,32 @@ static void smm_quant_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
     }
 }
 
+/* Which quantised activation layout a type's kernels read under `isa` (-1 for float
+ * weights): products whose keys are equal can share one quantisation of x. The AVX-512
+ * kernels take interleaved pairs and, for codes stored with an offset (Q4_0 -8, Q5_0 -16,
+ * Q8_0 +128), integer corrections; the key's low 4 bits are log2 of that offset. */
+static int smm_act_key(int type, int isa)
+{
+    int fam = smm_family(type);
+    if (fam == SMM_FAMILY_FLOAT) return -1;
+    int log2_offset = isa < SMM_ISA_AVX512 ? 0 : type == SMM_Q4_0 ? 3 : type == SMM_Q5_0 ? 4 : type == SMM_Q8_0 ? 7 : 0;
+    return fam * 16 + log2_offset;
+}
+
+/* Activation rows x[0:n] quantised for `type`'s kernels into act (n rows of
+ * smm_act_stride bytes; see _quant.h). */
+static void smm_quantize_rows(int type, int isa, const float* x, ptrdiff_t n, ptrdiff_t ldx, ptrdiff_t cols,
+                              uint8_t* act)
+{
+    const int fam = smm_family(type), log2_offset = smm_act_key(type, isa) % 16;
+    const ptrdiff_t astride = smm_act_stride(fam, cols);
+    for (ptrdiff_t t = 0; t < n; t++) {
+        if (fam == SMM_FAMILY_Q32)
+            smm_quantize_act_q32(x + t * ldx, cols, act + t * astride, isa >= SMM_ISA_AVX512, log2_offset);
+        else smm_quantize_act_qk(x + t * ldx, cols, act + t * astride);
+    }
+}
+
 /* ------------------------------------------------------------------------------------
  * Entry point
  * ---------------------------------------------------------------------------------- */
@@ -395,16 +410,7 @@ static void smm_matmul_kernel(int packed, int type, const uint8_t* w, ptrdiff_t 
             }
         }
     } else {
-        ptrdiff_t astride = smm_act_stride(fam, cols);
-        /* the AVX-512 kernels take interleaved pairs and, for codes stored with an
-         * offset, integer corrections (see _quant.h) */
-        const int avx512 = j.isa >= SMM_ISA_AVX512;
-        const int log2_offset = !avx512 ? 0 : type == SMM_Q4_0 ? 3 : type == SMM_Q5_0 ? 4 : type == SMM_Q8_0 ? 7 : 0;
-        for (ptrdiff_t t = 0; t < n; t++) {
-            if (fam == SMM_FAMILY_Q32)
-                smm_quantize_act_q32(x + t * ldx, cols, j.scratch + t * astride, avx512, log2_offset);
-            else smm_quantize_act_qk(x + t * ldx, cols, j.scratch + t * astride);
-        }
+        smm_quantize_rows(type, j.isa, x, n, ldx, cols, j.scratch);
         ptrdiff_t groups = (rows + 3) / 4;
         if (nt > groups) nt = (int)groups;
         smm_run(&j, nt, groups, 4, smm_quant_range);
@@ -418,6 +424,102 @@ static void smm_matmul(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t col
 {
     smm_matmul_kernel(n >= SMM_GEMM_MIN_N, type, w, rows, cols, row_bytes, x, n, ldx, y, ldy, bias, accumulate,
                       n_threads, scratch);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Several products of the same activations: y_i = W_i x for i < count (Q, K and V of a
+ * layer; its gate and up matrices). When every W_i is quantised with the same activation
+ * format (smm_act_key) the activations are quantised once and all the row groups of all
+ * the matrices are one job for the thread pool: one wake-up and one wait instead of one
+ * per matrix (a decode step of a 30-layer model had ~210 of them). Each row runs the same
+ * kernel as in a product of its own, so the results are identical to `count` smm_matmul
+ * calls, which is also what runs when the weights do not qualify.
+ * ---------------------------------------------------------------------------------- */
+
+#define SMM_MANY_MAX 4
+
+typedef struct {
+    int type;
+    const uint8_t* w;
+    ptrdiff_t rows, row_bytes;
+    float* y;
+    ptrdiff_t ldy;
+} smm_target;
+
+typedef struct {
+    smm_job jobs[SMM_MANY_MAX];
+    ptrdiff_t first_chunk[SMM_MANY_MAX + 1]; /* chunks of product i: [first_chunk[i], first_chunk[i+1]) */
+    ptrdiff_t per_chunk;                     /* row groups per chunk */
+    int count;
+} smm_many_job;
+
+static void smm_many_chunk(const void* arg, ptrdiff_t c)
+{
+    const smm_many_job* m = (const smm_many_job*)arg;
+    int i = 0;
+    while (c >= m->first_chunk[i + 1]) i++;
+    const smm_job* j = &m->jobs[i];
+    ptrdiff_t groups = (j->rows + 3) / 4, g0 = (c - m->first_chunk[i]) * m->per_chunk;
+    smm_quant_range(j, g0, g0 + m->per_chunk < groups ? g0 + m->per_chunk : groups);
+}
+
+/* scratch: at least the largest smm_scratch_bytes of the products (or NULL). */
+static void smm_matmul_many(int count, const smm_target* t, ptrdiff_t cols, const float* x, ptrdiff_t n,
+                            ptrdiff_t ldx, int n_threads, void* scratch)
+{
+    const int isa = smm_isa();
+    int fuse = count >= 2 && count <= SMM_MANY_MAX && n > 0 && cols > 0 && smm_act_key(t[0].type, isa) >= 0;
+    for (int i = 1; i < count && fuse; i++) fuse = smm_act_key(t[i].type, isa) == smm_act_key(t[0].type, isa);
+    if (!fuse) {
+        for (int i = 0; i < count; i++)
+            smm_matmul(t[i].type, t[i].w, t[i].rows, cols, t[i].row_bytes, x, n, ldx, t[i].y, t[i].ldy, NULL, 0,
+                       n_threads, scratch);
+        return;
+    }
+    ptrdiff_t need = smm_scratch_bytes(t[0].type, t[0].rows, cols, n), elems = 0, groups = 0;
+    void* owned = NULL;
+    if (scratch == NULL) {
+        owned = malloc((size_t)need);
+        if (owned == NULL) { /* as smm_matmul: no way to raise, make the failure loud */
+            for (int i = 0; i < count; i++)
+                for (ptrdiff_t r = 0; r < n; r++)
+                    for (ptrdiff_t c = 0; c < t[i].rows; c++) t[i].y[r * t[i].ldy + c] = NAN;
+            return;
+        }
+        scratch = owned;
+    }
+    uint8_t* act = (uint8_t*)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    smm_quantize_rows(t[0].type, isa, x, n, ldx, cols, act);
+    smm_many_job m;
+    m.count = count;
+    for (int i = 0; i < count; i++) {
+        smm_job* j = &m.jobs[i];
+        memset(j, 0, sizeof *j);
+        j->type = t[i].type;
+        j->w = t[i].w;
+        j->rows = t[i].rows;
+        j->cols = cols;
+        j->row_bytes = t[i].row_bytes;
+        j->x = x;
+        j->n = n;
+        j->ldx = ldx;
+        j->y = t[i].y;
+        j->ldy = t[i].ldy;
+        j->scratch = act;
+        j->isa = isa;
+        elems += t[i].rows * cols;
+        groups += (t[i].rows + 3) / 4;
+    }
+    int nt = n_threads > 1 && elems >= SMM_MIN_PARALLEL_ELEMS ? n_threads : 1;
+    /* chunks as smm_run cuts them, over the row groups of all the products together */
+    ptrdiff_t want = (ptrdiff_t)nt * SMM_CHUNKS_PER_THREAD;
+    ptrdiff_t per = nt <= 1 ? groups : ((groups + want - 1) / want + 3) / 4 * 4;
+    while (groups / per + count > SMP_MAX_CHUNKS) per *= 2;
+    m.per_chunk = per;
+    m.first_chunk[0] = 0;
+    for (int i = 0; i < count; i++) m.first_chunk[i + 1] = m.first_chunk[i] + ((t[i].rows + 3) / 4 + per - 1) / per;
+    smp_parallel(nt, m.first_chunk[count], smm_many_chunk, &m);
+    free(owned);
 }
 
 /* Row `row` of the weight as float32. */

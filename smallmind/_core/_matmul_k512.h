@@ -93,15 +93,8 @@ SMM_INLINE512 void smm_qk_tile512(const int type, const int R, const int C, cons
     smm_actk a[4];
     __m512 acc[4][4];
     __m128 accm[4][4];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) a[c] = smm_actk_at(act + c * astride, cols);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) {
-            acc[r][c] = _mm512_setzero_ps();
-            accm[r][c] = _mm_setzero_ps();
-        }
+    SMM_TILE_START(a, smm_actk_at, acc, _mm512_setzero_ps())
+    SMM_TILE_START(a, smm_actk_at, accm, _mm_setzero_ps())
     for (ptrdiff_t b = 0; b < nb; b++) {
         smm_k512_block kb[4];
         __m512i isum[4][4];
@@ -172,29 +165,9 @@ SMM_INLINE512 void smm_qk_tile512(const int type, const int R, const int C, cons
                 smm_store_tile(j, out, r, 0, 4, 1);                                                            \
             }                                                                                                  \
         } else {                                                                                               \
-            for (; r + 2 <= r1; r += 2) {                                                                      \
-                ptrdiff_t t = 0;                                                                               \
-                for (; t + 4 <= n; t += 4) {                                                                   \
-                    smm_qk_tile512(T, 2, 4, j->w + r * ws, ws, act + t * as, as, cols, out);                   \
-                    smm_store_tile(j, out, r, t, 2, 4);                                                        \
-                }                                                                                              \
-                for (; t < n; t++) {                                                                           \
-                    smm_qk_tile512(T, 2, 1, j->w + r * ws, ws, act + t * as, as, cols, out);                   \
-                    smm_store_tile(j, out, r, t, 2, 1);                                                        \
-                }                                                                                              \
-            }                                                                                                  \
+            for (; r + 2 <= r1; r += 2) SMM_TILES_OVER_N(smm_qk_tile512, T, 2, j->w + r * ws, r);                \
         }                                                                                                      \
-        for (; r < r1; r++) {                                                                                  \
-            ptrdiff_t t = 0;                                                                                   \
-            for (; t + 4 <= n; t += 4) {                                                                       \
-                smm_qk_tile512(T, 1, 4, j->w + r * ws, ws, act + t * as, as, cols, out);                       \
-                smm_store_tile(j, out, r, t, 1, 4);                                                            \
-            }                                                                                                  \
-            for (; t < n; t++) {                                                                               \
-                smm_qk_tile512(T, 1, 1, j->w + r * ws, ws, act + t * as, as, cols, out);                       \
-                smm_store_tile(j, out, r, t, 1, 1);                                                            \
-            }                                                                                                  \
-        }                                                                                                      \
+        for (; r < r1; r++) SMM_TILES_OVER_N(smm_qk_tile512, T, 1, j->w + r * ws, r);                            \
     }
 
 SMM_K512_RANGE(smm_q4_k_range512, SMM_Q4_K)

@@ -141,12 +141,7 @@ SMM_INLINE512 void smm_q32_tile512(const int type, const int R, const int C, con
      * uses S[0][c][r*nbc + i] instead. One spare lane keeps the pair read of an odd last
      * block in bounds (its scale multiplies zero codes). */
     float S[4][4][16 + 16] __attribute__((aligned(64)));
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) a[c] = smm_act32_at(act + c * astride, cols);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    SMM_TILE_START(a, smm_act32_at, acc, _mm512_setzero_ps())
 
     for (ptrdiff_t b0 = 0; b0 < nb; b0 += 16) {
         const int nbc = (int)(nb - b0 < 16 ? nb - b0 : 16);
@@ -246,30 +241,8 @@ SMM_INLINE512 void smm_q32_tile512(const int type, const int R, const int C, con
         const ptrdiff_t ws = j->row_bytes, cols = j->cols, n = j->n;                                           \
         const uint8_t* wend = j->w + j->rows * ws;                                                             \
         ptrdiff_t r = r0;                                                                                      \
-        for (; r + 4 <= r1; r += 4) {                                                                          \
-            const uint8_t* w = j->w + r * ws;                                                                  \
-            ptrdiff_t t = 0;                                                                                   \
-            for (; t + 4 <= n; t += 4) {                                                                       \
-                SMM_Q512_TILE(T, 4, 4, w, ws, act + t * as, as, cols, out);                                    \
-                smm_store_tile(j, out, r, t, 4, 4);                                                            \
-            }                                                                                                  \
-            for (; t < n; t++) {                                                                               \
-                SMM_Q512_TILE(T, 4, 1, w, ws, act + t * as, as, cols, out);                                    \
-                smm_store_tile(j, out, r, t, 4, 1);                                                            \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (; r < r1; r++) {                                                                                  \
-            const uint8_t* w = j->w + r * ws;                                                                  \
-            ptrdiff_t t = 0;                                                                                   \
-            for (; t + 4 <= n; t += 4) {                                                                       \
-                SMM_Q512_TILE(T, 1, 4, w, ws, act + t * as, as, cols, out);                                    \
-                smm_store_tile(j, out, r, t, 1, 4);                                                            \
-            }                                                                                                  \
-            for (; t < n; t++) {                                                                               \
-                SMM_Q512_TILE(T, 1, 1, w, ws, act + t * as, as, cols, out);                                    \
-                smm_store_tile(j, out, r, t, 1, 1);                                                            \
-            }                                                                                                  \
-        }                                                                                                      \
+        for (; r + 4 <= r1; r += 4) SMM_TILES_OVER_N(SMM_Q512_TILE, T, 4, j->w + r * ws, r);                    \
+        for (; r < r1; r++) SMM_TILES_OVER_N(SMM_Q512_TILE, T, 1, j->w + r * ws, r);                             \
     }
 
 SMM_Q512_RANGE(smm_q4_0_range512, SMM_Q4_0)

@@ -46,21 +46,29 @@
 
 /* Most helper threads the pool will ever start (the caller is one more). */
 #define SMP_MAX_WORKERS 63
-/* pause instructions a worker spins for the next job before it sleeps: about 0.1-0.3 ms,
- * longer than the gaps between the products of one forward pass. */
-#ifndef SMP_SPIN_IDLE
-#define SMP_SPIN_IDLE 4096
+/* TSC cycles a worker spins for the next job before it sleeps: about 0.15-0.3 ms, longer
+ * than the gaps between the products of one forward pass. Counted in time, not in pause
+ * instructions, whose latency differs several-fold between microarchitectures (~140 cycles
+ * on Skylake and later Intel cores, ~60 TSC cycles measured on a Zen 3 VM, ~10 on older
+ * cores): a count tuned on one CPU spins far shorter on another. */
+#ifndef SMP_SPIN_CYCLES
+#define SMP_SPIN_CYCLES 600000
 #endif
+/* TSC cycles between two sched_yield calls of a spinning worker (~10-20 us). */
+#define SMP_YIELD_CYCLES 40000
 /* A spinning worker that finds this many TSC cycles (~30-100 us) between two looks at the
- * job counter, 64 pauses apart, was descheduled: another process wants its core. */
+ * job counter, 16 pauses apart, was descheduled: another process wants its core. */
 #define SMP_STALL_CYCLES 200000
 /* Jobs for which workers then sleep at once instead of spinning. A spinning worker burns
  * its fair share of a contended core and is then preempted, often in the middle of a
  * chunk the caller must wait for; one that sleeps is woken with priority and finishes
- * its chunk (measured on 2 busy cores: Q4_1 n=64 sweep 70 ms sleeping, 85-100 spinning;
- * on an idle machine sleeping costs a futex wake per job and halves the gain). */
+ * its chunk (measured on 2 busy cores: Q4_1 n=64 sweep 70 ms sleeping, 85-100 spinning).
+ * On an idle machine sleeping costs a futex wake per job, and in a VM the wake-up of a
+ * halted vCPU takes tens of microseconds, so the caller does most of each product alone:
+ * one stall (a hypervisor preemption) must not cost many tokens. About one token of a
+ * small model's products (7 per layer); a busy machine stalls again soon and stays quiet. */
 #ifndef SMP_QUIET_JOBS
-#define SMP_QUIET_JOBS 2000
+#define SMP_QUIET_JOBS 256
 #endif
 /* Chunks are numbered in 16 bits of the claim word. */
 #define SMP_MAX_CHUNKS 65535
@@ -150,20 +158,25 @@ static void* smp_worker_main(void* index_ptr)
     for (;;) {
         uint32_t g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (atomic_load_explicit(&p->quiet_jobs, memory_order_relaxed) == 0) {
-            uint64_t last = __rdtsc();
-            for (int spin = 1; g == seen && spin <= SMP_SPIN_IDLE; spin++) {
+            const uint64_t start = __rdtsc();
+            uint64_t last = start, last_yield = start;
+            for (unsigned spin = 1; g == seen; spin++) {
                 _mm_pause();
                 g = atomic_load_explicit(&p->gen, memory_order_acquire);
-                if ((spin & 63) == 0) {
+                if ((spin & 15) == 0) {
                     uint64_t now = __rdtsc();
                     if (now - last > SMP_STALL_CYCLES) {
                         atomic_store_explicit(&p->quiet_jobs, SMP_QUIET_JOBS, memory_order_relaxed);
                         break;
                     }
+                    if (now - start > SMP_SPIN_CYCLES) break;
                     /* let another runnable thread of this process (an OpenMP worker
                      * still spinning, the caller) have the core if it shares ours */
-                    if ((spin & 255) == 0) sched_yield();
-                    last = __rdtsc();
+                    if (now - last_yield > SMP_YIELD_CYCLES) {
+                        sched_yield();
+                        now = last_yield = __rdtsc();
+                    }
+                    last = now;
                 }
             }
         }

@@ -2,7 +2,7 @@
 """What every architecture's layer is made of: its weights (Layer), the buffers it works
 in (Workspace), and the step runner. The layers themselves are in ``_gpt2.pyx``,
 ``_llama.pyx`` and ``_gemma3.pyx``: each is a list of named steps, run in order."""
-from smallmind._core._matmul cimport Weight, WeightView, matmul_split
+from smallmind._core._matmul cimport Weight, WeightView, matmul_many, matmul_split, packed_min_rows
 from smallmind._core._norm cimport layernorm, rmsnorm
 
 
@@ -107,6 +107,22 @@ cdef inline void matmul_rows(const Call* c, const WeightView* w, const float* x,
                              float* y, Py_ssize_t ldy, const float* bias, bint accumulate,
                              void* scratch) noexcept nogil:
     matmul_split(w, x, c.n, c.n_packed, ldx, y, ldy, bias, accumulate, c.n_threads, scratch)
+
+
+# y_i (=) W_i x for i < count, the call's n rows (no bias, no accumulate): one fused call
+# (x quantised once, one thread-pool job; see matmul_many) when the kernel a lone matmul of n
+# rows picks is right for every row, else a matmul_split per weight (float weights in a batch
+# mixing packed and row-kernel segments).
+cdef inline void matmul_rows_many(const Call* c, int count, const WeightView** w, const float* x,
+                                  Py_ssize_t ldx, float** y, const Py_ssize_t* ldy,
+                                  void* scratch) noexcept nogil:
+    cdef int i
+    cdef Py_ssize_t gemm = packed_min_rows()
+    if (c.n_packed == 0 and c.n < gemm) or (c.n_packed == c.n and c.n >= gemm):
+        matmul_many(count, w, x, c.n, ldx, y, ldy, c.n_threads, scratch)
+        return
+    for i in range(count):
+        matmul_split(w[i], x, c.n, c.n_packed, ldx, y[i], ldy[i], NULL, False, c.n_threads, scratch)
 
 
 cdef inline void rmsnorm_rows(const float* x, const float* w, float* out, Py_ssize_t n,

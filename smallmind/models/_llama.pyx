@@ -19,8 +19,9 @@ attention per sequence when a batch runs several); ``LAYER`` is the table that
 """
 from smallmind._core._attention cimport rope
 from smallmind._core._elementwise cimport swiglu
+from smallmind._core._matmul cimport WeightView
 from smallmind.models._layer cimport (Segment, Step, attention, down_matmul, kv_store, matmul_rows,
-                                      out_matmul, rmsnorm_rows, steps_table)
+                                      matmul_rows_many, out_matmul, rmsnorm_rows, steps_table)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -28,9 +29,14 @@ cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul_rows(c, &L.wq.view, ws.xb, ws.n_embd, ws.q, ws.ldqkv, NULL, False, ws.mm_scratch)
-    matmul_rows(c, &L.wk.view, ws.xb, ws.n_embd, ws.k, ws.ldqkv, NULL, False, ws.mm_scratch)
-    matmul_rows(c, &L.wv.view, ws.xb, ws.n_embd, ws.v, ws.ldqkv, NULL, False, ws.mm_scratch)
+    # one call for the three products of xb: quantised once, one thread-pool job
+    cdef const WeightView* w[3]
+    cdef float* y[3]
+    cdef Py_ssize_t ld[3]
+    w[0], w[1], w[2] = &L.wq.view, &L.wk.view, &L.wv.view
+    y[0], y[1], y[2] = ws.q, ws.k, ws.v
+    ld[0] = ld[1] = ld[2] = ws.ldqkv
+    matmul_rows_many(c, 3, w, ws.xb, ws.n_embd, y, ld, ws.mm_scratch)
 
 
 cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -53,8 +59,13 @@ cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    matmul_rows(c, &L.w_gate.view, ws.xb, ws.n_embd, ws.h, ws.n_hidden, NULL, False, ws.mm_scratch)
-    matmul_rows(c, &L.w_up.view, ws.xb, ws.n_embd, ws.h2, ws.n_hidden, NULL, False, ws.mm_scratch)
+    cdef const WeightView* w[2]
+    cdef float* y[2]
+    cdef Py_ssize_t ld[2]
+    w[0], w[1] = &L.w_gate.view, &L.w_up.view
+    y[0], y[1] = ws.h, ws.h2
+    ld[0] = ld[1] = ws.n_hidden
+    matmul_rows_many(c, 2, w, ws.xb, ws.n_embd, y, ld, ws.mm_scratch)
 
 
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
