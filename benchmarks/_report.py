@@ -9,7 +9,8 @@
 the keys shown) and writes ``{"name", "meta", "columns", "rows"}`` as JSON to
 ``benchmarks/results/NAME.json`` (or ``json_path``). Rows keep their raw numbers in
 the JSON; only the table formats them. Scripts run as ``python benchmarks/x.py`` have
-this folder on ``sys.path``, so a plain ``from _report import ...`` works.
+this folder on ``sys.path``, so a plain ``from _report import ...`` works; importing it also
+puts the checkout's root there, so ``import smallmind`` finds an in-place build.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_REPO = str(RESULTS_DIR.parent.parent)
+if _REPO not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, _REPO)
 
 
 def best_time(fn: Callable[[], object], *, repeat: int = 7, min_sample_s: float = 0.002) -> float:
