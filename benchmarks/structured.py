@@ -156,7 +156,8 @@ def bench_llama_cpp(path: Path, threads: int, runs: int, n_new: int, prompts: di
     from compare import LlamaCppRunner
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    runner = LlamaCppRunner(path, threads, n_ctx=1024)
+    # the plain run makes all n_new tokens (end-of-text banned) after prompts of up to ~600
+    runner = LlamaCppRunner(path, threads, n_ctx=2048)
 
     def chain(grammar: str | None):
         smpl = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
