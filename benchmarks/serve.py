@@ -160,6 +160,15 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
     raise ValueError(f"unknown server {name!r}")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate a server started by this script, killing it if it has not exited in 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def wait_ready(proc: subprocess.Popen, url: str) -> None:
     deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
@@ -303,11 +312,7 @@ def bench_server(name: str, args: argparse.Namespace, banned: list[int]) -> list
     except RuntimeError as exc:
         rows.append({"server": name, "skipped": str(exc)})
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.close()
     return rows
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import httpx
 from _report import machine_info, write_report
-from serve import DEFAULT_MODEL, HERE, PROMPTS, REPO, free_port, server_command, wait_ready
+from serve import DEFAULT_MODEL, HERE, PROMPTS, REPO, free_port, server_command, stop_server, wait_ready
 
 RSS_EVERY_S = 10.0
 COLUMNS = ["minutes", "clients", "requests", "completed", "disconnected", "unexpected_errors",
@@ -206,11 +206,7 @@ def main() -> int:
             wait_ready(proc, url)
             row = soak(url, proc.pid, args)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     meta = {**machine_info(), "model": args.model.name, "parallel": args.parallel, "threads": args.threads,
             "disconnect": args.disconnect, "warmup_s": args.warmup_s, "max_growth_mb": args.max_growth_mb, "command": " ".join(sys.argv)}
     write_report("soak", [row], COLUMNS, meta, json_path=args.json)
