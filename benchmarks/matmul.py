@@ -38,8 +38,9 @@ TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "
 SMOLLM2_LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
 
 
-def random_weight(gtype: GGMLType, rows: int, cols: int, rng) -> _matmul.Weight:
-    """Random storage with sane scales (kernel speed does not depend on the values)."""
+def random_weight(gtype: GGMLType, rows: int, cols: int, rng, repack: bool = True) -> _matmul.Weight:
+    """Random storage with sane scales (kernel speed does not depend on the values);
+    repack=False keeps the plain layout of the 32-element block types."""
     if gtype == GGMLType.F32:
         data = rng.standard_normal((rows, cols), dtype=np.float32)
     elif gtype == GGMLType.F16:
@@ -57,7 +58,7 @@ def random_weight(gtype: GGMLType, rows: int, cols: int, rng) -> _matmul.Weight:
             if gtype in (GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q5_K):
                 data[:, 2:4] = half
         data = data.reshape(-1)
-    return _matmul.Weight(int(gtype), (rows, cols), data)
+    return _matmul.Weight(int(gtype), (rows, cols), data, repack=repack)
 
 
 def best_time(fn, min_time: float, repeats: int) -> float:

@@ -1,7 +1,7 @@
 """Roofline of the matrix-vector kernels: weight GB/s against this machine's read bandwidth.
 
     python benchmarks/roofline.py [--quick] [--types Q4_1,Q8_0] [--isa avx2,avx512]
-                                  [--threads 1,2] [--mb 64] [--cols 1536] [--json PATH]
+                                  [--threads 1,2] [--mb 64] [--cols 1536] [--plain] [--json PATH]
 
 Decoding one token is a stream of weights through matrix-vector products (n = 1), so
 its ceiling is the rate at which one core (or all cores) can read memory. In one run:
@@ -13,7 +13,8 @@ its ceiling is the rate at which one core (or all cores) can read memory. In one
 * for every weight type we load, y = W x (n = 1) on a matrix of ``--mb`` MB (default 64,
   twice a 32 MB L3, so the weights stream from DRAM as in real decoding), for each
   instruction-set path this CPU has (AVX2 always, AVX-512 when present) and each thread
-  count; reported as GB/s of weight bytes and as % of the read bandwidth measured in the
+  count (with ``--plain``, the 32-element block types also in their plain layout, beside
+  the row-interleaved one that Weight repacks them into at load); reported as GB/s of weight bytes and as % of the read bandwidth measured in the
   same process right before that row (so a machine shared with other work skews both
   figures alike).
 
@@ -40,6 +41,7 @@ from smallmind._core import _matmul
 from smallmind.tensors import GGMLType
 
 K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
+REPACKED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")  # row-interleaved at load unless repack=False
 READ_MB = 256
 ISA_LEVELS = {"avx2": 1, "avx512": 2}
 
@@ -73,12 +75,12 @@ def read_bandwidth(buf: np.ndarray, threads: int, repeats: int, pool: ThreadPool
     return {"read_kernel": kernel, "read_numpy": numpy, "read": max(kernel, numpy)}
 
 
-def big_weight(name: str, mb: float, cols: int, rng) -> _matmul.Weight:
+def big_weight(name: str, mb: float, cols: int, rng, repack: bool) -> _matmul.Weight:
     gtype = GGMLType[name]
     row_bytes = random_weight(gtype, 1, cols, rng).row_bytes
     rows = (int(mb * 1e6) + row_bytes - 1) // row_bytes
     rows = (rows + 15) // 16 * 16
-    return random_weight(gtype, rows, cols, rng)
+    return random_weight(gtype, rows, cols, rng, repack)
 
 
 def bench_type(name: str, w: _matmul.Weight, x: np.ndarray, isas: list[str], threads: list[int],
@@ -93,7 +95,7 @@ def bench_type(name: str, w: _matmul.Weight, x: np.ndarray, isas: list[str], thr
             s = best_time(lambda it, nt=nt: _matmul._bench(w, x, y, nt, it, nt == 1), min_time, repeats)
             gbs = w.nbytes / s / 1e9
             goal = 60 if name in K_QUANTS and nt == 1 else 70
-            rows.append({"type": name, "isa": isa, "threads": nt, "shape": f"{w.shape[0]}x{w.shape[1]}",
+            rows.append({"type": name, "layout": "repacked" if w.repacked else "plain", "isa": isa, "threads": nt, "shape": f"{w.shape[0]}x{w.shape[1]}",
                          "MB": w.nbytes / 1e6, "ms": s * 1e3, "GB/s": gbs, "read GB/s": ceiling,
                          "% of read": 100 * gbs / ceiling, "goal %": goal,
                          "met": "yes" if 100 * gbs / ceiling >= goal else "no"})
@@ -109,6 +111,8 @@ def main() -> None:
     ap.add_argument("--threads", default=None, help="thread counts (default: 1 and all cores)")
     ap.add_argument("--mb", type=float, default=64.0, help="weight bytes per matrix, in MB (> the LLC)")
     ap.add_argument("--cols", type=int, default=1536, help="columns (a multiple of 256)")
+    ap.add_argument("--plain", action="store_true",
+                    help="also the plain layout of the types repacked at load (Q4_0 ... Q8_0)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     min_time, repeats = (0.05, 3) if args.quick else (0.2, 7)
@@ -131,9 +135,10 @@ def main() -> None:
               f"numpy sum {c['read_numpy']:.1f} GB/s", flush=True)
     rows = []
     for name in args.types.split(","):
-        rows += bench_type(name, big_weight(name, args.mb, args.cols, rng), x, wanted, threads,
-                           buf, pool, min_time, repeats)
-        _matmul._set_isa(detected)
+        for repack in (True, False) if args.plain and name in REPACKED else (True,):
+            rows += bench_type(name, big_weight(name, args.mb, args.cols, rng, repack), x, wanted, threads,
+                               buf, pool, min_time, repeats)
+            _matmul._set_isa(detected)
     pool.shutdown()
     meta = machine_info() | {
         "isa_detected": _matmul.ISA_NAMES[detected], "repeats": repeats, "read_buffer_MB": READ_MB,
@@ -143,7 +148,7 @@ def main() -> None:
     print()
     for nt, c in ceilings.items():
         print(f"read bandwidth at start, {nt} thread(s): {c['read']:.1f} GB/s")
-    write_report("roofline", rows, ["type", "isa", "threads", "shape", "MB", "ms", "GB/s", "read GB/s",
+    write_report("roofline", rows, ["type", "layout", "isa", "threads", "shape", "MB", "ms", "GB/s", "read GB/s",
                                     "% of read", "goal %", "met"], meta, args.json)
 
 

@@ -11,10 +11,12 @@ from test_matmul import FLOAT_TYPES, QUANT_TYPES, isa, make_weight, random_activ
 from smallmind.models.base import PACKED_MIN_ROWS
 
 
+@pytest.mark.parametrize("repack", [True, False], ids=["repacked", "plain"])
 @pytest.mark.parametrize("name", QUANT_TYPES + FLOAT_TYPES)
-def test_each_row_equals_a_one_row_product(isa, name):  # noqa: F811  (the isa fixture)
+def test_each_row_equals_a_one_row_product(isa, name, repack):  # noqa: F811  (the isa fixture)
     rng = np.random.default_rng(7)
-    w, _, _ = make_weight(name, 37, 512, rng)  # 37 rows: 4-row groups and a ragged end
+    # 37 rows: 4-row groups (8-row ones when repacked) and a ragged end
+    w, _, _ = make_weight(name, 37, 512, rng, repack)
     sizes = [2, 3, 5, 6, 7, 9, 10, 13, 16] if name in QUANT_TYPES else list(range(2, PACKED_MIN_ROWS))
     for n in sizes:
         x = random_activations(n, 512, rng)

@@ -66,8 +66,9 @@ def term_magnitude(name: str, raw: np.ndarray, rows: int, cols: int) -> np.ndarr
     return np.abs(reference(name, no_min, rows, cols)) + np.abs(reference(name, no_scale, rows, cols))
 
 
-def make_weight(name: str, rows: int, cols: int, rng: np.random.Generator):
-    """A Weight of random storage, its float32 dequantisation and term magnitudes."""
+def make_weight(name: str, rows: int, cols: int, rng: np.random.Generator, repack: bool = True):
+    """A Weight of random storage, its float32 dequantisation and term magnitudes (repack=False:
+    the 32-element block types keep their plain layout, see test_matmul_r8.py)."""
     gtype = GGMLType[name]
     if name in FLOAT_TYPES:
         f32 = (rng.standard_normal((rows, cols)) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
@@ -83,7 +84,8 @@ def make_weight(name: str, rows: int, cols: int, rng: np.random.Generator):
     block, _ = BLOCK_LAYOUT[gtype]
     raw = random_blocks(name, rows * cols // block, rng)
     w32 = reference(name, raw, rows, cols)
-    return _matmul.Weight(int(gtype), (rows, cols), raw.reshape(-1)), w32, term_magnitude(name, raw, rows, cols)
+    w = _matmul.Weight(int(gtype), (rows, cols), raw.reshape(-1), repack=repack)
+    return w, w32, term_magnitude(name, raw, rows, cols)
 
 
 def random_activations(n: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -140,14 +142,14 @@ def check_product(name, w32, mag, x, y, bias=None, base=None):
 
 @settings(suppress_health_check=FIXTURE_OK)
 @given(name=st.sampled_from(QUANT_TYPES + FLOAT_TYPES), rows=st.integers(1, 23), blocks=st.integers(1, 7),
-       n=st.sampled_from([1, 2, 3, 5, 17]), seed=st.integers(0, 2 ** 32 - 1))
-def test_matmul_matches_reference(isa, name, rows, blocks, n, seed):
+       n=st.sampled_from([1, 2, 3, 5, 17]), repack=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_matmul_matches_reference(isa, name, rows, blocks, n, repack, seed):
     rng = np.random.default_rng(seed)
     block, _ = BLOCK_LAYOUT[GGMLType[name]]
     if block == 256:
         blocks = 1 + blocks % 3
     cols = blocks * (32 if block == 1 else block) + (int(rng.integers(0, 7)) if block == 1 else 0)
-    w, w32, mag = make_weight(name, rows, cols, rng)
+    w, w32, mag = make_weight(name, rows, cols, rng, repack)
     x = random_activations(n, cols, rng)
     y = w.matmul(x)
     assert y.shape == (n, rows) and y.dtype == np.float32
@@ -267,7 +269,7 @@ def test_real_model_tensors(isa):
             data = t.data if t.data.shape[0] <= 4096 else t.data[:4096]  # the embedding: first rows
             rows = data.shape[0]
             w = _matmul.Weight(int(t.tensor_type), (rows, cols), data)
-            assert w.data is data
+            assert (w.data is data) != w.repacked  # referenced as is, or repacked (a copy)
             raw = np.asarray(data).reshape(rows, -1)
             w32 = gguf.quants.dequantize(raw, t.tensor_type).reshape(rows, cols)
             mag = term_magnitude(name, raw.reshape(-1, BLOCK_LAYOUT[GGMLType[name]][1]), rows, cols)

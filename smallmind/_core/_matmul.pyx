@@ -21,9 +21,11 @@ call up; ``n_threads <= 1`` and matrices under 65536 elements never use the pool
 then mallocs ``matmul_scratch_bytes`` itself; on allocation failure y is filled with NaN,
 as a void nogil function cannot raise).
 """
+import mmap
 import os
 
 import numpy as np
+from posix.mman cimport MADV_DONTNEED, madvise
 
 from smallmind.errors import CPUFeatureError, ShapeError, UnsupportedModelError
 from smallmind.tensors import GGMLType
@@ -44,8 +46,12 @@ cdef extern from "_matmul_impl.h" nogil:
                            Py_ssize_t cols, Py_ssize_t row_bytes, const float* x, Py_ssize_t n,
                            Py_ssize_t ldx, float* y, Py_ssize_t ldy, const float* bias,
                            int accumulate, int n_threads, void* scratch)
-    void smm_get_row(int type, const unsigned char* w, Py_ssize_t cols, Py_ssize_t row_bytes,
-                     Py_ssize_t row, float* out)
+    void smm_get_row(int type, const unsigned char* w, Py_ssize_t rows, Py_ssize_t cols,
+                     Py_ssize_t row_bytes, Py_ssize_t row, float* out)
+    int SMM_R8
+    int smm_r8_supported(int type)
+    void smm_r8_repack(int type, const unsigned char* src, Py_ssize_t rows, Py_ssize_t row_bytes,
+                       unsigned char* dst)
     int smm_family(int type)
     int SMM_FAMILY_FLOAT
     int SMM_GEMM_MIN_N
@@ -143,7 +149,7 @@ cdef Py_ssize_t matmul_scratch_bytes(const WeightView* w, Py_ssize_t n) noexcept
 
 
 cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogil:
-    smm_get_row(w.type, <const unsigned char*>w.data, w.cols, w.row_bytes, row, out)
+    smm_get_row(w.type, <const unsigned char*>w.data, w.rows, w.cols, w.row_bytes, row, out)
 
 
 def _type_name(int type):
@@ -161,16 +167,48 @@ _FLOAT_DTYPES = {
 }
 
 
+def _file_mapped(arr):
+    """Whether arr is a view of a read-only file map (mmap.ACCESS_READ: MAP_SHARED, PROT_READ),
+    whose pages the kernel can drop and fault back in from the file at any time."""
+    base = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, mmap.mmap) and not arr.flags.writeable
+
+
+cdef size_t _PAGE = mmap.PAGESIZE
+# SMALLMIND_REPACK=0 keeps every weight in its plain layout (benchmarks compare the two)
+_REPACK_DEFAULT = os.environ.get("SMALLMIND_REPACK", "1") != "0"
+
+
+cdef void _drop_pages(const unsigned char* p, Py_ssize_t nbytes) noexcept nogil:
+    """Unmaps the whole pages of [p, p + nbytes) of a read-only file map from this process
+    (they stay in the page cache; a later read faults them back in), so that a repacked
+    copy replaces the original in the resident set instead of adding to it."""
+    cdef size_t page = _PAGE
+    cdef size_t start = (<size_t>p + page - 1) & ~(page - 1)
+    cdef size_t end = (<size_t>p + <size_t>nbytes) & ~(page - 1)
+    if end > start:
+        madvise(<void*>start, end - start, MADV_DONTNEED)
+
+
 cdef class Weight:
     """A ``rows x cols`` weight matrix in GGML storage ``type`` (see GGMLType).
 
     ``data`` holds the raw storage: float32 ``(rows, cols)`` for F32, float16/uint16 for
     F16, uint16 for BF16, or uint8 blocks (flat, or ``(rows, row_bytes)``) for quantised
     types; uint8 bytes are accepted for every type. It must be C-contiguous and may be
-    read-only; it is referenced, never copied.
+    read-only; it is referenced, never copied, except that Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
+    weights of 8 rows or more are repacked (``repack=True``): groups of 8 rows
+    are rewritten into a row-interleaved copy of the same size that the fastest kernels
+    read (_matmul_r8.h). ``data`` is then that copy, and when the original is a read-only
+    file map its pages are released after the one pass that reads them. ``repack=None``
+    means True unless the environment says SMALLMIND_REPACK=0.
     """
 
-    def __cinit__(self, int type, shape, data):
+    def __cinit__(self, int type, shape, data, *, repack=None):
         cdef int block = smm_block_elems(type)
         if block == 0:
             supported = ", ".join(t.name for t in SUPPORTED_TYPES)
@@ -203,10 +241,27 @@ cdef class Weight:
         if arr.ndim > 2:
             raise ShapeError(f"data must be 1-D or 2-D, got shape {arr.shape}")
         cdef const unsigned char[::1] raw = arr.reshape(-1).view(np.uint8)
+        cdef unsigned char[::1] packed
+        cdef Py_ssize_t nrows = rows
         self.data = data
         self.shape = (rows, cols)
         self.type = type
         self.view.type = type
+        if repack is None:
+            repack = _REPACK_DEFAULT
+        if repack and rows >= 8 and smm_r8_supported(type):
+            buf = np.empty(rows * row_bytes + 64, np.uint8)  # 64-byte aligned inside
+            start = -buf.ctypes.data % 64
+            out = buf[start:start + rows * row_bytes]
+            packed = out
+            with nogil:
+                smm_r8_repack(type, &raw[0], nrows, row_bytes, &packed[0])
+            if _file_mapped(arr):
+                _drop_pages(&raw[0], nrows * row_bytes)
+            out.flags.writeable = False
+            raw = out
+            self.data = out.reshape(rows, row_bytes)
+            self.view.type = type | SMM_R8
         self.view.data = <const char*>&raw[0]
         self.view.rows = rows
         self.view.cols = cols
@@ -220,6 +275,11 @@ cdef class Weight:
     @property
     def row_bytes(self):
         return self.view.row_bytes
+
+    @property
+    def repacked(self):
+        """Whether the storage is in the row-interleaved layout (see the class doc)."""
+        return bool(self.view.type & SMM_R8)
 
     def __repr__(self):
         return f"Weight({_type_name(self.type)}, shape={self.shape})"

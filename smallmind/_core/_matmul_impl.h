@@ -26,6 +26,7 @@
 #include "_simd_dispatch.h"
 #include "_quant.h"
 #include "_matmul_avx2.h"
+#include "_matmul_r8.h"
 #include "_matmul_avx512.h"
 #include "_threadpool.h"
 
@@ -221,10 +222,9 @@ static void smm_q_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t,
     smm_store_tile(j, out, r, t, R, C);
 }
 
-/* Rows [r0, r1) of W against all activation rows of job j. */
-static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
+/* Rows [r0, r1) of a plain W against all activation rows of job j, with the AVX2 kernels. */
+static void smm_quant_rows_avx2(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
-    if (j->isa >= SMM_ISA_AVX512 && smm_q_range_avx512(j, r0, r1, act, astride)) return;
     if (j->n == 1) {
         ptrdiff_t r = r0;
         for (; r + 4 <= r1; r += 4) smm_q_tile(j, 4, 1, r, 0, act, astride);
@@ -258,17 +258,58 @@ static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const u
     }
 }
 
+/* Rows [r0, r1) of a repacked W (r0 a multiple of 8) against all activation rows: tiles of
+ * 8 rows x 4 activation rows (the group's weights stay in L1 while the activations pass),
+ * then the rows past the last group with the plain AVX2 kernel, whatever the ISA (the
+ * activations are in the AVX2 layout). */
+static void smm_r8_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
+{
+    const int type = j->type & ~SMM_R8;
+    const ptrdiff_t full = j->rows / 8 * 8;
+    ptrdiff_t r = r0;
+    for (; r + 8 <= r1 && r + 8 <= full; r += 8) {
+        for (ptrdiff_t t = 0; t < j->n; t += 4) {
+            const int C = (int)(j->n - t < 4 ? j->n - t : 4);
+            __m256 out[4];
+            float v[8];
+            smm_r8_tile_any(type, C, j->w + r * j->row_bytes, j->cols / 32, act + t * astride, astride, j->cols, out);
+            for (int c = 0; c < C; c++) {
+                _mm256_storeu_ps(v, out[c]);
+                for (int i = 0; i < 8; i++) smm_store1(j->y + (t + c) * j->ldy + r + i, v[i], j->bias, r + i, j->accumulate);
+            }
+        }
+    }
+    if (r < r1) {
+        smm_job tail = *j;
+        tail.type = type;
+        smm_quant_rows_avx2(&tail, r, r1, act, astride);
+    }
+}
+
+/* Rows [r0, r1) of W against all activation rows of job j. */
+static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
+{
+    if (j->type & SMM_R8) smm_r8_rows(j, r0, r1, act, astride);
+    else if (j->isa < SMM_ISA_AVX512 || !smm_q_range_avx512(j, r0, r1, act, astride))
+        smm_quant_rows_avx2(j, r0, r1, act, astride);
+}
+
+/* Rows per unit of work of a quantised product: the repacked kernels' 8-row groups, else
+ * the 4 rows of the widest plain tile. Thread chunks are whole units. */
+static inline ptrdiff_t smm_unit_rows(int type) { return type & SMM_R8 ? 8 : 4; }
+static inline ptrdiff_t smm_units(int type, ptrdiff_t rows) { return (rows + smm_unit_rows(type) - 1) / smm_unit_rows(type); }
+
 /* Activation rows handled per pass over a chunk's weight rows: the quantised
  * activations of a chunk (plus a tile of weights) stay in L2 while every weight tile
  * runs against them; unchunked, long prompts lost a third of the speed (measured
  * n = 1024 against n = 64). */
 #define SMM_ACT_CHUNK 256
 
-/* Weight row groups [g0, g1) (4 rows each) against the quantised activations in scratch. */
+/* Weight row units [g0, g1) (smm_unit_rows each) against the quantised activations in scratch. */
 static void smm_quant_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
-    const ptrdiff_t astride = smm_act_stride(smm_family(j->type), j->cols);
-    ptrdiff_t r0 = g0 * 4, r1 = g1 * 4 < j->rows ? g1 * 4 : j->rows;
+    const ptrdiff_t astride = smm_act_stride(smm_family(j->type), j->cols), u = smm_unit_rows(j->type);
+    ptrdiff_t r0 = g0 * u, r1 = g1 * u < j->rows ? g1 * u : j->rows;
     for (ptrdiff_t t0 = 0; t0 < j->n; t0 += SMM_ACT_CHUNK) {
         smm_job part = *j;
         part.n = j->n - t0 < SMM_ACT_CHUNK ? j->n - t0 : SMM_ACT_CHUNK;
@@ -280,11 +321,13 @@ static void smm_quant_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 /* Which quantised activation layout a type's kernels read under `isa` (-1 for float
  * weights): products whose keys are equal can share one quantisation of x. The AVX-512
  * kernels take interleaved pairs and, for codes stored with an offset (Q4_0 -8, Q5_0 -16,
- * Q8_0 +128), integer corrections; the key's low 4 bits are log2 of that offset. */
+ * Q8_0 +128), integer corrections; the key's low 4 bits are log2 of that offset. Repacked
+ * weights read the AVX2 layout on every ISA (key 8 on AVX-512, where it differs). */
 static int smm_act_key(int type, int isa)
 {
     int fam = smm_family(type);
     if (fam == SMM_FAMILY_FLOAT) return -1;
+    if (type & SMM_R8) return fam * 16 + (isa < SMM_ISA_AVX512 ? 0 : 8);
     int log2_offset = isa < SMM_ISA_AVX512 ? 0 : type == SMM_Q4_0 ? 3 : type == SMM_Q5_0 ? 4 : type == SMM_Q8_0 ? 7 : 0;
     return fam * 16 + log2_offset;
 }
@@ -294,11 +337,12 @@ static int smm_act_key(int type, int isa)
 static void smm_quantize_rows(int type, int isa, const float* x, ptrdiff_t n, ptrdiff_t ldx, ptrdiff_t cols,
                               uint8_t* act)
 {
-    const int fam = smm_family(type), log2_offset = smm_act_key(type, isa) % 16;
+    const int fam = smm_family(type), interleave = isa >= SMM_ISA_AVX512 && !(type & SMM_R8);
+    const int log2_offset = interleave ? smm_act_key(type, isa) % 16 : 0;
     const ptrdiff_t astride = smm_act_stride(fam, cols);
     for (ptrdiff_t t = 0; t < n; t++) {
         if (fam == SMM_FAMILY_Q32)
-            smm_quantize_act_q32(x + t * ldx, cols, act + t * astride, isa >= SMM_ISA_AVX512, log2_offset);
+            smm_quantize_act_q32(x + t * ldx, cols, act + t * astride, interleave, log2_offset);
         else smm_quantize_act_qk(x + t * ldx, cols, act + t * astride);
     }
 }
@@ -324,8 +368,8 @@ static void smm_run_chunk(const void* arg, ptrdiff_t c)
 }
 
 /* range(j, 0, units) on nt threads, in chunks of a multiple of `align` units. Chunk borders
- * fall on the kernels' row tiles, so results do not depend on nt; for row groups align = 4
- * (16 rows) also keeps threads off each other's cache lines of y when n = 1. */
+ * fall on the kernels' row tiles, so results do not depend on nt; for row groups align =
+ * 16 rows also keeps threads off each other's cache lines of y when n = 1. */
 static void smm_run(const smm_job* j, int nt, ptrdiff_t units, ptrdiff_t align, smm_range_fn range)
 {
     if (nt <= 1 || units <= 1) {
@@ -411,9 +455,9 @@ static void smm_matmul_kernel(int packed, int type, const uint8_t* w, ptrdiff_t 
         }
     } else {
         smm_quantize_rows(type, j.isa, x, n, ldx, cols, j.scratch);
-        ptrdiff_t groups = (rows + 3) / 4;
+        ptrdiff_t groups = smm_units(type, rows);
         if (nt > groups) nt = (int)groups;
-        smm_run(&j, nt, groups, 4, smm_quant_range);
+        smm_run(&j, nt, groups, 16 / smm_unit_rows(type), smm_quant_range);
     }
     free(owned);
 }
@@ -459,7 +503,7 @@ static void smm_many_chunk(const void* arg, ptrdiff_t c)
     int i = 0;
     while (c >= m->first_chunk[i + 1]) i++;
     const smm_job* j = &m->jobs[i];
-    ptrdiff_t groups = (j->rows + 3) / 4, g0 = (c - m->first_chunk[i]) * m->per_chunk;
+    ptrdiff_t groups = smm_units(j->type, j->rows), g0 = (c - m->first_chunk[i]) * m->per_chunk;
     smm_quant_range(j, g0, g0 + m->per_chunk < groups ? g0 + m->per_chunk : groups);
 }
 
@@ -508,7 +552,7 @@ static void smm_matmul_many(int count, const smm_target* t, ptrdiff_t cols, cons
         j->scratch = act;
         j->isa = isa;
         elems += t[i].rows * cols;
-        groups += (t[i].rows + 3) / 4;
+        groups += smm_units(t[i].type, t[i].rows);
     }
     int nt = n_threads > 1 && elems >= SMM_MIN_PARALLEL_ELEMS ? n_threads : 1;
     /* chunks as smm_run cuts them, over the row groups of all the products together */
@@ -517,15 +561,18 @@ static void smm_matmul_many(int count, const smm_target* t, ptrdiff_t cols, cons
     while (groups / per + count > SMP_MAX_CHUNKS) per *= 2;
     m.per_chunk = per;
     m.first_chunk[0] = 0;
-    for (int i = 0; i < count; i++) m.first_chunk[i + 1] = m.first_chunk[i] + ((t[i].rows + 3) / 4 + per - 1) / per;
+    for (int i = 0; i < count; i++)
+        m.first_chunk[i + 1] = m.first_chunk[i] + (smm_units(t[i].type, t[i].rows) + per - 1) / per;
     smp_parallel(nt, m.first_chunk[count], smm_many_chunk, &m);
     free(owned);
 }
 
 /* Row `row` of the weight as float32. */
-static void smm_get_row(int type, const uint8_t* w, ptrdiff_t cols, ptrdiff_t row_bytes, ptrdiff_t row, float* out)
+static void smm_get_row(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t row_bytes, ptrdiff_t row,
+                        float* out)
 {
-    smm_dequant_row(type, w + row * row_bytes, cols, out);
+    if (type & SMM_R8) smm_r8_get_row(type & ~SMM_R8, w, rows, cols, row_bytes, row, out);
+    else smm_dequant_row(type, w + row * row_bytes, cols, out);
 }
 
 /* ------------------------------------------------------------------------------------

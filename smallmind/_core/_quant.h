@@ -70,9 +70,13 @@ static int smm_block_bytes(int type)
 #define SMM_FAMILY_Q32 1     /* 32-element blocks: activations quantised per 32 (Q8_0-like) */
 #define SMM_FAMILY_QK 2      /* 256-element K blocks: activations quantised per 256 (Q8_K-like) */
 
+/* A weight repacked at load into 8-row interleaved groups (_matmul_r8.h) carries its GGML
+ * type plus SMM_R8 in the kernels' `type`: only the kernels look at the layout. */
+#define SMM_R8 0x100
+
 static inline int smm_family(int type)
 {
-    int be = smm_block_elems(type);
+    int be = smm_block_elems(type & ~SMM_R8);
     return be == 1 ? SMM_FAMILY_FLOAT : (be == 32 ? SMM_FAMILY_Q32 : SMM_FAMILY_QK);
 }
 
