@@ -110,3 +110,17 @@ def test_file_map_pages_are_released(tmp_path):
     assert w.repacked and mapping_rss_kb(data.ctypes.data) == 0
     np.testing.assert_array_equal(w.dequantize(), w32)
     np.testing.assert_array_equal(data, np.asarray(w_plain.data).reshape(-1))  # faulted back in intact
+
+
+def test_repack_in_pieces():
+    """Weights over 4 MB are repacked piece by piece (whole 8-row groups, the tail rows with
+    the last piece): every row comes back, and products match the plain layout's."""
+    rng = np.random.default_rng(5)
+    rows, cols = 1003, 8192  # 4.6 MB of Q4_0: pieces of 904 rows, then 99 (96 + a tail of 3)
+    plain, w32, mag = make_weight("Q4_0", rows, cols, rng, repack=False)
+    w = _matmul.Weight(int(GGMLType.Q4_0), (rows, cols), np.asarray(plain.data))
+    assert w.repacked
+    for r in (0, 903, 904, 999, 1000, 1002):
+        np.testing.assert_array_equal(w.get_row(r), w32[r])
+    x = random_activations(2, cols, rng)
+    check_product("Q4_0", w32, mag, x, w.matmul(x, n_threads=2))
