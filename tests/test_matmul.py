@@ -337,7 +337,7 @@ def test_isa_env_forces_avx2_for_every_type():
     assert child.returncode == 0, child.stderr
     level, paths = child.stdout.split(" ", 1)
     assert level == "1"
-    assert "avx512" not in paths and "'Q4_1': 'avx2'" in paths
+    assert "avx512" not in paths and "'Q4_1': 'avx2-r8'" in paths and "'Q4_K': 'avx2'" in paths
 
 
 def test_isa_env_avx512_runs_or_is_refused():

@@ -180,7 +180,13 @@ def _file_mapped(arr):
 
 cdef size_t _PAGE = mmap.PAGESIZE
 # SMALLMIND_REPACK=0 keeps every weight in its plain layout (benchmarks compare the two)
-_REPACK_DEFAULT = os.environ.get("SMALLMIND_REPACK", "1") != "0"
+_REPACK_ENABLED = os.environ.get("SMALLMIND_REPACK", "1") != "0"
+
+
+def _repack_default():
+    """Whether Weight(..., repack=None) repacks the 32-element block types: when the AVX2
+    kernels are active (this CPU's best, or SMALLMIND_ISA=avx2) and SMALLMIND_REPACK is not 0."""
+    return _REPACK_ENABLED and smm_isa() < 2
 
 
 cdef void _drop_pages(const unsigned char* p, Py_ssize_t nbytes) noexcept nogil:
@@ -220,7 +226,9 @@ cdef class Weight:
     are rewritten into a row-interleaved copy of the same size that the fastest kernels
     read (_matmul_r8.h). ``data`` is then that copy, and when the original is a read-only
     file map its pages are released after the one pass that reads them. ``repack=None``
-    means True unless the environment says SMALLMIND_REPACK=0.
+    (the default) repacks when _repack_default() says so: the repacked kernels are AVX2
+    ones (they run on every ISA), and on an AVX-512 machine the plain layout's VNNI kernels
+    stay in use until the repacked ones are measured there.
     """
 
     def __cinit__(self, int type, shape, data, *, repack=None):
@@ -263,7 +271,7 @@ cdef class Weight:
         self.type = type
         self.view.type = type
         if repack is None:
-            repack = _REPACK_DEFAULT
+            repack = _repack_default()
         if repack and rows >= 8 and smm_r8_supported(type):
             buf = np.empty(rows * row_bytes + 64, np.uint8)  # 64-byte aligned inside
             start = -buf.ctypes.data % 64
@@ -394,9 +402,10 @@ def _detected_isa():
 def kernel_paths():
     """Which instruction-set path multiplies each weight type in this process.
 
-    ``{"cpu": "avx512", "active": "avx2", "types": {"Q4_1": "avx2", ...}}``: ``cpu`` is
+    ``{"cpu": "avx512", "active": "avx2", "types": {"Q4_1": "avx2-r8", ...}}``: ``cpu`` is
     the best path the CPU has, ``active`` the one in use (lowered by SMALLMIND_ISA=avx2),
-    and every supported type maps to the kernel family that runs it.
+    and every supported type maps to the kernel family that runs it (``-r8``: weights
+    repacked at load into 8-row interleaved groups, see Weight).
     """
     active = smm_isa()
     types = {}
@@ -404,8 +413,13 @@ def kernel_paths():
         if t == GGMLType.Q8_K:  # an activation format, never a model weight
             continue
         # every type has both AVX2 and AVX-512 kernels (_matmul_avx2.h, _matmul_avx512.h,
-        # _matmul_q512.h, _matmul_k512.h); the AVX-512 ones run when the switch allows them
-        types[t.name] = ISA_NAMES[active] + ("-vnni" if active == 2 and smm_block_elems(int(t)) > 1 else "")
+        # _matmul_q512.h, _matmul_k512.h); the AVX-512 ones run when the switch allows them.
+        # Weights loaded now with the default repack=None take the row-interleaved layout
+        # and its AVX2 kernels (_matmul_r8.h) when _repack_default() says so.
+        if smm_r8_supported(int(t)) and _repack_default():
+            types[t.name] = "avx2-r8"
+        else:
+            types[t.name] = ISA_NAMES[active] + ("-vnni" if active == 2 and smm_block_elems(int(t)) > 1 else "")
     return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[active], "types": types}
 
 
