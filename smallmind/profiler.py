@@ -14,8 +14,9 @@ then it does no timing at all) and reports events with :meth:`Profiler.record`,
 
 Events do not overlap, so they add up: the table's rows are the operations (each layer
 step, embed, lm_head, sampling), ``python.forward`` (the interpreter's time around the
-steps of a forward pass), and ``untracked`` (what no event covers: the generate loop,
-the tokenizer, the profiler itself), and they sum to the wall time of the ``with`` block.
+steps of a forward pass), ``profiler`` (turning a forward pass's step timings into events),
+and ``untracked`` (what no event covers: the generate loop, the tokenizer, the rest of the
+profiler), and they sum to the wall time of the ``with`` block.
 A ``profile()`` inside another one collects its own events and, when it exits, also hands
 them to the enclosing profiler.
 """

@@ -25,3 +25,12 @@ cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noe
 cdef void rope(float* x, Py_ssize_t n_rows, Py_ssize_t ldx, int n_heads, int head_dim,
                int n_rot, double pos0, double pos_step, const float* inv_freq,
                bint neox) noexcept nogil
+
+# The same rotation in two halves, for callers that rotate several row sets (q and k, and
+# every layer of a model) at the same positions and frequencies: rope_angles fills tables
+# cs, sn of n_rows x n_rot/2 floats (row i at position pos0 + i) with exactly the values
+# rope computes, and rope_rotate applies them, so the result is rope's bit for bit.
+cdef void rope_angles(float* cs, float* sn, Py_ssize_t n_rows, int n_rot, double pos0,
+                      const float* inv_freq) noexcept nogil
+cdef void rope_rotate(float* x, Py_ssize_t n_rows, Py_ssize_t ldx, int n_heads, int head_dim,
+                      int n_rot, const float* cs, const float* sn, bint neox) noexcept nogil

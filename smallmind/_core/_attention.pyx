@@ -159,52 +159,79 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     parallel_chunks(<int>lanes, lanes, _run_lane, &job)
 
 
+cdef inline void _angles(float* cs, float* sn, double pos, const float* inv_freq,
+                         int n) noexcept nogil:
+    """cs[j], sn[j] = cos, sin(pos * inv_freq[j]) for j < n."""
+    cdef int j
+    cdef double angle
+    for j in range(n):
+        # Angles in double: at position 10^4 a float32 product would already be off by
+        # ~1e-3 radians.
+        angle = pos * <double>inv_freq[j]
+        cs[j] = <float>cos(angle)
+        sn[j] = <float>sin(angle)
+
+
+cdef inline void _rotate_heads(float* row, int n_heads, int head_dim, int half, int j0, int j1,
+                               const float* cs, const float* sn, bint neox) noexcept nogil:
+    """Pairs j0 <= j < j1 of every head of one row, pair j by the angle cs[j - j0], sn[j - j0]."""
+    cdef int j, hh
+    cdef float a, b, c, s
+    cdef float* xh
+    for hh in range(n_heads):
+        xh = row + hh * head_dim
+        if neox:
+            for j in range(j0, j1):
+                a = xh[j]
+                b = xh[j + half]
+                c = cs[j - j0]
+                s = sn[j - j0]
+                xh[j] = a * c - b * s
+                xh[j + half] = a * s + b * c
+        else:
+            for j in range(j0, j1):
+                a = xh[2 * j]
+                b = xh[2 * j + 1]
+                c = cs[j - j0]
+                s = sn[j - j0]
+                xh[2 * j] = a * c - b * s
+                xh[2 * j + 1] = a * s + b * c
+
+
 cdef void rope(float* x, Py_ssize_t n_rows, Py_ssize_t ldx, int n_heads, int head_dim,
                int n_rot, double pos0, double pos_step, const float* inv_freq,
                bint neox) noexcept nogil:
     cdef float cs[_ROPE_CHUNK]
     cdef float sn[_ROPE_CHUNK]
     cdef int half = n_rot // 2
-    cdef int j, j0, j1, hh
+    cdef int j0, j1
     cdef Py_ssize_t i
-    cdef double pos, angle
-    cdef float a, b, c, s
-    cdef float* row
-    cdef float* xh
     # With pos_step == 0 every row turns by the same angles: compute them once.
     cdef bint same_angles = pos_step == 0.0 and half <= _ROPE_CHUNK
     for i in range(n_rows):
-        pos = pos0 + <double>i * pos_step
-        row = x + i * ldx
         j0 = 0
         while j0 < half:
             j1 = j0 + _ROPE_CHUNK if j0 + _ROPE_CHUNK < half else half
             if not (same_angles and i > 0):
-                # Angles in double: at position 10^4 a float32 product would already
-                # be off by ~1e-3 radians.
-                for j in range(j0, j1):
-                    angle = pos * <double>inv_freq[j]
-                    cs[j - j0] = <float>cos(angle)
-                    sn[j - j0] = <float>sin(angle)
-            for hh in range(n_heads):
-                xh = row + hh * head_dim
-                if neox:
-                    for j in range(j0, j1):
-                        a = xh[j]
-                        b = xh[j + half]
-                        c = cs[j - j0]
-                        s = sn[j - j0]
-                        xh[j] = a * c - b * s
-                        xh[j + half] = a * s + b * c
-                else:
-                    for j in range(j0, j1):
-                        a = xh[2 * j]
-                        b = xh[2 * j + 1]
-                        c = cs[j - j0]
-                        s = sn[j - j0]
-                        xh[2 * j] = a * c - b * s
-                        xh[2 * j + 1] = a * s + b * c
+                _angles(cs, sn, pos0 + <double>i * pos_step, inv_freq + j0, j1 - j0)
+            _rotate_heads(x + i * ldx, n_heads, head_dim, half, j0, j1, cs, sn, neox)
             j0 = j1
+
+
+cdef void rope_angles(float* cs, float* sn, Py_ssize_t n_rows, int n_rot, double pos0,
+                      const float* inv_freq) noexcept nogil:
+    cdef int half = n_rot // 2
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        _angles(cs + i * half, sn + i * half, pos0 + <double>i, inv_freq, half)
+
+
+cdef void rope_rotate(float* x, Py_ssize_t n_rows, Py_ssize_t ldx, int n_heads, int head_dim,
+                      int n_rot, const float* cs, const float* sn, bint neox) noexcept nogil:
+    cdef int half = n_rot // 2
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        _rotate_heads(x + i * ldx, n_heads, head_dim, half, 0, half, cs + i * half, sn + i * half, neox)
 
 
 # ----------------------------------------------------------------------------------

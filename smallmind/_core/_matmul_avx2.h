@@ -403,6 +403,37 @@ SMM_INLINE __m256 smm_ldw8(const int type, const uint8_t* row, ptrdiff_t k)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+/* 16 consecutive weights of a row from element k as two float32 vectors, and the 16
+ * activations they multiply in the same lane order (smm_ldx16x2). F32 and F16 split them
+ * 8 + 8. BF16 is the upper half of an f32, so one 32-byte load holds 16 weights: shifting
+ * each 32-bit lane left by 16 gives the even ones as floats and masking off its low half the
+ * odd ones (2 ALU ops for 16 weights, where widening 8 at a time takes 4); the activations
+ * are split even/odd to match, once per 16 columns for all the rows of a group. */
+SMM_INLINE void smm_ldw16x2(const int type, const uint8_t* row, ptrdiff_t k, __m256* lo, __m256* hi)
+{
+    if (type == SMM_BF16) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(row + 2 * k));
+        *lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        *hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)));
+        return;
+    }
+    *lo = smm_ldw8(type, row, k);
+    *hi = smm_ldw8(type, row, k + 8);
+}
+
+SMM_INLINE void smm_ldx16x2(const int type, const float* x, __m256* lo, __m256* hi)
+{
+    const __m256 xa = _mm256_loadu_ps(x), xb = _mm256_loadu_ps(x + 8);
+    if (type == SMM_BF16) {
+        /* (x0 x2 x8 x10 | x4 x6 x12 x14), then 64-bit pairs reordered 0 2 1 3 */
+        *lo = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(xa, xb, 0x88)), 0xD8));
+        *hi = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(xa, xb, 0xDD)), 0xD8));
+        return;
+    }
+    *lo = xa;
+    *hi = xb;
+}
+
 SMM_INLINE float smm_ldw1(const int type, const uint8_t* row, ptrdiff_t k)
 {
     if (type == SMM_F32) {
@@ -433,15 +464,14 @@ SMM_INLINE void smm_float_rows4_avx2(const int type, const uint8_t* w, ptrdiff_t
         __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
         ptrdiff_t k = 0;
         for (; k + 16 <= cols; k += 16) {
-            __m256 xa = _mm256_loadu_ps(xt + k), xb = _mm256_loadu_ps(xt + k + 8);
-            a0 = _mm256_fmadd_ps(smm_ldw8(type, w0, k), xa, a0);
-            a1 = _mm256_fmadd_ps(smm_ldw8(type, w1, k), xa, a1);
-            a2 = _mm256_fmadd_ps(smm_ldw8(type, w2, k), xa, a2);
-            a3 = _mm256_fmadd_ps(smm_ldw8(type, w3, k), xa, a3);
-            b0 = _mm256_fmadd_ps(smm_ldw8(type, w0, k + 8), xb, b0);
-            b1 = _mm256_fmadd_ps(smm_ldw8(type, w1, k + 8), xb, b1);
-            b2 = _mm256_fmadd_ps(smm_ldw8(type, w2, k + 8), xb, b2);
-            b3 = _mm256_fmadd_ps(smm_ldw8(type, w3, k + 8), xb, b3);
+            __m256 xa, xb, lo, hi;
+            smm_ldx16x2(type, xt + k, &xa, &xb);
+#define SMM_FMA16(W, A, B) \
+            smm_ldw16x2(type, W, k, &lo, &hi); \
+            A = _mm256_fmadd_ps(lo, xa, A); \
+            B = _mm256_fmadd_ps(hi, xb, B);
+            SMM_FMA16(w0, a0, b0) SMM_FMA16(w1, a1, b1) SMM_FMA16(w2, a2, b2) SMM_FMA16(w3, a3, b3)
+#undef SMM_FMA16
         }
         if (k + 8 <= cols) {
             __m256 xa = _mm256_loadu_ps(xt + k);

@@ -47,6 +47,12 @@ cdef class Workspace:
     cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache
     cdef int* tokens       # (max_tokens,)
     cdef Segment* segs     # (max_segs,) the segments of the running call
+    cdef float* rope_cs    # (max_tokens, head_dim/2) cos, sin of the rotary angles last
+    cdef float* rope_sn    #   computed (rope_angles), reused while positions and
+    cdef float* rope_freq  #   frequencies (head_dim/2,) stay the same: across layers
+    cdef double rope_pos0
+    cdef Py_ssize_t rope_rows
+    cdef int rope_n_rot
     cdef readonly Py_ssize_t max_tokens, n_embd, n_hidden, q_dim, kv_dim, ldqkv, vocab
     cdef readonly Py_ssize_t capacity, n_layer, max_segs
     cdef readonly int n_head, n_kv_head, head_dim
@@ -97,6 +103,9 @@ cdef Steps steps_table(const Step* fns, Py_ssize_t n, str names)
 # Steps every architecture shares.
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil
+# Rotate the q and k heads of segment `seg`'s rows by their positions (the layer's rotary
+# frequencies), with the workspace's angle tables.
+cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil
 # x += Wo att and x += Wdown h, with the layer's biases if any (GPT-2 and Llama).
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil

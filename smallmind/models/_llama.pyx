@@ -17,11 +17,11 @@ Each step runs on all n rows at once (n = 1 when decoding one sequence; rope, kv
 attention per sequence when a batch runs several); ``LAYER`` is the table that
 ``_layer.run_layers`` runs for every layer.
 """
-from smallmind._core._attention cimport rope
 from smallmind._core._elementwise cimport swiglu
 from smallmind._core._matmul cimport WeightView
-from smallmind.models._layer cimport (Segment, Step, attention, down_matmul, kv_store, matmul_rows,
-                                      matmul_rows_many, out_matmul, rmsnorm_rows, steps_table)
+from smallmind.models._layer cimport (Step, attention, down_matmul, kv_store, matmul_rows,
+                                      matmul_rows_many, out_matmul, rmsnorm_rows, rope_segment,
+                                      steps_table)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -40,18 +40,9 @@ cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    cdef const Segment* seg
-    cdef Py_ssize_t off
     cdef int i
-    if L.n_rot == 0:
-        return
     for i in range(c.n_segs):  # each sequence's rows at its own positions
-        seg = &c.segs[i]
-        off = seg.row0 * ws.ldqkv
-        rope(ws.q + off, seg.n, ws.ldqkv, ws.n_head, ws.head_dim, L.n_rot, seg.pos0, 1.0, L.inv_freq,
-             L.neox)
-        rope(ws.k + off, seg.n, ws.ldqkv, ws.n_kv_head, ws.head_dim, L.n_rot, seg.pos0, 1.0,
-             L.inv_freq, L.neox)
+        rope_segment(ws, L, &c.segs[i])
 
 
 cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:

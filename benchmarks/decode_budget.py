@@ -1,0 +1,117 @@
+"""Where a decoded token's time goes: the matrix products against everything else.
+
+    python benchmarks/decode_budget.py [--quick] [--models NAMES] [--threads 1,2]
+                                       [--new-tokens 128] [--json PATH]
+
+For each model (compare.py's names; default SmolLM2 Q4_1 and Gemma 3 270M) and thread
+count, in one process: greedy decoding of ``--new-tokens`` tokens after compare.py's short
+prompt (end-of-text banned, so every run decodes the same count), best of N runs (N = 3 with
+--quick, else 5) of
+
+* ``decode us``: Engine.generate's decode time per token, unprofiled (what compare.py
+  reports as tok/s);
+* the same generation under ``smallmind.profile(track_alloc=False)`` (the best of N runs
+  by the ops' total): every op's time per token. ``matmul us`` is the matrix products of the layers and the head (their steps end in
+  ``_matmul``, and ``lm_head``, which includes its final norm); the other ops each get a
+  column (attention, rope, kv_store, norms, activation, sampling ...);
+* ``rest us``: the unprofiled decode time less every timed op, i.e. what no op covers: the
+  Python of the decode loop and of ``forward``, and the gaps between layers. The profile's
+  own ``python.forward`` row is left out: it also holds the profiler's bookkeeping.
+
+Then the thread scaling: decode time at one thread over decode time at each thread count,
+beside the same ratio of this machine's read bandwidth (benchmarks/roofline.py's read loop,
+measured first, in this run): decoding streams the weights, so where they exceed the caches
+it scales about as the memory does, not as the core count.
+
+Timings on a shared machine are noisy: compare rows of one run, and the ``load`` column (the
+1-minute load average when the row finished). Writes JSON (default
+benchmarks/results/decode_budget.json).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from _report import machine_info, write_report
+from compare import DECODE_PROMPT, model_paths, read_bandwidths
+
+DEFAULT_MODELS = "SmolLM2-135M-Instruct Q4_1,Gemma 3 270M Q4_K_M"
+# Ops reported in their own column, in this order (any other non-matmul op goes to "other us").
+OWN_COLUMNS = ("attention", "rope", "kv_store", "activation", "sampling")
+MATMUL_OPS = ("lm_head",)
+
+
+def _is_matmul(op: str) -> bool:
+    return op.endswith("_matmul") or op in MATMUL_OPS
+
+
+def budget(engine, threads: int, runs: int, n_new: int) -> dict:
+    from smallmind import profile
+    tok = engine.tokenizer
+    ids = tok.encode(DECODE_PROMPT)
+    banned = {int(t): float("-inf") for t in tok.stop_ids()}
+
+    def generate():
+        r = engine.generate(ids, max_new_tokens=n_new, temperature=0.0, logit_bias=banned,
+                            n_threads=threads)
+        if len(r.tokens) != n_new:
+            raise RuntimeError(f"{len(r.tokens)} of {n_new} tokens ({r.finish_reason})")
+        return r
+
+    generate()  # warm-up
+    decode_us = min(generate().timings.decode_ms for _ in range(runs)) / (n_new - 1) * 1e3
+    per_op: dict[str, float] = {}
+    for _ in range(runs):  # the profiled run whose ops took least: the least disturbed one
+        with profile(track_alloc=False) as prof:
+            generate()
+        ops = {row["name"]: row["total_ms"] / n_new * 1e3 for row in prof.summary()
+               if row["name"] != "python.forward"}
+        if not per_op or sum(ops.values()) < sum(per_op.values()):
+            per_op = ops
+    row = {"threads": threads, "decode us": decode_us,
+           "matmul us": sum(us for op, us in per_op.items() if _is_matmul(op))}
+    for op in OWN_COLUMNS:
+        row[f"{op} us"] = per_op.get(op, 0.0)
+    row["other us"] = sum(us for op, us in per_op.items()
+                          if not _is_matmul(op) and op not in OWN_COLUMNS)
+    row["rest us"] = max(decode_us - sum(per_op.values()), 0.0)
+    row["matmul %"] = 100 * row["matmul us"] / decode_us
+    row["load"] = os.getloadavg()[0]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 runs per row instead of 5")
+    ap.add_argument("--models", default=DEFAULT_MODELS, help="comma list of compare.py model names")
+    ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--json", default=None, help="output JSON path")
+    args = ap.parse_args()
+    from smallmind import Engine
+    threads = [int(t) for t in args.threads.split(",")]
+    runs = 3 if args.quick else 5
+    bandwidth = read_bandwidths(threads, args.quick)
+    paths = model_paths()
+    rows = []
+    for name in args.models.split(","):
+        if not paths[name].exists():
+            rows.append({"model": name, "note": f"skipped: {paths[name]} is missing"})
+            continue
+        engine = Engine.load(paths[name], n_ctx=512)
+        model_rows = [budget(engine, t, runs, args.new_tokens) for t in threads]
+        base = model_rows[0]
+        for r in model_rows:
+            r["model"] = name
+            r["speedup vs first"] = base["decode us"] / r["decode us"]
+            r["read GB/s ratio"] = bandwidth[r["threads"]] / bandwidth[base["threads"]]
+        rows += model_rows
+    columns = ["model", "threads", "decode us", "matmul us", "matmul %",
+               *(f"{op} us" for op in OWN_COLUMNS), "other us", "rest us", "speedup vs first",
+               "read GB/s ratio", "load"]
+    meta = machine_info() | {"read_GBps": bandwidth, "new_tokens": args.new_tokens, "runs": runs}
+    write_report("decode_budget", rows, columns, meta, args.json)
+
+
+if __name__ == "__main__":
+    main()
