@@ -241,6 +241,7 @@ typedef struct {
     const float* d;
     const int16_t* bsum;
     const int16_t* bsp;
+    const float* xs;
 } smm_actk;
 
 SMM_INLINE smm_actk smm_actk_at(const uint8_t* row, ptrdiff_t cols)
@@ -250,19 +251,19 @@ SMM_INLINE smm_actk smm_actk_at(const uint8_t* row, ptrdiff_t cols)
     a.d = (const float*)(row + cols);
     a.bsum = (const int16_t*)(a.d + cols / 256);
     a.bsp = a.bsum + cols / 16;
+    a.xs = (const float*)(a.bsp + cols / 32);
     return a;
 }
 
 /* Per-block constants of one K-quant weight block, decoded once per block and tile row. */
 typedef struct {
     __m256 d;        /* d in every lane */
-    float dmin;
+    __m256 mins;     /* Q4_K/Q5_K: dmin times the 8 sub-block mins, against the activations' xs */
     /* int16 sub-block scales laid out for smm_kscale: Q4_K/Q5_K the 8 scales in each 128-bit
      * lane; Q6_K the 16 scales of 16 elements, the even ones in the low lane and the odd
      * ones in the high lane (a 32-element sub-block's pair sums are 8 of each). */
     __m256i sc;
     __m256i off;     /* Q6_K: the scales (element order) times -32, for the codes' offset */
-    __m128i mins;    /* Q4_K/Q5_K: the 8 sub-block mins (int16), against the 32-element sums */
 } smm_kblock;
 
 /* Vector decoding, not scalar: unpacking the 6-bit scales one at a time was about half
@@ -276,10 +277,10 @@ SMM_INLINE void smm_kblock_decode(const int type, const uint8_t* b, smm_kblock* 
         const uint32_t sc_hi = (s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u);
         const uint32_t m_hi = ((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u);
         k->sc = _mm256_cvtepu8_epi16(_mm_set1_epi64x((long long)(sc_lo | (uint64_t)sc_hi << 32)));
-        k->mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)(m_lo | (uint64_t)m_hi << 32)));
-        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)smm_ld32(b))); /* d, dmin */
-        k->d = _mm256_broadcastss_ps(dm);
-        k->dmin = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+        const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(m_lo | (uint64_t)m_hi << 32))));
+        const __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)smm_ld32(b))); /* d, dmin, d, dmin ... */
+        k->d = _mm256_permute_ps(dm, 0x00);
+        k->mins = _mm256_mul_ps(_mm256_permute_ps(dm, 0x55), mins);
     } else if (type == SMM_Q6_K) {
         const __m128i raw = _mm_loadu_si128((const __m128i*)(b + 192));
         const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
@@ -347,9 +348,9 @@ SMM_INLINE __m256i smm_ksub_avx2(const int type, const uint8_t* b, const int s)
  * forms int16 pair sums, madd applies the sub-block's int16 scales and adds pairs into
  * int32, so a block costs one int -> float conversion, multiply and FMA per (row,
  * activation row). Q6_K's code offset of 32 starts the integer sums at -32 * sum(scale *
- * activation sum) (one madd). The mins of Q4_K/Q5_K take one madd, conversion, multiply
- * and FMA per activation row and pair of weight rows (the two rows in the two 128-bit
- * lanes; one row of a pair stands for itself when R is odd, its half ignored).
+ * activation sum) (one madd). The mins of Q4_K/Q5_K are one more FMA: dmin * mins (8
+ * floats, per block and row) against the activations' d * sums per 32 (xs, per block and
+ * activation row); an exact integer madd of mins and sums took four operations per pair.
  * Every (r, c) pair goes through the same integer sums and per-lane float operations
  * whatever R and C are, so a row's result does not depend on how many activation rows
  * share the call.
@@ -363,11 +364,8 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
     const int bb = smm_block_bytes(type);
     const int has_min = type == SMM_Q4_K || type == SMM_Q5_K;
     __m256 acc[4][4];
-    __m256 accm[2][4]; /* the mins' terms of rows (2p, 2p + 1) in the low and high lanes */
     smm_actk a[4];
     SMM_TILE_START(a, smm_actk_at, acc, _mm256_setzero_ps())
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) accm[0][c] = accm[1][c] = _mm256_setzero_ps();
 
     for (ptrdiff_t b = 0; b < nb; b++) {
         smm_kblock kb[4];
@@ -404,29 +402,16 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
         for (int c = 0; c < C; c++) {
             const __m256 dx = _mm256_broadcast_ss(a[c].d + b);
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
+            for (int r = 0; r < R; r++) {
                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_mul_ps(kb[r].d, dx), acc[r][c]);
-            if (!has_min) continue;
-            const __m256i bsp = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(a[c].bsp + 8 * b)));
-#pragma GCC unroll 2
-            for (int p = 0; p < (R + 1) / 2; p++) {
-                const int r0 = 2 * p, r1 = 2 * p + 1 < R ? 2 * p + 1 : 2 * p;
-                const __m256i mins = _mm256_set_m128i(kb[r1].mins, kb[r0].mins);
-                const __m256 dmin = _mm256_set_m128(_mm_set1_ps(kb[r1].dmin), _mm_set1_ps(kb[r0].dmin));
-                const __m256 mn = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsp, mins));
-                accm[p][c] = _mm256_fnmadd_ps(mn, _mm256_mul_ps(dmin, dx), accm[p][c]);
+                if (has_min) acc[r][c] = _mm256_fnmadd_ps(kb[r].mins, _mm256_loadu_ps(a[c].xs + 8 * b), acc[r][c]);
             }
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++) {
-            const __m256 m = accm[r / 2][c];
-            __m128 m4 = (r & 1) ? _mm256_extractf128_ps(m, 1) : _mm256_castps256_ps128(m);
-            m4 = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
-            out[r][c] = smm_hsum8(acc[r][c]) + _mm_cvtss_f32(_mm_add_ss(m4, _mm_movehdup_ps(m4)));
-        }
+        for (int c = 0; c < C; c++) out[r][c] = smm_hsum8(acc[r][c]);
 }
 
 /* ------------------------------------------------------------------------------------
