@@ -67,6 +67,7 @@ static inline __attribute__((always_inline)) void smm_store_tile(const smm_job* 
 }
 
 #include "_matmul_q512.h"
+#include "_matmul_qk.h"
 
 
 static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t n)
@@ -215,69 +216,6 @@ static void smm_q_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t,
     float out[4][4];
     smm_q_tile_avx2(j->type, R, C, j->w + r * j->row_bytes, j->row_bytes, act + t * astride, astride, j->cols, out);
     smm_store_tile(j, out, r, t, R, C);
-}
-
-/* ------------------------------------------------------------------------------------
- * K-quant tiling (AVX2). For 3 or more activation rows, pairs of weight rows against 1-4
- * activation rows: a 4 x 2 tile (the 32-block types' choice from n = 2) keeps four rows'
- * decoded scales live beside its 8 sums and spills, so n = 3 as 4 x 2 + 4 x 1 tiles took
- * 1.5x the time of 2 x 3 tiles, and n = 7 1.25x (Q5_K, Q6_K; measured on Zen 3). For n = 2
- * 4 x 2 stays: two 2 x 2 tiles were 7% faster for Q6_K but 8% slower for Q4_K, the bulk
- * of K-quant models (its blocks are cheap, so the per-tile start and end weigh more).
- * ---------------------------------------------------------------------------------- */
-
-#define SMM_QK_TILE_CASES(T, w, ws, a, as, cols, out)                    \
-    switch (R * 8 + C) {                                                  \
-    case 4 * 8 + 1: smm_qk_tile_avx2(T, 4, 1, w, ws, a, as, cols, out); break; \
-    case 4 * 8 + 2: smm_qk_tile_avx2(T, 4, 2, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 4: smm_qk_tile_avx2(T, 2, 4, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 3: smm_qk_tile_avx2(T, 2, 3, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 2: smm_qk_tile_avx2(T, 2, 2, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 1: smm_qk_tile_avx2(T, 2, 1, w, ws, a, as, cols, out); break; \
-    case 1 * 8 + 4: smm_qk_tile_avx2(T, 1, 4, w, ws, a, as, cols, out); break; \
-    default: smm_qk_tile_avx2(T, 1, 1, w, ws, a, as, cols, out); break;        \
-    }
-
-static void smm_qk_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t, const uint8_t* act,
-                        ptrdiff_t astride)
-{
-    float out[4][4];
-    const uint8_t* w = j->w + r * j->row_bytes;
-    const uint8_t* a = act + t * astride;
-    const ptrdiff_t ws = j->row_bytes, cols = j->cols;
-    switch (j->type) {
-    case SMM_Q4_K: SMM_QK_TILE_CASES(SMM_Q4_K, w, ws, a, astride, cols, out); break;
-    case SMM_Q5_K: SMM_QK_TILE_CASES(SMM_Q5_K, w, ws, a, astride, cols, out); break;
-    case SMM_Q6_K: SMM_QK_TILE_CASES(SMM_Q6_K, w, ws, a, astride, cols, out); break;
-    default: SMM_QK_TILE_CASES(SMM_Q8_K, w, ws, a, astride, cols, out); break;
-    }
-    smm_store_tile(j, out, r, t, R, C);
-}
-
-/* Rows [r0, r1) of a K-quant weight against all activation rows: 4 x n tiles for n <= 2;
- * else each group of 4 rows as two pairs that take turns on the same 1-4 activation rows
- * (read from L2 once per group, then from L1), a last odd row alone. */
-static void smm_qk_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
-{
-    const ptrdiff_t n = j->n;
-    ptrdiff_t r = r0;
-    if (n <= 2) {
-        for (; r + 4 <= r1; r += 4) smm_qk_tile(j, 4, (int)n, r, 0, act, astride);
-        for (; r < r1; r++)
-            for (ptrdiff_t t = 0; t < n; t++) smm_qk_tile(j, 1, 1, r, t, act, astride);
-        return;
-    }
-    while (r + 2 <= r1) {
-        const int pairs = r + 4 <= r1 ? 2 : 1;
-        for (ptrdiff_t t = 0; t < n; t += 4)
-            for (int p = 0; p < pairs; p++) smm_qk_tile(j, 2, n - t < 4 ? (int)(n - t) : 4, r + 2 * p, t, act, astride);
-        r += 2 * pairs;
-    }
-    for (; r < r1; r++) {
-        ptrdiff_t t = 0;
-        for (; t + 4 <= n; t += 4) smm_qk_tile(j, 1, 4, r, t, act, astride);
-        for (; t < n; t++) smm_qk_tile(j, 1, 1, r, t, act, astride);
-    }
 }
 
 /* Rows [r0, r1) of W against all activation rows of job j. */
