@@ -14,17 +14,19 @@
 #ifndef SMALLMIND_MATMUL_QK_H
 #define SMALLMIND_MATMUL_QK_H
 
-#define SMM_QK_TILE_CASES(T, w, ws, a, as, cols, out)                    \
-    switch (R * 8 + C) {                                                  \
-    case 4 * 8 + 1: smm_qk_tile_avx2(T, 4, 1, w, ws, a, as, cols, out); break; \
-    case 4 * 8 + 2: smm_qk_tile_avx2(T, 4, 2, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 4: smm_qk_tile_avx2(T, 2, 4, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 3: smm_qk_tile_avx2(T, 2, 3, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 2: smm_qk_tile_avx2(T, 2, 2, w, ws, a, as, cols, out); break; \
-    case 2 * 8 + 1: smm_qk_tile_avx2(T, 2, 1, w, ws, a, as, cols, out); break; \
-    case 1 * 8 + 4: smm_qk_tile_avx2(T, 1, 4, w, ws, a, as, cols, out); break; \
-    default: smm_qk_tile_avx2(T, 1, 1, w, ws, a, as, cols, out); break;        \
-    }
+/* The kernel instantiated for the tile shapes the tiling below uses (R in 4, 2, 1). */
+#define SMM_QK_TILE(T, R_, C_) smm_qk_tile_avx2(T, R_, C_, w, ws, a, astride, cols, out)
+#define SMM_QK_TILE_CASES(T)                                                       \
+    if (R == 4) {                                                                  \
+        if (C == 1) SMM_QK_TILE(T, 4, 1);                                          \
+        else SMM_QK_TILE(T, 4, 2);                                                 \
+    } else if (R == 2) {                                                           \
+        if (C == 4) SMM_QK_TILE(T, 2, 4);                                          \
+        else if (C == 3) SMM_QK_TILE(T, 2, 3);                                     \
+        else if (C == 2) SMM_QK_TILE(T, 2, 2);                                     \
+        else SMM_QK_TILE(T, 2, 1);                                                 \
+    } else if (C == 4) SMM_QK_TILE(T, 1, 4);                                       \
+    else SMM_QK_TILE(T, 1, 1);
 
 static void smm_qk_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t, const uint8_t* act,
                         ptrdiff_t astride)
@@ -34,10 +36,10 @@ static void smm_qk_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t
     const uint8_t* a = act + t * astride;
     const ptrdiff_t ws = j->row_bytes, cols = j->cols;
     switch (j->type) {
-    case SMM_Q4_K: SMM_QK_TILE_CASES(SMM_Q4_K, w, ws, a, astride, cols, out); break;
-    case SMM_Q5_K: SMM_QK_TILE_CASES(SMM_Q5_K, w, ws, a, astride, cols, out); break;
-    case SMM_Q6_K: SMM_QK_TILE_CASES(SMM_Q6_K, w, ws, a, astride, cols, out); break;
-    default: SMM_QK_TILE_CASES(SMM_Q8_K, w, ws, a, astride, cols, out); break;
+    case SMM_Q4_K: SMM_QK_TILE_CASES(SMM_Q4_K) break;
+    case SMM_Q5_K: SMM_QK_TILE_CASES(SMM_Q5_K) break;
+    case SMM_Q6_K: SMM_QK_TILE_CASES(SMM_Q6_K) break;
+    default: SMM_QK_TILE_CASES(SMM_Q8_K) break;
     }
     smm_store_tile(j, out, r, t, R, C);
 }
