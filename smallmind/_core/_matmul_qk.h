@@ -31,7 +31,7 @@
 static void smm_qk_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t, const uint8_t* act,
                         ptrdiff_t astride)
 {
-    float out[4][4];
+    float out[4][4] = {{0.0f}}; /* (GCC cannot tell that every R, C here has its kernel) */
     const uint8_t* w = j->w + r * j->row_bytes;
     const uint8_t* a = act + t * astride;
     const ptrdiff_t ws = j->row_bytes, cols = j->cols;
