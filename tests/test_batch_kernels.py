@@ -1,5 +1,6 @@
 """What batching relies on in the matrix products: a row's result does not depend on the
-other rows of the call. Quantised weights: any n, any tile shape (2x4, 4x2, 4x1 ...) gives
+other rows of the call. Quantised weights: any n, any tile shape (2x4, 4x2, 4x1 ...; the
+K-quants' pairs of rows against 1-4 activation rows, 2x4 2x3 2x2 2x1, from n = 3) gives
 each row bit for bit what a one-row call gives. Float weights: the row kernel (n below the
 packed threshold) likewise; which kernel runs is what matmul_split picks per segment."""
 from __future__ import annotations

@@ -241,6 +241,7 @@ typedef struct {
     const float* d;
     const int16_t* bsum;
     const int16_t* bsp;
+    const float* xs;
 } smm_actk;
 
 SMM_INLINE smm_actk smm_actk_at(const uint8_t* row, ptrdiff_t cols)
@@ -250,14 +251,19 @@ SMM_INLINE smm_actk smm_actk_at(const uint8_t* row, ptrdiff_t cols)
     a.d = (const float*)(row + cols);
     a.bsum = (const int16_t*)(a.d + cols / 256);
     a.bsp = a.bsum + cols / 16;
+    a.xs = (const float*)(a.bsp + cols / 32);
     return a;
 }
 
-/* Per-block constants of one K-quant weight block. */
+/* Per-block constants of one K-quant weight block, decoded once per block and tile row. */
 typedef struct {
-    float d, dmin;
-    int16_t sc[16];  /* Q4_K/Q5_K: 8 sub-block scales; Q6_K: 16 signed scales */
-    __m128i mins;    /* Q4_K/Q5_K: the 8 sub-block mins (int16), against the 32-element sums */
+    __m256 d;        /* d in every lane */
+    __m256 mins;     /* Q4_K/Q5_K: dmin times the 8 sub-block mins, against the activations' xs */
+    /* int16 sub-block scales laid out for smm_kscale: Q4_K/Q5_K the 8 scales in each 128-bit
+     * lane; Q6_K the 16 scales of 16 elements, the even ones in the low lane and the odd
+     * ones in the high lane (a 32-element sub-block's pair sums are 8 of each). */
+    __m256i sc;
+    __m256i off;     /* Q6_K: the scales (element order) times -32, for the codes' offset */
 } smm_kblock;
 
 /* Vector decoding, not scalar: unpacking the 6-bit scales one at a time was about half
@@ -270,52 +276,86 @@ SMM_INLINE void smm_kblock_decode(const int type, const uint8_t* b, smm_kblock* 
         const uint32_t sc_lo = s0 & 0x3F3F3F3Fu, m_lo = s1 & 0x3F3F3F3Fu;
         const uint32_t sc_hi = (s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u);
         const uint32_t m_hi = ((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u);
-        _mm_storeu_si128((__m128i*)k->sc, _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)(sc_lo | (uint64_t)sc_hi << 32))));
-        k->mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)(m_lo | (uint64_t)m_hi << 32)));
-        k->d = smm_f16(b);
-        k->dmin = smm_f16(b + 2);
+        k->sc = _mm256_cvtepu8_epi16(_mm_set1_epi64x((long long)(sc_lo | (uint64_t)sc_hi << 32)));
+        const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(m_lo | (uint64_t)m_hi << 32))));
+        const __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)smm_ld32(b))); /* d, dmin, d, dmin ... */
+        k->d = _mm256_permute_ps(dm, 0x00);
+        k->mins = _mm256_mul_ps(_mm256_permute_ps(dm, 0x55), mins);
     } else if (type == SMM_Q6_K) {
-        k->d = smm_f16(b + 208);
-        _mm256_storeu_si256((__m256i*)k->sc, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(b + 192))));
+        const __m128i raw = _mm_loadu_si128((const __m128i*)(b + 192));
+        const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        k->sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(raw, even_odd));
+        k->off = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(raw), _mm256_set1_epi16(-32));
+        k->d = _mm256_set1_ps(smm_f16(b + 208));
     } else { /* Q8_K */
-        memcpy(&k->d, b, 4);
+        float d;
+        memcpy(&d, b, 4);
+        k->d = _mm256_set1_ps(d);
+        k->sc = _mm256_set1_epi16(1);
     }
 }
 
-/* Codes of sub-block s (elements 32s..32s+32) of a K block, as unsigned bytes (signed
- * for Q8_K), and the int16 multipliers madd applies to the 16 pair sums. */
-SMM_INLINE __m256i smm_ksub_avx2(const int type, const uint8_t* b, const int s, const smm_kblock* k,
-                                 __m256i* scale)
+/* The int16 multipliers madd applies to the 16 pair sums of sub-block s: one in-lane byte
+ * shuffle of the decoded scales (a broadcast from a general-purpose register took three
+ * operations). */
+SMM_INLINE __m256i smm_kscale(const smm_kblock* k, const int s)
 {
+    return _mm256_shuffle_epi8(k->sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * s)));
+}
+
+/* Codes of sub-block s (elements 32s..32s+32) of a K block, as unsigned bytes (signed
+ * for Q8_K). The loads are memory operands of the shifts and masks. */
+SMM_INLINE __m256i smm_ksub_avx2(const int type, const uint8_t* b, const int s)
+{
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
     if (type == SMM_Q4_K || type == SMM_Q5_K) {
         const uint8_t* qs = b + (type == SMM_Q5_K ? 48 : 16) + 32 * (s / 2);
         __m256i v = _mm256_loadu_si256((const __m256i*)qs);
         if (s & 1) v = _mm256_srli_epi16(v, 4);
-        v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-        if (type == SMM_Q5_K) {
+        v = _mm256_and_si256(v, lo4);
+        if (type == SMM_Q5_K) { /* bit s of qh[l] -> bit 4 */
             __m256i h = _mm256_loadu_si256((const __m256i*)(b + 16));
-            h = s <= 4 ? _mm256_slli_epi16(h, 4 - s) : _mm256_srli_epi16(h, s - 4);
+            if (s != 4) h = s < 4 ? _mm256_slli_epi16(h, 4 - s) : _mm256_srli_epi16(h, s - 4);
             v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
         }
-        *scale = _mm256_set1_epi16(k->sc[s]);
         return v;
     } else if (type == SMM_Q6_K) {
         const int h = s / 4, kk = s % 4;
         __m256i lo = _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32 * (kk & 1)));
         if (kk >= 2) lo = _mm256_srli_epi16(lo, 4);
-        lo = _mm256_and_si256(lo, _mm256_set1_epi8(0x0F));
+        lo = _mm256_and_si256(lo, lo4);
         __m256i hi = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h));
         /* the 2 bits at 2kk, moved to bits 4-5 */
-        hi = 2 * kk <= 4 ? _mm256_slli_epi16(hi, 4 - 2 * kk) : _mm256_srli_epi16(hi, 2 * kk - 4);
+        if (kk != 2) hi = kk < 2 ? _mm256_slli_epi16(hi, 4 - 2 * kk) : _mm256_srli_epi16(hi, 2 * kk - 4);
         hi = _mm256_and_si256(hi, _mm256_set1_epi8(0x30));
-        *scale = _mm256_set_m128i(_mm_set1_epi16(k->sc[2 * s + 1]), _mm_set1_epi16(k->sc[2 * s]));
         return _mm256_or_si256(lo, hi);
     } else {
-        *scale = _mm256_set1_epi16(1);
         return _mm256_loadu_si256((const __m256i*)(b + 4 + 32 * s));
     }
 }
 
+/* Pins v to a register at this point of the program. Without it GCC reassociated the
+ * sums over the 8 sub-blocks of a block: it computed all the products first, spilled them
+ * (32 ymm for a 2 x 4 tile; AVX2 has 16 registers) and added them up afterwards, which
+ * cost a store and a load per product (with the other changes of that commit, K-quant
+ * tiles of n >= 4 rows ran 1.1-1.3x faster on Zen 3, n = 1 1.1-1.25x). */
+#define SMM_PIN(v) __asm__("" : "+x"(v))
+
+/*
+ * Tile of R weight rows x C activation rows over the 256-element blocks. Per block and
+ * row the scales are decoded once; per sub-block of 32 and row the codes are unpacked once
+ * and used by the C activation rows (read from memory as operands of maddubs, so that
+ * only the R x C integer sums, one row's codes and its scales occupy registers). maddubs
+ * forms int16 pair sums, madd applies the sub-block's int16 scales and adds pairs into
+ * int32, so a block costs one int -> float conversion, multiply and FMA per (row,
+ * activation row). Q6_K's code offset of 32 starts the integer sums at -32 * sum(scale *
+ * activation sum) (one madd). The mins of Q4_K/Q5_K are one more FMA: dmin * mins (8
+ * floats, per block and row) against the activations' d * sums per 32 (xs, per block and
+ * activation row); an exact integer madd of mins and sums took four operations per pair.
+ * Every (r, c) pair goes through the same integer sums and per-lane float operations
+ * whatever R and C are, so a row's result does not depend on how many activation rows
+ * share the call.
+ */
 SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
                                  const uint8_t* w, ptrdiff_t wstride,
                                  const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
@@ -323,11 +363,10 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
 {
     const ptrdiff_t nb = cols / 256;
     const int bb = smm_block_bytes(type);
+    const int has_min = type == SMM_Q4_K || type == SMM_Q5_K;
     __m256 acc[4][4];
-    __m128 accm[4][4]; /* the mins' terms (Q4_K, Q5_K) */
     smm_actk a[4];
     SMM_TILE_START(a, smm_actk_at, acc, _mm256_setzero_ps())
-    SMM_TILE_START(a, smm_actk_at, accm, _mm_setzero_ps())
 
     for (ptrdiff_t b = 0; b < nb; b++) {
         smm_kblock kb[4];
@@ -335,59 +374,45 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             smm_kblock_decode(type, w + r * wstride + b * bb, &kb[r]);
-        }
-        smm_prefetch_next_tile(w, R, wstride, b * R * bb, R * bb);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-            for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int s = 0; s < 8; s++) {
-            __m256i wq[4], sc[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                wq[r] = smm_ksub_avx2(type, w + r * wstride + b * bb, s, &kb[r], &sc[r]);
-            }
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i*)(a[c].q + 256 * b + 32 * s));
+                if (type == SMM_Q6_K)
+                    isum[r][c] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)(a[c].bsum + 16 * b)), kb[r].off);
+                else isum[r][c] = _mm256_setzero_si256();
+            }
+        }
+        smm_prefetch_next_tile(w, R, wstride, b * R * bb, R * bb);
+#pragma GCC unroll 8
+        for (int s = 0; s < 8; s++) {
 #pragma GCC unroll 4
-                for (int r = 0; r < R; r++) {
+            for (int r = 0; r < R; r++) {
+                const __m256i wq = smm_ksub_avx2(type, w + r * wstride + b * bb, s);
+                const __m256i sc = smm_kscale(&kb[r], s);
+#pragma GCC unroll 4
+                for (int c = 0; c < C; c++) {
+                    const __m256i xv = _mm256_loadu_si256((const __m256i*)(a[c].q + 256 * b + 32 * s));
                     __m256i p16;
-                    if (type == SMM_Q8_K)
-                        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(xv, wq[r]));
-                    else
-                        p16 = _mm256_maddubs_epi16(wq[r], xv);
-                    isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(p16, sc[r]));
+                    if (type == SMM_Q8_K) p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq));
+                    else p16 = _mm256_maddubs_epi16(wq, xv);
+                    isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(p16, sc));
+                    SMM_PIN(isum[r][c]);
                 }
             }
         }
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i*)(a[c].bsum + 16 * b));
-            const float dx = a[c].d[b];
+            const __m256 dx = _mm256_broadcast_ss(a[c].d + b);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                __m256i is = isum[r][c];
-                if (type == SMM_Q6_K) {
-                    /* codes carry +32: subtract 32 * sum_i sc_i * bsum_i */
-                    __m256i sc16 = _mm256_loadu_si256((const __m256i*)kb[r].sc);
-                    is = _mm256_sub_epi32(is, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
-                }
-                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(kb[r].d * dx), acc[r][c]);
-                if (type == SMM_Q4_K || type == SMM_Q5_K) {
-                    const __m128i bsp = _mm_loadu_si128((const __m128i*)(a[c].bsp + 8 * b));
-                    __m128 mn = _mm_cvtepi32_ps(_mm_madd_epi16(bsp, kb[r].mins));
-                    accm[r][c] = _mm_fnmadd_ps(mn, _mm_set1_ps(kb[r].dmin * dx), accm[r][c]);
-                }
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_mul_ps(kb[r].d, dx), acc[r][c]);
+                if (has_min) acc[r][c] = _mm256_fnmadd_ps(kb[r].mins, _mm256_loadu_ps(a[c].xs + 8 * b), acc[r][c]);
             }
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++)
-            out[r][c] = smm_hsum8(_mm256_add_ps(acc[r][c], _mm256_set_m128(_mm_setzero_ps(), accm[r][c])));
+        for (int c = 0; c < C; c++) out[r][c] = smm_hsum8(acc[r][c]);
 }
 
 /* ------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ static inline __attribute__((always_inline)) void smm_store_tile(const smm_job* 
 }
 
 #include "_matmul_q512.h"
+#include "_matmul_qk.h"
 
 
 static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t n)
@@ -207,10 +208,6 @@ static void smm_q_tile_avx2(int type, int R, int C, const uint8_t* w, ptrdiff_t 
     case SMM_Q5_0: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q5_0, w, ws, a, as, cols, out); break;
     case SMM_Q5_1: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q5_1, w, ws, a, as, cols, out); break;
     case SMM_Q8_0: SMM_TILE_CASES(smm_q32_tile_avx2, SMM_Q8_0, w, ws, a, as, cols, out); break;
-    case SMM_Q4_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q4_K, w, ws, a, as, cols, out); break;
-    case SMM_Q5_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q5_K, w, ws, a, as, cols, out); break;
-    case SMM_Q6_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q6_K, w, ws, a, as, cols, out); break;
-    case SMM_Q8_K: SMM_TILE_CASES(smm_qk_tile_avx2, SMM_Q8_K, w, ws, a, as, cols, out); break;
     }
 }
 
@@ -225,6 +222,10 @@ static void smm_q_tile(const smm_job* j, int R, int C, ptrdiff_t r, ptrdiff_t t,
 /* Rows [r0, r1) of a plain W against all activation rows of job j, with the AVX2 kernels. */
 static void smm_quant_rows_avx2(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
+    if (smm_family(j->type) == SMM_FAMILY_QK) {
+        smm_qk_rows(j, r0, r1, act, astride);
+        return;
+    }
     if (j->n == 1) {
         ptrdiff_t r = r0;
         for (; r + 4 <= r1; r += 4) smm_q_tile(j, 4, 1, r, 0, act, astride);

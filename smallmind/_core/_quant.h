@@ -241,7 +241,8 @@ static void smm_dequant_row(int type, const uint8_t* data, ptrdiff_t cols, float
  *
  * QK layout (blocks of 256, nbk = cols/256): int8 q[cols] | float d[nbk] |
  * int16 bsum[cols/16] (sums of q over each 16 elements, for K-quant mins and offsets) |
- * int16 bsp[cols/32] (sums over each 32 elements: the sub-blocks of Q4_K/Q5_K).
+ * int16 bsp[cols/32] (sums over each 32 elements: the sub-blocks of Q4_K/Q5_K) |
+ * float xs[cols/32] (d * bsp: the AVX2 kernels apply a block's 8 mins with one FMA).
  * ---------------------------------------------------------------------------------- */
 
 static inline ptrdiff_t smm_round64(ptrdiff_t v) { return (v + 63) & ~(ptrdiff_t)63; }
@@ -252,7 +253,7 @@ static inline ptrdiff_t smm_act32_qbytes(ptrdiff_t cols) { return (cols / 32 + 1
 static inline ptrdiff_t smm_act_stride(int family, ptrdiff_t cols)
 {
     if (family == SMM_FAMILY_Q32) return smm_round64(2 * smm_act32_qbytes(cols) + 12 * (cols / 32));
-    if (family == SMM_FAMILY_QK) return smm_round64(cols + 4 * (cols / 256) + 2 * (cols / 16) + 2 * (cols / 32));
+    if (family == SMM_FAMILY_QK) return smm_round64(cols + 4 * (cols / 256) + 2 * (cols / 16) + 6 * (cols / 32));
     return 0;
 }
 
@@ -364,6 +365,7 @@ static void smm_quantize_act_qk(const float* x, ptrdiff_t cols, uint8_t* dst)
     float* dd = (float*)(dst + cols);
     int16_t* bsum = (int16_t*)(dd + nb);
     int16_t* bsp = bsum + cols / 16;
+    float* xs = (float*)(bsp + cols / 32);
     for (ptrdiff_t b = 0; b < nb; b++) {
         const float* xb = x + 256 * b;
         float amax = 0.0f;
@@ -386,6 +388,7 @@ static void smm_quantize_act_qk(const float* x, ptrdiff_t cols, uint8_t* dst)
             bsum[16 * b + 2 * j] = (int16_t)_mm_cvtsi128_si32(lo);
             bsum[16 * b + 2 * j + 1] = (int16_t)_mm_extract_epi32(lo, 1);
             bsp[8 * b + j] = (int16_t)(bsum[16 * b + 2 * j] + bsum[16 * b + 2 * j + 1]);
+            xs[8 * b + j] = d * (float)bsp[8 * b + j];
         }
         dd[b] = d;
     }
