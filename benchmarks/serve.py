@@ -32,7 +32,9 @@ seed, end-of-text tokens banned through ``logit_bias`` so every answer has ``max
 tokens). Measured per request, on the client: time to first token (request sent -> first text
 chunk) and the gaps between later chunks (inter-token latency); per run: aggregate tokens/s =
 completion tokens of all requests / wall time from the first request to the last answer, and
-errors (non-200 answers, broken streams, timeouts). Prints a markdown table, writes JSON
+errors (non-200 answers, broken streams, timeouts); and the CPU time per completion token of the
+server process (all its threads, spinning ones included) and of this client process, which runs
+on the same cores: figures a loaded machine distorts less than rates. Prints a markdown table, writes JSON
 (default benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
 After the table it prints the ratios the serving goals are stated in (8 clients against one
 client of smallmind, against llama-server and against llama-cpp-python; p99 TTFT at 32 clients).
@@ -83,6 +85,8 @@ COLUMNS = [
     "ttft_p99_ms",
     "itl_p50_ms",
     "itl_p99_ms",
+    "server_cpu_ms_per_tok",
+    "client_cpu_ms_per_tok",
     "load_1min",
 ]
 
@@ -222,7 +226,17 @@ def stream_one(client: httpx.Client, url: str, body: dict) -> dict:
     }
 
 
-def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[int]) -> dict:
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[int],
+             server_pid: int | None = None) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
 
@@ -243,13 +257,18 @@ def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[in
                     results.append(out)
 
     threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(n_clients)]
+    server_cpu0 = process_cpu_s(server_pid) if server_pid else None
+    client_cpu0 = sum(os.times()[:2])
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join(REQUEST_S * args.requests + 60)
     wall = time.perf_counter() - t0
+    client_cpu = sum(os.times()[:2]) - client_cpu0
+    server_cpu1 = process_cpu_s(server_pid) if server_pid else None
     ok = [r for r in results if "error" not in r]
+    tokens = sum(r["tokens"] for r in ok)
     errors = [r["error"] for r in results if "error" in r] + ["client still running"] * sum(
         t.is_alive() for t in threads
     )
@@ -261,12 +280,15 @@ def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[in
         "requests": len(results),
         "errors": len(errors),
         "error_samples": errors[:3],
-        "tok_per_s": sum(r["tokens"] for r in ok) / wall if ok else 0.0,
+        "tok_per_s": tokens / wall if ok else 0.0,
         "wall_s": wall,
         "ttft_p50_ms": _pct(ttft, 50) * 1e3,
         "ttft_p99_ms": _pct(ttft, 99) * 1e3,
         "itl_p50_ms": _pct(gaps, 50) * 1e3,
         "itl_p99_ms": _pct(gaps, 99) * 1e3,
+        "server_cpu_ms_per_tok": (server_cpu1 - server_cpu0) / tokens * 1e3
+        if tokens and server_cpu0 is not None and server_cpu1 is not None else float("nan"),
+        "client_cpu_ms_per_tok": client_cpu / tokens * 1e3 if tokens else float("nan"),
     }
 
 
@@ -302,7 +324,7 @@ def bench_server(name: str, args: argparse.Namespace, banned: list[int]) -> list
         with httpx.Client() as client:  # warm-up: first-request costs stay out of the figures
             stream_one(client, url, {"prompt": "Hello", "max_tokens": 8, "stream": True})
         for n in args.clients:
-            row = {"server": name, **run_load(url, n, args, banned)}
+            row = {"server": name, **run_load(url, n, args, banned, proc.pid)}
             print(
                 f"{name:>16}  {n:>3} clients: {row['tok_per_s']:8.1f} tok/s, TTFT p50 "
                 f"{row['ttft_p50_ms']:8.0f} ms, errors {row['errors']}",

@@ -3,9 +3,11 @@ response, or its stream chunks; with the tool calls a reply makes and each token
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
+from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from ._backend import Emitted
@@ -16,9 +18,17 @@ from .scheduler import Event, Failed, Finished
 if TYPE_CHECKING:  # pragma: no cover
     from ..structured.tools import ToolPlan
 
-__all__ = ["Body", "Run"]
+__all__ = ["Body", "Run", "sse_data"]
 
 Body = ChatCompletionRequest | CompletionRequest
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per json.dumps call
+_MARK = "\x00"  # stands for a chunk's text in the template of a text chunk
+
+
+def sse_data(obj: dict[str, Any]) -> str:
+    """One server-sent event carrying ``obj`` as compact JSON."""
+    return f"data: {_JSON.encode(obj)}\n\n"
 
 # A call reply is {"name": ..., "arguments": {...}} (the schema lists name first, and the
 # grammar keeps that order): once its head is there, the rest up to the last "}" is arguments.
@@ -113,10 +123,29 @@ class Run:
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n_choices)]
         self.unsent = [0] * n_choices  # logprobs not yet in a stream chunk
         self.offsets = [0] * n_choices  # characters of the tokens already in a chunk (text_offset)
+        # A plain text chunk (no logprobs, no tool call) is its choice's serialised template
+        # around the text's JSON string: all a streamed token costs.
+        self.templates: list[tuple[str, str] | None] | None = (
+            [None] * n_choices if self.calls is None and texts is None else None)
 
     @property
     def done(self) -> bool:
         return self.left == 0
+
+    def sse(self, index: int, event: Event) -> str:
+        """Record ``event``; returns the server-sent events of the stream chunks it makes."""
+        templates = self.templates
+        if templates is None or not isinstance(event, Emitted):
+            return "".join([sse_data(chunk) for chunk in self.add(index, event)])
+        self.texts[index].append(event.text)
+        if not event.text:
+            return ""
+        template = templates[index]
+        if template is None:
+            delta = {"content": _MARK} if self.chat else {"text": _MARK}
+            head, _, tail = sse_data(self._chunk(index, delta, None)).rpartition(encode_basestring(_MARK))
+            template = templates[index] = head, tail
+        return template[0] + encode_basestring(event.text) + template[1]
 
     def add(self, index: int, event: Event) -> list[dict[str, Any]]:
         """Record ``event``; returns the stream chunks it makes."""

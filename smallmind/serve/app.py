@@ -34,8 +34,9 @@ from ._protocol import (
     echo_texts,
     error_param,
 )
-from ._response import Body, Run
-from .scheduler import Event, Handle, QueueFullError, Scheduler
+from ._relay import Mailbox, Relays
+from ._response import Body, Run, sse_data
+from .scheduler import Handle, QueueFullError, Scheduler
 
 __all__ = ["create_app"]
 
@@ -81,6 +82,7 @@ def create_app(
     )
     holder: dict[str, Scheduler] = {}
     metrics = ServeMetrics(running=lambda: holder["s"].running, waiting=lambda: holder["s"].waiting)
+    relays = Relays()
     scheduler = Scheduler(
         backend,
         parallel=parallel,
@@ -89,9 +91,10 @@ def create_app(
         timeout=timeout,
         queue_timeout=queue_timeout,
         metrics=metrics,
+        flush=relays.flush,
     ).start()
     holder["s"] = scheduler
-    served = _Server(backend, scheduler, limits, model_id or backend.model_id)
+    served = _Server(backend, scheduler, relays, limits, model_id or backend.model_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -172,21 +175,21 @@ def create_app(
 class _Server:
     """Runs one API request: submits its choices, then answers in one body or as SSE."""
 
-    def __init__(self, backend: Backend, scheduler: Scheduler, limits: Limits, model_id: str):
+    def __init__(self, backend: Backend, scheduler: Scheduler, relays: Relays, limits: Limits, model_id: str):
         self.backend = backend
         self.scheduler = scheduler
+        self.relays = relays
         self.limits = limits
         self.model_id = model_id
         self.created = int(time.time())
 
     async def complete(self, body: Body, http: HttpRequest) -> Response:
         requests, plan = await asyncio.to_thread(build_requests, body, self.backend, self.limits)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        mailbox = self.relays.mailbox()
         handles: list[Handle] = []
         try:
             for index, req in enumerate(requests):
-                handles.append(self.scheduler.submit(req, _sink(loop, queue, index)))
+                handles.append(self.scheduler.submit(req, mailbox.sink(index)))
         except QueueFullError as exc:
             self._cancel(handles)
             raise ApiError(
@@ -204,18 +207,15 @@ class _Server:
         run = Run(body, self.model_id, len(handles), [len(r.prompt) for r in requests], plan, texts, echo)
         if body.stream:
             return StreamingResponse(
-                self._sse(run, queue, handles),
+                self._sse(run, mailbox, handles),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
             next_check = time.monotonic() + _POLL_S
             while not run.done:
-                try:
-                    index, event = await asyncio.wait_for(queue.get(), _POLL_S)
+                for index, event in await mailbox.take(_POLL_S):
                     run.add(index, event)
-                except asyncio.TimeoutError:
-                    pass
                 if time.monotonic() >= next_check:  # events may flow while nobody listens any more
                     if await http.is_disconnected():
                         return Response(status_code=499)
@@ -225,26 +225,27 @@ class _Server:
         run.raise_failure()
         return JSONResponse(run.response())
 
-    async def _sse(
-        self, run: Run, queue: asyncio.Queue[tuple[int, Event]], handles: list[Handle]
-    ) -> AsyncIterator[str]:
+    async def _sse(self, run: Run, mailbox: Mailbox, handles: list[Handle]) -> AsyncIterator[str]:
+        """The stream's chunks: every event that has arrived goes out in one write."""
         try:
-            for chunk in run.opening_chunks():
-                yield _data(chunk)
+            opening = "".join([sse_data(chunk) for chunk in run.opening_chunks()])
+            if opening:
+                yield opening
             while not run.done:
-                try:
-                    index, event = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
-                except asyncio.TimeoutError:
+                events = await mailbox.take(_KEEPALIVE_S)
+                if not events:
                     yield ": keep-alive\n\n"  # also finds out when the client has gone
                     continue
-                for piece in run.add(index, event):
-                    yield _data(piece)
-            failure = run.failure()
-            if failure is not None:
-                yield _data(failure.body())
-            elif run.include_usage:
-                yield _data(run.usage_chunk())
-            yield "data: [DONE]\n\n"
+                text = "".join([run.sse(index, event) for index, event in events])
+                if run.done:
+                    failure = run.failure()
+                    if failure is not None:
+                        text += sse_data(failure.body())
+                    elif run.include_usage:
+                        text += sse_data(run.usage_chunk())
+                    text += "data: [DONE]\n\n"
+                if text:
+                    yield text
         finally:  # normal end, or the client disconnected and the response was cancelled
             self._cancel(handles)
 
@@ -253,20 +254,6 @@ class _Server:
             h.cancel()
         if handles:
             self.scheduler.wake()
-
-
-def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event]], index: int):
-    def sink(event: Event) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (index, event))
-        except RuntimeError:  # the event loop has closed: nobody is listening any more
-            pass
-
-    return sink
-
-
-def _data(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 class _Guard:

@@ -11,7 +11,8 @@ prompt) and runs only the rest. The waiting queue is bounded: :meth:`Scheduler.s
 
 Everything the engine thread reports goes through the request's ``sink`` callback, called on
 the engine thread: one :class:`~smallmind.serve._backend.Emitted` per produced text, then a
-:class:`Finished` (or a :class:`Failed`).
+:class:`Finished` (or a :class:`Failed`). After each round of sink calls (a step's events) it
+calls ``flush``, if given, so sinks may buffer events and hand a whole step over at once.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class Scheduler:
         queue_timeout: float | None = None,
         metrics: Metrics | None = None,
         step: Callable[[Sequence[tuple[Slot, int]]], list] = run_step,
+        flush: Callable[[], None] | None = None,
     ):
         for name, value in (("parallel", parallel), ("prefill_chunk", prefill_chunk)):
             if int(value) < 1:
@@ -120,6 +122,7 @@ class Scheduler:
         self.queue_timeout = min(float(queue_timeout or timeout), self.timeout)
         self.metrics = metrics
         self._step = step
+        self._flush = flush
         self._slots: list[Slot] = []  # created on first use: each holds a full KV cache
         self._free: list[Slot] = []  # least recently used first
         self._running: list[Handle] = []
@@ -190,9 +193,11 @@ class Scheduler:
                     self._drop_finished_waiting()
                     self._admit()
                     if not self._running:
+                        self._flush_events()  # of the requests dropped above
                         self._cond.wait(timeout=self._next_deadline_in())
                         continue
                 self._run_one_step()
+                self._flush_events()
         except BaseException as exc:  # report it to every request rather than leave them hanging
             self.error = exc
             raise
@@ -203,8 +208,16 @@ class Scheduler:
                 self._waiting.clear()
             for h in left:
                 self._end(h, Failed(self.error) if self.error else self._finished(h, "cancelled"))
+            self._flush_events()
             for slot in self._slots:
                 slot.close()
+
+    def _flush_events(self) -> None:
+        if self._flush is not None:
+            try:
+                self._flush()
+            except Exception as exc:  # noqa: BLE001  as for a sink: the engine thread goes on
+                _log.warning("dropping events: flush raised %r", exc)
 
     def _next_deadline_in(self) -> float | None:
         if not self._waiting:
@@ -289,8 +302,9 @@ class Scheduler:
                     h.first_token_at = time.monotonic()
                     if self.metrics is not None:
                         self.metrics.first_token(h.first_token_at - h.t_submit)
-            if result.text or result.token is not None:
-                self._send(h, Emitted(result.token, result.text, logprob=result.logprob))
+            if result.text or result.token is not None:  # the finish reason goes in Finished
+                last = result.finish_reason is not None
+                self._send(h, Emitted(result.token, result.text, logprob=result.logprob) if last else result)
             if result.finish_reason is not None:
                 self._release(h, result.finish_reason)
 
