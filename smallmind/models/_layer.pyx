@@ -25,7 +25,7 @@ from cpython.object cimport PyObject
 from libc.string cimport memcmp, memcpy
 
 cdef extern from "Python.h":
-    ctypedef struct PyListObject:
+    ctypedef struct PyTupleObject:
         PyObject** ob_item
 
 cdef extern from "<time.h>" nogil:
@@ -426,16 +426,19 @@ def run_batch(Steps steps, list layers, Workspace ws, list caches, const Py_ssiz
 cdef _run(Steps steps, list layers, Workspace ws, int n_segs, Py_ssize_t n_packed, int n_threads,
           cnp.ndarray timings, Py_ssize_t only):
     """The layers over the segments already in ws.segs[:n_segs]."""
-    cdef Py_ssize_t i, n_layer = len(layers)
+    # A tuple of the layers holds a reference to each for the whole call, so the GIL-free
+    # loop below can read them even if another thread edits the list meanwhile.
+    cdef tuple held = tuple(layers)
+    cdef Py_ssize_t i, n_layer = len(held)
     cdef Py_ssize_t first = only if only >= 0 else 0, end = only + 1 if only >= 0 else n_layer
     cdef double* timing = NULL
-    cdef PyObject** items = (<PyListObject*>layers).ob_item
+    cdef PyObject** items = (<PyTupleObject*>held).ob_item
     cdef Call c
     if n_layer != ws.n_layer:
         raise ShapeError(f"{n_layer} layers for a workspace of {ws.n_layer}")
     for i in range(n_layer):
-        if not isinstance(layers[i], Layer):
-            raise TypeError(f"layers[{i}] is a {type(layers[i]).__name__}, not a Layer")
+        if not isinstance(held[i], Layer):
+            raise TypeError(f"layers[{i}] is a {type(held[i]).__name__}, not a Layer")
     if timings is not None:
         if timings.dtype != np.float64 or not timings.flags.c_contiguous \
                 or timings.size != n_layer * (1 + steps.n):
@@ -449,9 +452,7 @@ cdef _run(Steps steps, list layers, Workspace ws, int n_segs, Py_ssize_t n_packe
     c.n = ws.segs[n_segs - 1].row0 + ws.segs[n_segs - 1].n
     c.n_packed = n_packed
     c.n_threads = n_threads
-    # One GIL release for all the layers (per layer it cost ~1-2 us, 30-50 us a token). The
-    # list's items are borrowed: `layers` is the model's own list, built once, and the caller
-    # holds it for the call.
+    # One GIL release for all the layers (per layer it cost ~1-2 us, 30-50 us a token).
     with nogil:
         for i in range(first, end):
             c.layer = <int> i
