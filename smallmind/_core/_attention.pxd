@@ -16,6 +16,10 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
                     int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,
                     float* out, Py_ssize_t ldo, float* scratch, int n_threads) noexcept nogil
 cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noexcept nogil
+# Whether a call of n_q rows at pos0 runs on the calling thread alone whatever n_threads is
+# (too little work to gain from the pool).
+cdef bint attention_single_threaded(Py_ssize_t n_q, Py_ssize_t pos0, int n_head,
+                                    int head_dim) noexcept nogil
 
 # Rotate x in place: n_rows rows (ldx floats apart) of n_heads heads of head_dim values,
 # row i at position pos0 + i * pos_step (pos_step 0 rotates every row by the same angle,

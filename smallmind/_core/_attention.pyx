@@ -125,6 +125,11 @@ cdef void _run_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
                       min(job.sub, (h0 // job.group + 1) * job.group - h0), row)
 
 
+cdef bint attention_single_threaded(Py_ssize_t n_q, Py_ssize_t pos0, int n_head,
+                                    int head_dim) noexcept nogil:
+    return <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_THREADED_WORK
+
+
 cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
                     const float* k, const float* v, Py_ssize_t head_stride, Py_ssize_t pos0,
                     int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,
@@ -138,7 +143,7 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     job.pos0, job.n_q, job.n_kv_head, job.head_dim = pos0, n_q, n_kv_head, head_dim
     job.scale, job.window, job.out, job.ldo, job.scratch = scale, window, out, ldo, scratch
     job.group = n_head // n_kv_head
-    if lanes <= 1 or <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_THREADED_WORK:
+    if lanes <= 1 or attention_single_threaded(n_q, pos0, n_head, head_dim):
         for i in range(n_q):
             for j in range(n_kv_head):
                 _attend_heads(&job, i, j * job.group, job.group, scratch)

@@ -37,9 +37,10 @@ cdef extern from "<time.h>" nogil:
     int CLOCK_MONOTONIC
 
 from smallmind._core._attention cimport (attention as attention_kernel, attention_scratch_floats,
+                                         attention_single_threaded,
                                          rope_angles, rope_rotate)
 from smallmind._core._elementwise cimport add, scale
-from smallmind._core._matmul cimport Weight, get_row, matmul_scratch_bytes, packed_min_rows
+from smallmind._core._matmul cimport Weight, get_row, matmul_scratch_bytes, packed_min_rows, parallel_chunks
 
 from smallmind.errors import ShapeError
 
@@ -312,24 +313,80 @@ cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil
                 L.n_rot, ws.rope_cs, ws.rope_sn, L.neox)
 
 
+cdef extern from *:
+    """
+    static inline Py_ssize_t smm_layer_claim(Py_ssize_t* next) { return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED); }
+    """
+    Py_ssize_t smm_layer_claim(Py_ssize_t* next) noexcept nogil
+
+
+cdef inline bint _one_thread(Workspace ws, const Segment* seg) noexcept nogil:
+    return attention_single_threaded(seg.n, seg.pos0, ws.n_head, ws.head_dim)
+
+
+cdef void _attend(Workspace ws, Layer L, const Call* c, const Segment* seg, float* scratch,
+                  int n_threads) noexcept nogil:
+    cdef Py_ssize_t head_stride = seg.capacity * ws.head_dim
+    cdef Py_ssize_t off = c.layer * ws.n_kv_head * head_stride
+    attention_kernel(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, seg.k_cache + off,
+                     seg.v_cache + off, head_stride, seg.pos0, ws.n_head, ws.n_kv_head,
+                     ws.head_dim, L.attn_scale, L.window, ws.att + seg.row0 * ws.q_dim, ws.q_dim,
+                     scratch, n_threads)
+
+
+# The one-thread segments of a batched call, shared out over the pool (see attention).
+cdef struct _SegmentsJob:
+    void* ws
+    void* layer
+    const Call* c
+    Py_ssize_t row_floats  # each lane's score row in att_scratch
+    Py_ssize_t next        # next segment to claim
+
+
+cdef void _attend_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
+    cdef _SegmentsJob* job = <_SegmentsJob*>arg
+    cdef Py_ssize_t i
+    while True:
+        i = smm_layer_claim(&job.next)
+        if i >= job.c.n_segs:
+            return
+        if _one_thread(<Workspace>job.ws, &job.c.segs[i]):
+            _attend(<Workspace>job.ws, <Layer>job.layer, job.c, &job.c.segs[i],
+                    (<Workspace>job.ws).att_scratch + lane * job.row_floats, 1)
+
+
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil:
     """att = softmax(q K^T * scale) V over each segment's cached positions (causal, windowed)."""
-    cdef Py_ssize_t head_stride, off, rows
+    cdef Py_ssize_t rows, longest = 0, n_small = 0
     cdef const Segment* seg
-    cdef int i
+    cdef _SegmentsJob job
+    cdef int i, lanes
     for i in range(c.n_segs):
         seg = &c.segs[i]
-        head_stride = seg.capacity * ws.head_dim
-        off = c.layer * ws.n_kv_head * head_stride
+        if _one_thread(ws, seg):
+            n_small += 1
+            longest = max(longest, seg.pos0 + seg.n)
+            continue
         # A sequence's own att_scratch holds one score row of its whole cache: attention
         # gets as many threads as rows of the current length fit in it (all of them until
         # it is half full). A batch's scratch holds at least that, so a segment's threads,
         # and with them its result, are those it gets alone.
         rows = attention_scratch_floats(seg.capacity, 1) // attention_scratch_floats(seg.pos0 + seg.n, 1)
-        attention_kernel(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, seg.k_cache + off,
-                         seg.v_cache + off, head_stride, seg.pos0, ws.n_head, ws.n_kv_head,
-                         ws.head_dim, L.attn_scale, L.window, ws.att + seg.row0 * ws.q_dim, ws.q_dim,
-                         ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
+        _attend(ws, L, c, seg, ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
+    if n_small == 0:
+        return
+    # Segments too small to gain from threads alone (decode at short contexts) run on one
+    # thread each, as they would alone (same result), but side by side: in a batch of 8 such
+    # sequences the second core otherwise idles through all their attention.
+    job.row_floats = attention_scratch_floats(longest, 1)
+    lanes = <int>min(<Py_ssize_t>c.n_threads, n_small)
+    if lanes > 1 and lanes * job.row_floats > attention_scratch_floats(ws.capacity, 1):
+        lanes = 1
+    job.ws, job.layer, job.c, job.next = <void*>ws, <void*>L, c, 0
+    if lanes > 1:
+        parallel_chunks(lanes, lanes, _attend_lane, &job)
+    else:
+        _attend_lane(&job, 0)
 
 
 # The pre-norm residual matmuls of GPT-2 and Llama (a bias only where the layer has one).
