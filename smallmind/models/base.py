@@ -148,7 +148,11 @@ class DecoderModel:
         if int(np.prod(t.shape)) != n:
             raise ModelFormatError(f"expected {n} values, found shape {tuple(t.shape)}", key=name)
         if t.type == GGMLType.F32:
-            return np.ascontiguousarray(t.data, dtype=np.float32).reshape(n)
+            # A copy, not a view of the file map: the file pages of repacked matrices are
+            # released after the repack (Weight), and every read of a norm from the map
+            # faulted its neighbours back in too (the kernel maps up to 64 KiB around a fault):
+            # ~29 MB of SmolLM2's file became resident again in the first forward pass.
+            return np.array(t.data, dtype=np.float32, copy=True).reshape(n)
         # Norm weights and biases are tiny: a float32 copy costs nothing and keeps the
         # block kernels to one vector type.
         return Weight(int(t.type), (1, n), t.data).dequantize().reshape(n)
