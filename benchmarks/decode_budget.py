@@ -16,7 +16,8 @@ prompt (end-of-text banned, so every run decodes the same count), best of N runs
   column (attention, rope, kv_store, norms, activation, sampling ...);
 * ``rest us``: the unprofiled decode time less every timed op, i.e. what no op covers: the
   Python of the decode loop and of ``forward``, and the gaps between layers. The profile's
-  own ``python.forward`` row is left out: it also holds the profiler's bookkeeping.
+  ``python.forward`` and ``profiler`` rows are left out: the first is that same Python, the
+  second the profiler's own bookkeeping, which an unprofiled run does not have.
 
 Then the thread scaling: decode time at one thread over decode time at each thread count,
 beside the same ratio of this machine's read bandwidth (benchmarks/roofline.py's read loop,
@@ -39,6 +40,8 @@ DEFAULT_MODELS = "SmolLM2-135M-Instruct Q4_1,Gemma 3 270M Q4_K_M"
 # Ops reported in their own column, in this order (any other non-matmul op goes to "other us").
 OWN_COLUMNS = ("attention", "rope", "kv_store", "activation", "sampling")
 MATMUL_OPS = ("lm_head",)
+# Profile rows that are not ops of an unprofiled decode (see "rest us" above).
+NOT_OPS = ("python.forward", "profiler")
 
 
 def _is_matmul(op: str) -> bool:
@@ -65,7 +68,7 @@ def budget(engine, threads: int, runs: int, n_new: int) -> dict:
         with profile(track_alloc=False) as prof:
             generate()
         ops = {row["name"]: row["total_ms"] / n_new * 1e3 for row in prof.summary()
-               if row["name"] != "python.forward"}
+               if row["name"] not in NOT_OPS}
         if not per_op or sum(ops.values()) < sum(per_op.values()):
             per_op = ops
     row = {"threads": threads, "decode us": decode_us,
