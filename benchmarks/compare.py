@@ -22,9 +22,11 @@ prefill, and from the first sampled token to the end); llama.cpp is driven throu
 low-level ctypes API (llama_decode + argmax over llama_get_logits_ith in numpy), and its own
 perf counters (llama_perf_context: time inside llama_decode) are reported beside it to show
 the Python loop's share. Each engine runs in its own child process so the two OpenMP runtimes
-never share a process. llama.cpp runs with ``use_extra_bufts=False`` unless
-``--llama-extra-bufts`` (see tools/make_logit_fixtures.py: its AMX matmul path faulted on an
-earlier VM; CPUs without AMX do not need the guard).
+never share a process. llama.cpp runs as it does by default, with its extra buffer types
+(weights repacked at load into its row-interleaved layouts where it has them, e.g. Q4_0 and
+Q4_K on AVX2), except on CPUs with AMX, where its AMX matmul path faulted on an earlier VM
+(see tools/make_logit_fixtures.py): ``--llama-extra-bufts auto`` (the default) turns them
+off there only; ``on``/``off`` force either way, and the table says which ran.
 
 Effective weight bandwidth: the weight bytes one decoded token reads (every matrix; the token
 embedding only when it is also the output matrix) x smallmind's decode tok/s, and its share of
@@ -122,8 +124,8 @@ class LlamaCppRunner:
             pass
         lc.llama_backend_init()
         mparams = lc.llama_model_default_params()
-        # the AMX path faulted on an earlier VM; see module docstring (--llama-extra-bufts)
-        mparams.use_extra_bufts = os.environ.get("SMALLMIND_BENCH_EXTRA_BUFTS") == "1"
+        # llama.cpp's default is on; its AMX path faulted on an earlier VM (--llama-extra-bufts)
+        mparams.use_extra_bufts = os.environ.get("SMALLMIND_BENCH_EXTRA_BUFTS", "1") == "1"
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
@@ -458,6 +460,15 @@ def machine_info() -> dict:
             "platform": platform.platform()}
 
 
+def _cpu_has_amx() -> bool:
+    """Whether /proc/cpuinfo lists AMX tiles (where llama.cpp's AMX buffers faulted before)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="best of 3 runs instead of 5")
@@ -467,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=None, help="comma list of model names (default: all)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "compare.json")
     ap.add_argument("--png", type=Path, default=HERE / "results" / "compare.png")
-    ap.add_argument("--llama-extra-bufts", action="store_true",
-                    help="let llama.cpp use its extra buffer types (repacked/AMX weights); off by default")
+    ap.add_argument("--llama-extra-bufts", choices=("auto", "on", "off"), default="auto",
+                    help="llama.cpp's extra buffer types (repacked/AMX weights): on as in llama.cpp's "
+                         "default, except on AMX CPUs with auto (the default)")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     ap.add_argument("--_model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--_runs", type=int, help=argparse.SUPPRESS)
@@ -486,8 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(engines) - set(ENGINES)
     if unknown:
         ap.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
-    if args.llama_extra_bufts:
-        os.environ["SMALLMIND_BENCH_EXTRA_BUFTS"] = "1"  # inherited by the worker processes
+    extra_bufts = args.llama_extra_bufts
+    if extra_bufts == "auto":
+        extra_bufts = "off" if _cpu_has_amx() else "on"
+    os.environ["SMALLMIND_BENCH_EXTRA_BUFTS"] = "1" if extra_bufts == "on" else "0"  # for the workers
+    print(f"llama.cpp extra buffer types (repacked weights): {extra_bufts}", file=sys.stderr)
     paths = model_paths()
     wanted = args.models.split(",") if args.models else list(paths)
     load_before = os.getloadavg()
@@ -531,13 +546,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "benchmark": "benchmarks/compare.py", "quick": args.quick, "best_of": runs,
         "prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens,
-        "decode_prompt": DECODE_PROMPT,
+        "decode_prompt": DECODE_PROMPT, "llama_extra_bufts": extra_bufts,
         "timing": "wall clock (perf_counter) in a Python loop, best of runs; see docstring",
         "loadavg_before": load_before, "read_GB_per_s": bandwidth,
         "loadavg_after": os.getloadavg(), "reference": RUN_C_REPORTED, "details": results,
     }
     write_outputs(table_rows(results), meta, args.json)
     print(notes(results))
+    print(f"- llama.cpp ran with its extra buffer types (repacked weights) {extra_bufts}")
     chart = png(results, args.png)
     print(f"PNG: {chart}" if chart else "PNG: skipped (matplotlib not importable)")
     return 0
