@@ -36,7 +36,12 @@ def top_k_reference(x: np.ndarray, k: int) -> set[int]:
 
 
 def mass_strictly_above(x: np.ndarray, probs: np.ndarray, token: int) -> float:
-    return float(probs[x > x[token]].sum())
+    # The sampler ranks float32 probabilities, exp(x - max) in float32: logits closer than
+    # float32 resolves after the shift (1e-30 beside 0 under a max of 1) are ties there,
+    # and which of tied tokens the nucleus takes is not specified.
+    x = np.asarray(x, np.float32)
+    shifted = x - x.max()
+    return float(probs[shifted > shifted[token]].sum())
 
 
 def penalised_reference(x, history, rep, presence, frequency, last_n):
