@@ -83,6 +83,19 @@ def test_fused_products_mixing_layouts(isa, names, repack, n, seed):  # noqa: F8
         check_product(name, w32, mag, x, y)
 
 
+@pytest.mark.parametrize("name", ["Q4_1", "Q8_0"])
+def test_fused_chunks_evened_between_threads(name):
+    """Q, K and V shaped as SmolLM2's (576, 192, 192 rows): 15 chunks of 8 row groups are cut
+    into 30 of 4 so that 2 threads share them evenly; rows stay bit for bit the same."""
+    rng = np.random.default_rng(576)
+    made = [make_weight(name, rows, 96, rng) for rows in (576, 192, 192)]
+    for n in (1, 3, 9):
+        x = random_activations(n, 96, rng)
+        for (w, w32, mag), y in zip(made, _matmul._matmul_many([m[0] for m in made], x, 2), strict=True):
+            np.testing.assert_array_equal(y, w.matmul(x, n_threads=1))
+            check_product(name, w32, mag, x, y)
+
+
 def mapping_rss_kb(address: int) -> int:
     """Resident kB of this process's mapping starting at `address` (/proc/self/smaps)."""
     with open("/proc/self/smaps") as fh:

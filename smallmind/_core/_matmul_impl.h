@@ -560,6 +560,18 @@ static void smm_matmul_many(int count, const smm_target* t, ptrdiff_t cols, cons
     ptrdiff_t want = (ptrdiff_t)nt * SMM_CHUNKS_PER_THREAD;
     ptrdiff_t per = nt <= 1 ? groups : ((groups + want - 1) / want + 3) / 4 * 4;
     while (groups / per + count > SMP_MAX_CHUNKS) per *= 2;
+    /* Each product's last chunk is short, so the count rarely divides evenly between the
+     * threads (SmolLM2's Q, K, V: 15 chunks of 8 groups, one thread doing 8); a smaller chunk
+     * (at most twice the chunks) that evens it out lets both threads finish together. */
+    for (ptrdiff_t p = per; nt > 1 && p >= 4; p -= 4) {
+        ptrdiff_t chunks = 0;
+        for (int i = 0; i < count; i++) chunks += (smm_units(t[i].type, t[i].rows) + p - 1) / p;
+        if (chunks > 2 * (groups / per + count) || chunks > SMP_MAX_CHUNKS) break;
+        if (chunks % nt == 0) {
+            per = p;
+            break;
+        }
+    }
     m.per_chunk = per;
     m.first_chunk[0] = 0;
     for (int i = 0; i < count; i++)

@@ -159,6 +159,10 @@ SMM_INLINE void smm_r8_tile(const int type, const int C, const uint8_t* g, ptrdi
          * the hardware prefetchers alone kept too few lines in flight (1 thread on Zen 3,
          * 64 MB matrices: Q4_1 73% -> 94%, Q5_0 64% -> 87% of the read bandwidth) */
         for (int o = 0; o < gbb; o += 64) _mm_prefetch((const char*)(blk + 8 * gbb + o), _MM_HINT_T0);
+        /* Chunk outer, activation rows inner: a chunk's unpacked codes serve the C rows while
+         * in a register. The pins keep each row's sums a chain: GCC otherwise reassociated
+         * them (integer adds), formed all 8C products first and spilled them (a 4-row tile
+         * stored and reloaded ~60 ymm per block, 2.3x the time per row of 1 row) */
         __m256i isum[4];
         if (type == SMM_Q8_0) {
 #pragma GCC unroll 4
@@ -171,39 +175,46 @@ SMM_INLINE void smm_r8_tile(const int type, const int C, const uint8_t* g, ptrdi
                 for (int c = 0; c < C; c++) {
                     const __m256i p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(smm_r8_xchunk(&a[c], b, j), raw));
                     isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p, ones));
+                    if (C > 1) SMM_PIN(isum[c]);
                 }
             }
         } else {
-            /* s_lo: chunks 0-3, s_hi: chunks 4-7 (one sum for 4-bit codes, two for 5-bit) */
-            __m256i s_lo[4], s_hi[4];
+            /* 4-bit codes: one int16 sum of the 8 chunks; 5-bit: the low nibbles' chunks
+             * (0-3) and the high ones' (4-7) each summed and widened (pairs of sums of 8
+             * chunks could overflow), one pass over the codes per half */
+            __m256i s16[4];
             __m256i qh = _mm256_setzero_si256();
             if (five) qh = _mm256_loadu_si256((const __m256i*)(blk + qs - 32));
+#pragma GCC unroll 2
+            for (int half = 0; half < 2; half++) {
+                if (half && !five) break;
 #pragma GCC unroll 4
-            for (int c = 0; c < C; c++) s_lo[c] = s_hi[c] = _mm256_setzero_si256();
+                for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
 #pragma GCC unroll 4
-            for (int k = 0; k < 4; k++) {
-                const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * k));
-                __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                if (five) {
-                    lo = _mm256_or_si256(lo, smm_r8_fifth(qh, k));
-                    hi = _mm256_or_si256(hi, smm_r8_fifth(qh, k + 4));
+                for (int k = 0; k < 4; k++) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * k));
+                    __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                    if (five) lo = _mm256_or_si256(half ? hi : lo, smm_r8_fifth(qh, k + 4 * half));
+#pragma GCC unroll 4
+                    for (int c = 0; c < C; c++) {
+                        const __m256i pl = _mm256_maddubs_epi16(lo, smm_r8_xchunk(&a[c], b, k + 4 * half));
+                        if (five) {
+                            s16[c] = _mm256_add_epi16(s16[c], pl);
+                        } else {
+                            const __m256i ph = _mm256_maddubs_epi16(hi, smm_r8_xchunk(&a[c], b, k + 4));
+                            s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(pl, ph));
+                        }
+                        if (C > 1) SMM_PIN(s16[c]);
+                    }
                 }
 #pragma GCC unroll 4
                 for (int c = 0; c < C; c++) {
-                    const __m256i pl = _mm256_maddubs_epi16(lo, smm_r8_xchunk(&a[c], b, k));
-                    const __m256i ph = _mm256_maddubs_epi16(hi, smm_r8_xchunk(&a[c], b, k + 4));
-                    if (five) {
-                        s_lo[c] = _mm256_add_epi16(s_lo[c], pl);
-                        s_hi[c] = _mm256_add_epi16(s_hi[c], ph);
-                    } else {
-                        s_lo[c] = _mm256_add_epi16(s_lo[c], _mm256_add_epi16(pl, ph));
-                    }
+                    const __m256i wide = _mm256_madd_epi16(s16[c], ones);
+                    isum[c] = half ? _mm256_add_epi32(isum[c], wide) : wide;
                 }
             }
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) {
-                isum[c] = _mm256_madd_epi16(s_lo[c], ones);
-                if (five) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s_hi[c], ones));
                 /* codes stored with an offset: sum((q - o) x) = sum(q x) - o sum(x) */
                 if (type == SMM_Q4_0) isum[c] = _mm256_sub_epi32(isum[c], _mm256_set1_epi32(8 * a[c].sumq[b]));
                 if (type == SMM_Q5_0) isum[c] = _mm256_sub_epi32(isum[c], _mm256_set1_epi32(16 * a[c].sumq[b]));
