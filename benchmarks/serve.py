@@ -29,8 +29,10 @@ SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind) with the same thread count:
 For each client count N, N threads each send ``--requests`` streaming ``/v1/completions``
 requests one after another (a plain-text prompt, ``max_tokens`` tokens, temperature 0.7 with a
 seed, end-of-text tokens banned through ``logit_bias`` so every answer has ``max_tokens``
-tokens). Measured per request, on the client: time to first token (request sent -> first text
-chunk) and the gaps between later chunks (inter-token latency); per run: aggregate tokens/s =
+tokens). Each server is first warmed up with one such round at as many clients as it runs
+sequences at once (its slots, up to the largest client count), so first-use costs (caches paged
+in, buffers grown) stay out of the figures. Measured per request, on the client: time to first
+token (request sent -> first text chunk) and the gaps between later chunks (inter-token latency); per run: aggregate tokens/s =
 completion tokens of all requests / wall time from the first request to the last answer, and
 errors (non-200 answers, broken streams, timeouts); and the CPU time per completion token of the
 server process (all its threads, spinning ones included) and of this client process, which runs
@@ -112,7 +114,7 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
             "--threads",
             threads,
             "--parallel",
-            str(getattr(args, "smallmind_parallel", None) or args.parallel),  # soak.py has no such flag
+            str(server_slots(name, args)),
             "--ctx",
             str(args.ctx),
             "--port",
@@ -164,6 +166,13 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
             str(port),
         ]
     raise ValueError(f"unknown server {name!r}")
+
+
+def server_slots(name: str, args: argparse.Namespace) -> int:
+    """Sequences the server runs at once."""
+    if name == "smallmind":
+        return getattr(args, "smallmind_parallel", None) or args.parallel
+    return 1 if name == "llama-cpp-python" else args.parallel
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -345,9 +354,10 @@ def bench_server(name: str, args: argparse.Namespace, banned: list[int]) -> list
     rows = []
     try:
         wait_ready(proc, url)
-        warm = connect(url)  # warm-up: first-request costs stay out of the figures
-        stream_one(warm, {"prompt": "Hello", "max_tokens": 8, "stream": True})
-        warm.close()
+        # Warm-up: one round of the load at the most concurrency the server batches (its
+        # slots), so first-use costs (each slot's KV cache paged in, batch buffers grown to
+        # their size) stay out of the figures: what is measured is a server in service.
+        run_load(url, min(max(args.clients), server_slots(name, args)), args, banned)
         for n in args.clients:
             row = {"server": name, **run_load(url, n, args, banned, proc.pid)}
             print(
