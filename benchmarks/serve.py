@@ -32,9 +32,9 @@ seed, end-of-text tokens banned through ``logit_bias`` so every answer has ``max
 tokens). Each server is first warmed up with one such round at as many clients as it runs
 sequences at once (its slots, up to the largest client count), so first-use costs (caches paged
 in, buffers grown) stay out of the figures. Measured per request, on the client: time to first
-token (request sent -> first text chunk) and the gaps between later chunks (inter-token latency); per run: aggregate tokens/s =
-completion tokens of all requests / wall time from the first request to the last answer, and
-errors (non-200 answers, broken streams, timeouts); and the CPU time per completion token of the
+token (request sent -> first text chunk) and the gaps between later chunks (inter-token
+latency); per run: aggregate tokens/s = completion tokens of all requests / wall time from the
+first request to the last answer, and errors (non-200 answers, broken streams, timeouts); and the CPU time per completion token of the
 server process (all its threads, spinning ones included) and of this client process, which runs
 on the same cores: figures a loaded machine distorts less than rates. Prints a markdown table, writes JSON
 (default benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
