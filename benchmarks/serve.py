@@ -37,7 +37,8 @@ latency); per run: aggregate tokens/s = completion tokens of all requests / wall
 first request to the last answer, and errors (non-200 answers, broken streams, timeouts); and
 the CPU time per completion token of the server process (all its threads, spinning ones
 included) and of this client process, which runs on the same cores: figures a loaded machine
-distorts less than rates. Prints a markdown table, writes JSON (default benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
+distorts less than rates. Prints a markdown table, writes JSON (default
+benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
 After the table it prints the ratios the serving goals are stated in (8 clients against one
 client of smallmind, against llama-server and against llama-cpp-python; p99 TTFT at 32 clients).
 Figures from a machine shared with other work are noisy: compare servers within one run (the
