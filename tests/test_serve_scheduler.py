@@ -55,12 +55,12 @@ class Gate:
         self.delay = delay
         self.batches: list[list[tuple[int, int]]] = []  # (slot id, budget) per step
 
-    def __call__(self, work):
+    def __call__(self, work, on_compute=None):
         assert self.open.wait(WAIT_S)
         if self.delay:
             time.sleep(self.delay)
         self.batches.append([(id(slot), budget) for slot, budget in work])
-        return run_step(work)
+        return run_step(work, on_compute)
 
 
 def greedy(backend: Backend, prompt: str, n: int, **sampling) -> Request:
@@ -180,8 +180,8 @@ def test_time_limit_stops_a_running_request_and_fails_a_waiting_one(backend, mak
 
 
 def test_a_failing_sequence_does_not_stop_the_others(backend, make):
-    def step(work):
-        results = run_step(work)
+    def step(work, on_compute=None):
+        results = run_step(work, on_compute)
         return [RuntimeError("boom") if slot is marked[0] else r for (slot, _), r in zip(work, results, strict=False)]
 
     marked: list = [None]
@@ -253,3 +253,39 @@ def test_eight_concurrent_requests_equal_their_solo_runs(model, make):
     finally:
         s.stop()
     assert max(len(b) for b in gate.batches) == 8
+
+
+def test_a_steps_events_are_flushed_as_the_next_forward_pass_starts(backend):
+    """Buffered events go out through ``flush``: while sequences keep running, from within the
+    next step once its forward pass starts (its on_compute), and at once when none follows, so
+    every event is delivered."""
+    pending: list = []
+    delivered: list = []
+    in_step = threading.Event()
+    flushes: list[tuple[bool, int]] = []  # (inside a step, events handed over)
+
+    def flush() -> None:
+        flushes.append((in_step.is_set(), len(pending)))
+        delivered.extend(pending)
+        pending.clear()
+
+    def step(work, on_compute=None):
+        in_step.set()
+        try:
+            return run_step(work, on_compute)
+        finally:
+            in_step.clear()
+
+    s = Scheduler(backend, parallel=2, step=step, flush=flush).start()
+    try:
+        for prompt in ("ROMEO:", "KING"):
+            s.submit(greedy(backend, prompt, 12), pending.append)
+        deadline = time.monotonic() + WAIT_S
+        while sum(isinstance(e, Finished) for e in delivered) < 2:
+            assert time.monotonic() < deadline, "events were left undelivered"
+            time.sleep(0.01)
+    finally:
+        s.stop()
+    assert sum(isinstance(e, Emitted) for e in delivered) == 24
+    assert any(inside and n > 0 for inside, n in flushes)  # a step's events, sent from the next
+    assert not flushes[-1][0] or flushes[-1][1] == 0  # the last events went out after the last step

@@ -11,7 +11,7 @@ sequences (each with its own State) through the weights at once, in a :class:`Ba
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
@@ -285,11 +285,15 @@ class DecoderModel:
         return Forward(ws.arrays["logits"], shifts)
 
     def forward_batch(self, batch: BatchState, seqs: Sequence[tuple[State, Sequence[int]]], *,
-                      packed: Sequence[bool] | None = None) -> BatchForward:
+                      packed: Sequence[bool] | None = None,
+                      on_compute: Callable[[], None] | None = None) -> BatchForward:
         """Run each sequence's ``tokens`` after what its State's cache holds, all sequences'
         rows through the weights together (one pass for the batch) and each attending over
         its own cache. Returns a :class:`BatchForward`: row i of its logits is sequence i's
-        last position.
+        last position. ``on_compute``, if given, is called once the rows are in place, just
+        before the layers run without the GIL: the server hands the last step's events to its
+        event loop there, whose work then overlaps the pass instead of taking the GIL from
+        this thread's Python in between.
 
         Every row comes out bit for bit as :meth:`forward` of that sequence's tokens alone
         computes it, given the same chunking: ``packed[i]`` says whether sequence i's rows
@@ -329,6 +333,8 @@ class DecoderModel:
             row += n
             if flags[i]:
                 n_packed = row
+        if on_compute is not None:
+            on_compute()
         _layer.run_batch(self.steps, self.layers, ws, caches, spans[:n_seqs], n_packed, batch.n_threads)
         for state, tokens in seqs:
             state.cache.commit(len(tokens))

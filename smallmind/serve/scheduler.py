@@ -12,7 +12,11 @@ prompt) and runs only the rest. The waiting queue is bounded: :meth:`Scheduler.s
 Everything the engine thread reports goes through the request's ``sink`` callback, called on
 the engine thread: one :class:`~smallmind.serve._backend.Emitted` per produced text, then a
 :class:`Finished` (or a :class:`Failed`). After each round of sink calls (a step's events) it
-calls ``flush``, if given, so sinks may buffer events and hand a whole step over at once.
+calls ``flush``, if given, so sinks may buffer events and hand a whole step over at once. A
+step's events are flushed as the next step's forward pass starts its layers (the ``step``
+callable's ``on_compute``), or at once when no step follows: the event loop that wakes for
+them then works while the layers run without the GIL, not while this thread's Python between
+two steps (sampling, the next step's plan and inputs) needs the GIL.
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ class Scheduler:
         timeout: float = 600.0,
         queue_timeout: float | None = None,
         metrics: Metrics | None = None,
-        step: Callable[[Sequence[tuple[Slot, int]]], list] = run_step,
+        step: Callable[[Sequence[tuple[Slot, int]], Callable[[], None] | None], list] = run_step,
         flush: Callable[[], None] | None = None,
     ):
         for name, value in (("parallel", parallel), ("prefill_chunk", prefill_chunk)):
@@ -196,8 +200,7 @@ class Scheduler:
                         self._flush_events()  # of the requests dropped above
                         self._cond.wait(timeout=self._next_deadline_in())
                         continue
-                self._run_one_step()
-                self._flush_events()
+                self._run_one_step()  # flushes the events so far as its forward pass starts
         except BaseException as exc:  # report it to every request rather than leave them hanging
             self.error = exc
             raise
@@ -267,6 +270,7 @@ class Scheduler:
             else:
                 batch.append(h)
         if not batch:
+            self._flush_events()
             return
         # The prefill budget goes to the oldest prompts first, so the first to come is first
         # served; a prompt left without budget sits this step out.
@@ -287,7 +291,16 @@ class Scheduler:
             work.append((h.slot, share))
         if self.metrics is not None:
             self.metrics.step(len(work))
-        results = self._step(work)
+        flushed = False
+
+        def on_compute() -> None:
+            nonlocal flushed
+            flushed = True
+            self._flush_events()
+
+        results = self._step(work, on_compute)
+        if not flushed:  # no forward pass ran: the events so far go now
+            self._flush_events()
         for h, result in zip(stepped, results, strict=False):
             if result is None:
                 continue
