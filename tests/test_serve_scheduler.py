@@ -55,12 +55,12 @@ class Gate:
         self.delay = delay
         self.batches: list[list[tuple[int, int]]] = []  # (slot id, budget) per step
 
-    def __call__(self, work, on_compute=None):
+    def __call__(self, work):
         assert self.open.wait(WAIT_S)
         if self.delay:
             time.sleep(self.delay)
         self.batches.append([(id(slot), budget) for slot, budget in work])
-        return run_step(work, on_compute)
+        return run_step(work)
 
 
 def greedy(backend: Backend, prompt: str, n: int, **sampling) -> Request:
@@ -180,8 +180,8 @@ def test_time_limit_stops_a_running_request_and_fails_a_waiting_one(backend, mak
 
 
 def test_a_failing_sequence_does_not_stop_the_others(backend, make):
-    def step(work, on_compute=None):
-        results = run_step(work, on_compute)
+    def step(work):
+        results = run_step(work)
         return [RuntimeError("boom") if slot is marked[0] else r for (slot, _), r in zip(work, results, strict=False)]
 
     marked: list = [None]
@@ -255,10 +255,12 @@ def test_eight_concurrent_requests_equal_their_solo_runs(model, make):
     assert max(len(b) for b in gate.batches) == 8
 
 
-def test_a_steps_events_are_flushed_as_the_next_forward_pass_starts(backend):
+def test_a_steps_events_are_flushed_as_the_next_forward_pass_starts(backend, monkeypatch):
     """Buffered events go out through ``flush``: while sequences keep running, from within the
-    next step once its forward pass starts (its on_compute), and at once when none follows, so
-    every event is delivered."""
+    next step once its forward pass starts (run_step's on_compute), and at once when none
+    follows, so every event is delivered."""
+    import smallmind.serve.scheduler as scheduler_module
+
     pending: list = []
     delivered: list = []
     in_step = threading.Event()
@@ -269,14 +271,15 @@ def test_a_steps_events_are_flushed_as_the_next_forward_pass_starts(backend):
         delivered.extend(pending)
         pending.clear()
 
-    def step(work, on_compute=None):
+    def watched_run_step(work, on_compute=None):
         in_step.set()
         try:
             return run_step(work, on_compute)
         finally:
             in_step.clear()
 
-    s = Scheduler(backend, parallel=2, step=step, flush=flush).start()
+    monkeypatch.setattr(scheduler_module, "run_step", watched_run_step)
+    s = Scheduler(backend, parallel=2, flush=flush).start()
     try:
         for prompt in ("ROMEO:", "KING"):
             s.submit(greedy(backend, prompt, 12), pending.append)

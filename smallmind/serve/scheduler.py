@@ -13,10 +13,11 @@ Everything the engine thread reports goes through the request's ``sink`` callbac
 the engine thread: one :class:`~smallmind.serve._backend.Emitted` per produced text, then a
 :class:`Finished` (or a :class:`Failed`). After each round of sink calls (a step's events) it
 calls ``flush``, if given, so sinks may buffer events and hand a whole step over at once. A
-step's events are flushed as the next step's forward pass starts its layers (the ``step``
-callable's ``on_compute``), or at once when no step follows: the event loop that wakes for
-them then works while the layers run without the GIL, not while this thread's Python between
-two steps (sampling, the next step's plan and inputs) needs the GIL.
+step's events are flushed as the next step's forward pass starts its layers (``run_step``'s
+``on_compute``), or at once when no step follows: the event loop that wakes for them then
+works while the layers run without the GIL, not while this thread's Python between two steps
+(sampling, the next step's plan and inputs) needs the GIL. (A ``step`` given in place of
+``run_step``, as tests do, has its events flushed after it.)
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class Scheduler:
         timeout: float = 600.0,
         queue_timeout: float | None = None,
         metrics: Metrics | None = None,
-        step: Callable[[Sequence[tuple[Slot, int]], Callable[[], None] | None], list] = run_step,
+        step: Callable[[Sequence[tuple[Slot, int]]], list] | None = None,
         flush: Callable[[], None] | None = None,
     ):
         for name, value in (("parallel", parallel), ("prefill_chunk", prefill_chunk)):
@@ -298,8 +299,8 @@ class Scheduler:
             flushed = True
             self._flush_events()
 
-        results = self._step(work, on_compute)
-        if not flushed:  # no forward pass ran: the events so far go now
+        results = run_step(work, on_compute) if self._step is None else self._step(work)
+        if not flushed:  # no forward pass ran (or a custom step's): the events so far go now
             self._flush_events()
         for h, result in zip(stepped, results, strict=False):
             if result is None:
