@@ -300,8 +300,6 @@ class Scheduler:
             self._flush_events()
 
         results = run_step(work, on_compute) if self._step is None else self._step(work)
-        if not flushed:  # no forward pass ran (or a custom step's): the events so far go now
-            self._flush_events()
         for h, result in zip(stepped, results, strict=False):
             if result is None:
                 continue
@@ -321,6 +319,8 @@ class Scheduler:
                 self._send(h, Emitted(result.token, result.text, logprob=result.logprob) if last else result)
             if result.finish_reason is not None:
                 self._release(h, result.finish_reason)
+        if not flushed:  # no forward pass ran (or a custom step's): this step's events go now
+            self._flush_events()
 
     def _release(self, h: Handle, reason: str | None, event: Event | None = None) -> None:
         slot = h.slot
