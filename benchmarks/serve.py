@@ -234,12 +234,16 @@ def stream_one(conn: http.client.HTTPConnection, body: dict) -> dict:
             for choice in event.get("choices") or []:
                 if choice.get("text"):
                     stamps.append(time.perf_counter())
-        r.read()  # the end of the chunked body: the connection serves the next request
         if not done:
+            conn.close()
             return {"error": "the stream ended without [DONE]"}
     except (http.client.HTTPException, OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
         conn.close()  # reconnects on the next request
         return {"error": f"{type(exc).__name__}: {exc}"}
+    try:  # the end of the chunked body, so that the connection serves the next request
+        r.read()
+    except (http.client.HTTPException, OSError):  # a server that drops the connection after [DONE]
+        conn.close()  # (llama-cpp-python's, when it ends a stream for a waiting request)
     if not stamps:
         return {"error": "no text streamed"}
     tokens = usage["completion_tokens"] if usage else len(stamps)

@@ -70,7 +70,7 @@ class _FakeServer:
     """A local HTTP/1.1 server answering /v1/completions with a canned SSE stream (chunked,
     one chunk per event, as the servers stream), or with ``status`` and a JSON error."""
 
-    def __init__(self, events: list[str], status: int = 200):
+    def __init__(self, events: list[str], status: int = 200, cut: bool = False):
         import http.server
         import threading
 
@@ -98,6 +98,10 @@ class _FakeServer:
                     data = event.encode()
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                     self.wfile.flush()
+                if cut:  # the connection dropped inside a chunk, the body never terminated
+                    self.wfile.write(b"5\r\nab")
+                    self.close_connection = True
+                    return
                 self.wfile.write(b"0\r\n\r\n")
 
             def log_message(self, *args):
@@ -131,6 +135,20 @@ def test_stream_one_times_each_text_chunk_and_reuses_its_connection():
             assert 0 <= out["ttft"]
         assert server.requests == 2
         conn.close()
+    finally:
+        server.close()
+
+
+def test_a_stream_cut_after_done_counts_and_the_next_request_reconnects():
+    """llama-cpp-python's server ends a stream with [DONE] and drops the connection when
+    another request waits: the answer so far counts, and the client connects afresh."""
+    server = _FakeServer([_sse({"choices": [{"text": "a"}]}), "data: [DONE]\n\n"], cut=True)
+    try:
+        conn = serve_bench.connect(server.url)
+        for _ in range(2):
+            out = serve_bench.stream_one(conn, {"prompt": "x"})
+            assert "error" not in out and out["tokens"] == 1
+        assert server.requests == 2
     finally:
         server.close()
 
