@@ -9,13 +9,16 @@ logit_bias), greedy. A batch's decode time is its wall time less its prompts' pr
 the rates from CPU time are shown too (a shared machine distorts them less). A second table
 gives the matrix products alone: one pass over every layer matrix of the model for n rows at
 once (what one batched decode step does), wall time on --threads and CPU time on one thread
-(least distorted by a loaded machine), as rows per second against n = 1. Default model:
+(least distorted by a loaded machine), as rows per second against n = 1. A third splits one
+batched decode step, sampled as the server samples, into its parts (matrix products, attention,
+the layers' other steps, inputs and head, sampling with the per-sequence Python). Default model:
 SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind (python tools/fetch_models.py). Writes
 benchmarks/results/batch.json.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,8 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+
 from smallmind import Engine  # noqa: E402
 from smallmind._core._matmul import _bench_sweep  # noqa: E402
+from smallmind.batch import Decoder  # noqa: E402
+from smallmind.sampling import SamplingParams  # noqa: E402
+from smallmind.session import Session  # noqa: E402
 
 DEFAULT_MODEL = Path.home() / ".cache" / "smallmind" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "1, 2, 3, 4,",
@@ -60,6 +68,60 @@ def decode_rates(engine: Engine, sizes: list[int], n_new: int) -> list[dict]:
         cpu_rate = (tokens - n) / (cpu - prefill_s)
         rows.append({"sequences": n, "decode tok/s": rate, "per sequence": rate / n, "vs one": rate / single,
                      "CPU tok/s": cpu_rate, "CPU vs one": cpu_rate / single_cpu})
+    return rows
+
+
+def step_breakdown(engine: Engine, sizes: list[int], n_steps: int) -> list[dict]:
+    """Where one batched decode step of n sequences spends its wall time, as the server runs it
+    (temperature 0.7, end-of-text banned by logit_bias): the layers' matrix products, attention,
+    the layers' other steps (norms, rope, KV stores, activation), the rest of the forward pass
+    (inputs, output norm and the vocabulary matrix), and sampling with each sequence's Python
+    book-keeping. Medians over ``n_steps`` steps after the prompts."""
+    tok = engine.tokenizer
+    model = engine.model
+    names = model.steps.names
+    no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+    rows = []
+    for n in sizes:
+        params = SamplingParams.build(None, max_new_tokens=n_steps + 1, temperature=0.7, logit_bias=no_end)
+        sessions = [Session(engine) for _ in range(n)]
+        batch = model.new_batch(max_seqs=n, capacity=engine.n_ctx, n_threads=engine.n_threads)
+        timings = np.zeros((len(model.layers), 1 + len(names)))
+        parts: dict[str, list[float]] = {k: [] for k in ("step", "matmul", "attention", "other", "head", "sample")}
+        try:
+            decoders, last = [], []
+            for i, s in enumerate(sessions):
+                ids = s._encode_prompt(PROMPTS[i % len(PROMPTS)], None)
+                dec = Decoder(engine, SamplingParams.build(params, seed=i), ids, ids, s.capacity)
+                s.tokens.extend(ids)
+                chunk = dec.step(s._forward(ids, None).copy())
+                decoders.append(dec)
+                last.append(chunk.token if chunk is not None else 0)
+            for _ in range(n_steps):
+                t0 = time.perf_counter()
+                fwd = model.forward_batch(batch, [(s._state, [t]) for s, t in zip(sessions, last, strict=True)],
+                                          timings=timings)
+                t1 = time.perf_counter()
+                last = [c.token if (c := d.step(row)) is not None else 0
+                        for d, row in zip(decoders, fwd.logits, strict=True)]
+                t2 = time.perf_counter()
+                per_step = dict(zip(names, timings[:, 1:].sum(axis=0) / 1e9, strict=True))
+                layers = sum(per_step.values())
+                matmul = sum(v for k, v in per_step.items() if "matmul" in k)
+                attention = per_step.get("attention", 0.0)
+                for key, value in (("step", t2 - t0), ("matmul", matmul), ("attention", attention),
+                                   ("other", layers - matmul - attention), ("head", t1 - t0 - layers),
+                                   ("sample", t2 - t1)):
+                    parts[key].append(value)
+        finally:
+            batch.close()
+            for s in sessions:
+                s.close()
+        med = {k: statistics.median(v) * 1e3 for k, v in parts.items()}
+        rows.append({"sequences": n, "ms per step": med["step"], "tok/s": n / med["step"] * 1e3,
+                     "matmul ms": med["matmul"], "attention ms": med["attention"],
+                     "other layer steps ms": med["other"], "inputs + head ms": med["head"],
+                     "sampling + Python ms": med["sample"]})
     return rows
 
 
@@ -101,10 +163,16 @@ def main() -> None:
     mcols = ["rows", "ms per pass", "rows/s vs n=1", "1-thread CPU ms", "CPU rows/s vs n=1"]
     print("\nEvery weight matrix once for n rows (one batched decode step's matrix products)\n")
     print(markdown_table(matmul, mcols))
+    steps = step_breakdown(engine, sorted({1, 8} | set(sizes)), args.new - 1)
+    scols = ["sequences", "ms per step", "tok/s", "matmul ms", "attention ms", "other layer steps ms",
+             "inputs + head ms", "sampling + Python ms"]
+    print("\nOne batched decode step as the server runs it (temperature 0.7), median wall time\n")
+    print(markdown_table(steps, scols))
     write_json(args.json, {"name": "batch", "meta": {**machine_info(), "model": args.model,
                                                      "threads": args.threads, "new_tokens": args.new},
                            "decode": {"columns": dcols, "rows": decode},
-                           "matmul": {"columns": mcols, "rows": matmul}})
+                           "matmul": {"columns": mcols, "rows": matmul},
+                           "step": {"columns": scols, "rows": steps}})
 
 
 if __name__ == "__main__":

@@ -29,13 +29,16 @@ SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind) with the same thread count:
 For each client count N, N threads each send ``--requests`` streaming ``/v1/completions``
 requests one after another (a plain-text prompt, ``max_tokens`` tokens, temperature 0.7 with a
 seed, end-of-text tokens banned through ``logit_bias`` so every answer has ``max_tokens``
-tokens). Measured per request, on the client: time to first token (request sent -> first text
-chunk) and the gaps between later chunks (inter-token latency); per run: aggregate tokens/s =
-completion tokens of all requests / wall time from the first request to the last answer, and
-errors (non-200 answers, broken streams, timeouts); and the CPU time per completion token of the
-server process (all its threads, spinning ones included) and of this client process, which runs
-on the same cores: figures a loaded machine distorts less than rates. Prints a markdown table, writes JSON
-(default benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
+tokens). Each server is first warmed up with one such round at as many clients as it runs
+sequences at once (its slots, up to the largest client count), so first-use costs (caches paged
+in, buffers grown) stay out of the figures. Measured per request, on the client: time to first
+token (request sent -> first text chunk) and the gaps between later chunks (inter-token
+latency); per run: aggregate tokens/s = completion tokens of all requests / wall time from the
+first request to the last answer, and errors (non-200 answers, broken streams, timeouts); and
+the CPU time per completion token of the server process (all its threads, spinning ones
+included) and of this client process, which runs on the same cores: figures a loaded machine
+distorts less than rates. Prints a markdown table, writes JSON (default
+benchmarks/results/serve.json) and a PNG chart when matplotlib is importable.
 After the table it prints the ratios the serving goals are stated in (8 clients against one
 client of smallmind, against llama-server and against llama-cpp-python; p99 TTFT at 32 clients).
 Figures from a machine shared with other work are noisy: compare servers within one run (the
@@ -45,6 +48,7 @@ Figures from a machine shared with other work are noisy: compare servers within 
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import os
@@ -55,6 +59,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -110,7 +115,7 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
             "--threads",
             threads,
             "--parallel",
-            str(getattr(args, "smallmind_parallel", None) or args.parallel),  # soak.py has no such flag
+            str(server_slots(name, args)),
             "--ctx",
             str(args.ctx),
             "--port",
@@ -164,6 +169,13 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str] 
     raise ValueError(f"unknown server {name!r}")
 
 
+def server_slots(name: str, args: argparse.Namespace) -> int:
+    """Sequences the server runs at once."""
+    if name == "smallmind":
+        return getattr(args, "smallmind_parallel", None) or args.parallel
+    return 1 if name == "llama-cpp-python" else args.parallel
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     """Terminate a server started by this script, killing it if it has not exited in 30 s."""
     proc.terminate()
@@ -187,34 +199,51 @@ def wait_ready(proc: subprocess.Popen, url: str) -> None:
     raise RuntimeError(f"the server was not ready after {START_S:.0f} s")
 
 
-def stream_one(client: httpx.Client, url: str, body: dict) -> dict:
-    """One streaming request: TTFT, inter-token gaps, completion tokens, or the error."""
+def connect(url: str) -> http.client.HTTPConnection:
+    """A keep-alive connection to ``url`` (http://host:port) for :func:`stream_one`."""
+    parts = urllib.parse.urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=REQUEST_S)
+
+
+def stream_one(conn: http.client.HTTPConnection, body: dict) -> dict:
+    """One streaming request: TTFT, inter-token gaps, completion tokens, or the error.
+
+    The load generator shares the cores with the server, so it reads the stream with the
+    standard library's http.client: half the CPU per streamed token of httpx (its chunked
+    decoding and line splitting run in pure Python), which every server's figures gain alike."""
     t0 = time.perf_counter()
     stamps: list[float] = []
     usage = None
     try:
-        with client.stream("POST", url + "/v1/completions", json=body, timeout=REQUEST_S) as r:
-            if r.status_code != 200:
-                r.read()
-                return {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
-            done = False
-            for line in r.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:]
-                if data == "[DONE]":
-                    done = True
-                    break
-                event = json.loads(data)
-                if event.get("usage"):
-                    usage = event["usage"]
-                for choice in event.get("choices") or []:
-                    if choice.get("text"):
-                        stamps.append(time.perf_counter())
-            if not done:
-                return {"error": "the stream ended without [DONE]"}
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        conn.request("POST", "/v1/completions", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        if r.status != 200:
+            return {"error": f"HTTP {r.status}: {r.read().decode(errors='replace')[:200]}"}
+        done = False
+        for line in r:
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:].rstrip(b"\r\n")
+            if data == b"[DONE]":
+                done = True
+                break
+            event = json.loads(data)
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices") or []:
+                if choice.get("text"):
+                    stamps.append(time.perf_counter())
+        if not done:
+            conn.close()
+            return {"error": "the stream ended without [DONE]"}
+    except (http.client.HTTPException, OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        conn.close()  # reconnects on the next request
         return {"error": f"{type(exc).__name__}: {exc}"}
+    try:  # the end of the chunked body, so that the connection serves the next request
+        r.read()
+    except (http.client.HTTPException, OSError):  # a server that drops the connection after [DONE]
+        conn.close()  # (llama-cpp-python's, when it ends a stream for a waiting request)
     if not stamps:
         return {"error": "no text streamed"}
     tokens = usage["completion_tokens"] if usage else len(stamps)
@@ -239,34 +268,43 @@ def run_load(url: str, n_clients: int, args: argparse.Namespace, banned: list[in
              server_pid: int | None = None) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
+    # Every client is connected before the clock starts and all are released together: the
+    # wall time runs from the first request to the last answer, as the docstring says, not
+    # over the load generator's setup (an httpx.Client, used here before, cost 20-250 ms of
+    # CPU to build, and 8 clients paid it one after the other inside the measured time).
+    clients = [connect(url) for _ in range(n_clients)]
+    start = threading.Barrier(n_clients + 1)
 
     def client_loop(k: int) -> None:
-        with httpx.Client() as client:
-            for i in range(args.requests):
-                body = {
-                    "prompt": PROMPTS[(k + i) % len(PROMPTS)],
-                    "max_tokens": args.max_tokens,
-                    "temperature": 0.7,
-                    "seed": 1000 * k + i,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                    "logit_bias": {str(t): -100 for t in banned},
-                }
-                out = stream_one(client, url, body)
-                with lock:
-                    results.append(out)
+        start.wait()
+        for i in range(args.requests):
+            body = {
+                "prompt": PROMPTS[(k + i) % len(PROMPTS)],
+                "max_tokens": args.max_tokens,
+                "temperature": 0.7,
+                "seed": 1000 * k + i,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "logit_bias": {str(t): -100 for t in banned},
+            }
+            out = stream_one(clients[k], body)
+            with lock:
+                results.append(out)
 
     threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(n_clients)]
+    for t in threads:
+        t.start()
     server_cpu0 = process_cpu_s(server_pid) if server_pid else None
     client_cpu0 = sum(os.times()[:2])
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
+    start.wait()
     for t in threads:
         t.join(REQUEST_S * args.requests + 60)
     wall = time.perf_counter() - t0
     client_cpu = sum(os.times()[:2]) - client_cpu0
     server_cpu1 = process_cpu_s(server_pid) if server_pid else None
+    for client in clients:
+        client.close()
     ok = [r for r in results if "error" not in r]
     tokens = sum(r["tokens"] for r in ok)
     errors = [r["error"] for r in results if "error" in r] + ["client still running"] * sum(
@@ -321,8 +359,10 @@ def bench_server(name: str, args: argparse.Namespace, banned: list[int]) -> list
     rows = []
     try:
         wait_ready(proc, url)
-        with httpx.Client() as client:  # warm-up: first-request costs stay out of the figures
-            stream_one(client, url, {"prompt": "Hello", "max_tokens": 8, "stream": True})
+        # Warm-up: one round of the load at the most concurrency the server batches (its
+        # slots), so first-use costs (each slot's KV cache paged in, batch buffers grown to
+        # their size) stay out of the figures: what is measured is a server in service.
+        run_load(url, min(max(args.clients), server_slots(name, args)), args, banned)
         for n in args.clients:
             row = {"server": name, **run_load(url, n, args, banned, proc.pid)}
             print(

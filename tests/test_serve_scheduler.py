@@ -253,3 +253,42 @@ def test_eight_concurrent_requests_equal_their_solo_runs(model, make):
     finally:
         s.stop()
     assert max(len(b) for b in gate.batches) == 8
+
+
+def test_a_steps_events_are_flushed_as_the_next_forward_pass_starts(backend, monkeypatch):
+    """Buffered events go out through ``flush``: while sequences keep running, from within the
+    next step once its forward pass starts (run_step's on_compute), and at once when none
+    follows, so every event is delivered."""
+    import smallmind.serve.scheduler as scheduler_module
+
+    pending: list = []
+    delivered: list = []
+    in_step = threading.Event()
+    flushes: list[tuple[bool, int]] = []  # (inside a step, events handed over)
+
+    def flush() -> None:
+        flushes.append((in_step.is_set(), len(pending)))
+        delivered.extend(pending)
+        pending.clear()
+
+    def watched_run_step(work, on_compute=None):
+        in_step.set()
+        try:
+            return run_step(work, on_compute)
+        finally:
+            in_step.clear()
+
+    monkeypatch.setattr(scheduler_module, "run_step", watched_run_step)
+    s = Scheduler(backend, parallel=2, flush=flush).start()
+    try:
+        for prompt in ("ROMEO:", "KING"):
+            s.submit(greedy(backend, prompt, 12), pending.append)
+        deadline = time.monotonic() + WAIT_S
+        while sum(isinstance(e, Finished) for e in delivered) < 2:
+            assert time.monotonic() < deadline, "events were left undelivered"
+            time.sleep(0.01)
+    finally:
+        s.stop()
+    assert sum(isinstance(e, Emitted) for e in delivered) == 24
+    assert any(inside and n > 0 for inside, n in flushes)  # a step's events, sent from the next
+    assert not flushes[-1][0] or flushes[-1][1] == 0  # the last events went out after the last step

@@ -53,6 +53,8 @@ cdef class Workspace:
     cdef double rope_pos0
     cdef Py_ssize_t rope_rows
     cdef int rope_n_rot
+    cdef long long n_calls     # calls run (run_layers, run_batch) so far
+    cdef long long rope_call   # the call whose segments' angles fill the tables row by row
     cdef readonly Py_ssize_t max_tokens, n_embd, n_hidden, q_dim, kv_dim, ldqkv, vocab
     cdef readonly Py_ssize_t capacity, n_layer, max_segs
     cdef readonly int n_head, n_kv_head, head_dim
@@ -106,6 +108,9 @@ cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil
 # Rotate the q and k heads of segment `seg`'s rows by their positions (the layer's rotary
 # frequencies), with the workspace's angle tables.
 cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil
+# rope_segment for every segment of the call; the angles of a call of several segments are
+# computed once per call, not once per segment and layer.
+cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil
 # x += Wo att and x += Wdown h, with the layer's biases if any (GPT-2 and Llama).
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil

@@ -206,6 +206,8 @@ cdef class Workspace:
         self.rope_sn = self.rope_cs + max_tokens * half
         self.rope_freq = self.rope_sn + max_tokens * half
         self.rope_rows = 0
+        self.n_calls = 0
+        self.rope_call = -1
         mm = arrays["mm_scratch"]
         if mm.nbytes < mm_scratch_bytes:
             raise ShapeError("workspace buffer mm_scratch is too small")
@@ -308,9 +310,39 @@ cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil
         rope_angles(ws.rope_cs, ws.rope_sn, seg.n, L.n_rot, seg.pos0, L.inv_freq)
         memcpy(ws.rope_freq, L.inv_freq, freq_bytes)
         ws.rope_rows, ws.rope_pos0, ws.rope_n_rot = seg.n, seg.pos0, L.n_rot
+        ws.rope_call = -1
     # k follows q in each row, so one pass turns the n_head query and n_kv_head key heads.
     rope_rotate(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, ws.n_head + ws.n_kv_head, ws.head_dim,
                 L.n_rot, ws.rope_cs, ws.rope_sn, L.neox)
+
+
+cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    # The sequences of a batch sit at different positions: one table for a single position
+    # range would be recomputed for every segment of every layer (cos/sin in double, most of
+    # a batched step's rope). Instead each row's angles go to the row's own place in the
+    # tables, once per call; rows turn by the same angles as alone (rope_angles per position).
+    cdef Py_ssize_t half = L.n_rot // 2
+    cdef size_t freq_bytes = half * sizeof(float)
+    cdef const Segment* seg
+    cdef int i
+    if c.n_segs == 1 or L.n_rot == 0:
+        for i in range(c.n_segs):
+            rope_segment(ws, L, &c.segs[i])
+        return
+    if not (ws.rope_call == ws.n_calls and ws.rope_n_rot == L.n_rot
+            and memcmp(ws.rope_freq, L.inv_freq, freq_bytes) == 0):
+        for i in range(c.n_segs):
+            seg = &c.segs[i]
+            rope_angles(ws.rope_cs + seg.row0 * half, ws.rope_sn + seg.row0 * half, seg.n, L.n_rot,
+                        seg.pos0, L.inv_freq)
+        memcpy(ws.rope_freq, L.inv_freq, freq_bytes)
+        ws.rope_n_rot = L.n_rot
+        ws.rope_call = ws.n_calls
+        ws.rope_rows = 0  # the tables no longer hold one segment's angles from row 0
+    for i in range(c.n_segs):
+        seg = &c.segs[i]
+        rope_rotate(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, ws.n_head + ws.n_kv_head, ws.head_dim,
+                    L.n_rot, ws.rope_cs + seg.row0 * half, ws.rope_sn + seg.row0 * half, L.neox)
 
 
 cdef extern from *:
@@ -509,6 +541,7 @@ cdef _run(Steps steps, list layers, Workspace ws, int n_segs, Py_ssize_t n_packe
     c.n = ws.segs[n_segs - 1].row0 + ws.segs[n_segs - 1].n
     c.n_packed = n_packed
     c.n_threads = n_threads
+    ws.n_calls += 1
     # One GIL release for all the layers (per layer it cost ~1-2 us, 30-50 us a token).
     with nogil:
         for i in range(first, end):

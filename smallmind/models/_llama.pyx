@@ -20,7 +20,7 @@ attention per sequence when a batch runs several); ``LAYER`` is the table that
 from smallmind._core._elementwise cimport swiglu
 from smallmind._core._matmul cimport WeightView
 from smallmind.models._layer cimport (Step, attention, down_matmul, kv_store, matmul_rows,
-                                      matmul_rows_many, out_matmul, rmsnorm_rows, rope_segment,
+                                      matmul_rows_many, out_matmul, rmsnorm_rows, rope_segments,
                                       steps_table)
 
 
@@ -40,9 +40,7 @@ cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
 
 
 cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    cdef int i
-    for i in range(c.n_segs):  # each sequence's rows at its own positions
-        rope_segment(ws, L, &c.segs[i])
+    rope_segments(ws, L, c)  # each sequence's rows at its own positions
 
 
 cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:

@@ -11,7 +11,7 @@ sequences (each with its own State) through the weights at once, in a :class:`Ba
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
@@ -285,11 +285,17 @@ class DecoderModel:
         return Forward(ws.arrays["logits"], shifts)
 
     def forward_batch(self, batch: BatchState, seqs: Sequence[tuple[State, Sequence[int]]], *,
-                      packed: Sequence[bool] | None = None) -> BatchForward:
+                      packed: Sequence[bool] | None = None,
+                      on_compute: Callable[[], None] | None = None,
+                      timings: np.ndarray | None = None) -> BatchForward:
         """Run each sequence's ``tokens`` after what its State's cache holds, all sequences'
         rows through the weights together (one pass for the batch) and each attending over
         its own cache. Returns a :class:`BatchForward`: row i of its logits is sequence i's
-        last position.
+        last position. ``on_compute``, if given, is called once the rows are in place, just
+        before the layers run without the GIL: the server hands the last step's events to its
+        event loop there, whose work then overlaps the pass instead of taking the GIL from
+        this thread's Python in between. ``timings`` ((n_layer, 1 + len(steps)) float64) gets
+        each layer's start and step durations, as ``_layer.run_batch`` records them.
 
         Every row comes out bit for bit as :meth:`forward` of that sequence's tokens alone
         computes it, given the same chunking: ``packed[i]`` says whether sequence i's rows
@@ -329,7 +335,10 @@ class DecoderModel:
             row += n
             if flags[i]:
                 n_packed = row
-        _layer.run_batch(self.steps, self.layers, ws, caches, spans[:n_seqs], n_packed, batch.n_threads)
+        if on_compute is not None:
+            on_compute()
+        _layer.run_batch(self.steps, self.layers, ws, caches, spans[:n_seqs], n_packed, batch.n_threads,
+                         timings)
         for state, tokens in seqs:
             state.cache.commit(len(tokens))
         logits = batch._arrays["logits"][:n_seqs]

@@ -16,7 +16,7 @@ with ``Engine.generate``. The scheduler (``scheduler.py``) and the HTTP layer do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -278,11 +278,13 @@ class Slot:
         self._session.close()
 
 
-def run_step(work: Sequence[tuple[Slot, int]]) -> list[Emitted | BaseException | None]:
+def run_step(work: Sequence[tuple[Slot, int]],
+             on_compute: Callable[[], None] | None = None) -> list[Emitted | BaseException | None]:
     """Advance each ``(slot, prefill_budget)`` by one step, all in one batched forward pass; one
     result per slot, in order: an :class:`Emitted`, None (a prompt chunk that did not reach the
     prompt's end), or the exception that slot raised (the other slots still run; an error of
-    the forward pass itself is every slot's)."""
+    the forward pass itself is every slot's). ``on_compute`` is called once, as the first
+    forward pass starts its layers (see ``forward_batch``); not at all when none runs."""
     out: list[Emitted | BaseException | None] = [None] * len(work)
     planned: list[tuple[int, Slot, list[int], bool]] = []
     for k, (slot, budget) in enumerate(work):
@@ -297,7 +299,8 @@ def run_step(work: Sequence[tuple[Slot, int]]) -> list[Emitted | BaseException |
             state = batch.get(len(group), sum(len(ran) for _, _, ran, _ in group))
             fwd = batch.engine.model.forward_batch(
                 state, [(slot._session._state, ran) for _, slot, ran, _ in group],
-                packed=[packed for *_, packed in group])
+                packed=[packed for *_, packed in group], on_compute=on_compute)
+            on_compute = None
         except Exception as exc:  # noqa: BLE001
             for k, *_ in group:
                 out[k] = exc

@@ -12,7 +12,12 @@ prompt) and runs only the rest. The waiting queue is bounded: :meth:`Scheduler.s
 Everything the engine thread reports goes through the request's ``sink`` callback, called on
 the engine thread: one :class:`~smallmind.serve._backend.Emitted` per produced text, then a
 :class:`Finished` (or a :class:`Failed`). After each round of sink calls (a step's events) it
-calls ``flush``, if given, so sinks may buffer events and hand a whole step over at once.
+calls ``flush``, if given, so sinks may buffer events and hand a whole step over at once. A
+step's events are flushed as the next step's forward pass starts its layers (``run_step``'s
+``on_compute``), or at once when no step follows: the event loop that wakes for them then
+works while the layers run without the GIL, not while this thread's Python between two steps
+(sampling, the next step's plan and inputs) needs the GIL. (A ``step`` given in place of
+``run_step``, as tests do, has its events flushed after it.)
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ class Scheduler:
         timeout: float = 600.0,
         queue_timeout: float | None = None,
         metrics: Metrics | None = None,
-        step: Callable[[Sequence[tuple[Slot, int]]], list] = run_step,
+        step: Callable[[Sequence[tuple[Slot, int]]], list] | None = None,
         flush: Callable[[], None] | None = None,
     ):
         for name, value in (("parallel", parallel), ("prefill_chunk", prefill_chunk)):
@@ -196,8 +201,7 @@ class Scheduler:
                         self._flush_events()  # of the requests dropped above
                         self._cond.wait(timeout=self._next_deadline_in())
                         continue
-                self._run_one_step()
-                self._flush_events()
+                self._run_one_step()  # flushes the events so far as its forward pass starts
         except BaseException as exc:  # report it to every request rather than leave them hanging
             self.error = exc
             raise
@@ -267,6 +271,7 @@ class Scheduler:
             else:
                 batch.append(h)
         if not batch:
+            self._flush_events()
             return
         # The prefill budget goes to the oldest prompts first, so the first to come is first
         # served; a prompt left without budget sits this step out.
@@ -287,7 +292,14 @@ class Scheduler:
             work.append((h.slot, share))
         if self.metrics is not None:
             self.metrics.step(len(work))
-        results = self._step(work)
+        flushed = False
+
+        def on_compute() -> None:
+            nonlocal flushed
+            flushed = True
+            self._flush_events()
+
+        results = run_step(work, on_compute) if self._step is None else self._step(work)
         for h, result in zip(stepped, results, strict=False):
             if result is None:
                 continue
@@ -307,6 +319,8 @@ class Scheduler:
                 self._send(h, Emitted(result.token, result.text, logprob=result.logprob) if last else result)
             if result.finish_reason is not None:
                 self._release(h, result.finish_reason)
+        if not flushed:  # no forward pass ran (or a custom step's): this step's events go now
+            self._flush_events()
 
     def _release(self, h: Handle, reason: str | None, event: Event | None = None) -> None:
         slot = h.slot
