@@ -70,7 +70,19 @@ typedef struct {
 
 static void smm_qk_unpack(int type, const uint8_t* row, ptrdiff_t nb, smm_qk_unpacked* out)
 {
-#define SMM_QK_UNPACK(T)                                                             for (ptrdiff_t b = 0; b < nb; b++) {                                                 const uint8_t* blk = row + b * smm_block_bytes(T);                               smm_kblock kb;                                                                   smm_kblock_decode(T, blk, &kb);                                                  _Pragma("GCC unroll 8") for (int s = 0; s < 8; s++) {                                out[b].q[s] = smm_ksub_avx2(T, blk, s);                                          out[b].sc[s] = smm_kscale(&kb, s);                                           }                                                                                out[b].d = kb.d;                                                                 out[b].mins = T == SMM_Q6_K ? _mm256_setzero_ps() : kb.mins;                     out[b].off = T == SMM_Q6_K ? kb.off : _mm256_setzero_si256();                }
+#define SMM_QK_UNPACK(T)                                                        \
+    for (ptrdiff_t b = 0; b < nb; b++) {                                        \
+        const uint8_t* blk = row + b * smm_block_bytes(T);                      \
+        smm_kblock kb;                                                          \
+        smm_kblock_decode(T, blk, &kb);                                         \
+        _Pragma("GCC unroll 8") for (int s = 0; s < 8; s++) {                   \
+            out[b].q[s] = smm_ksub_avx2(T, blk, s);                             \
+            out[b].sc[s] = smm_kscale(&kb, s);                                  \
+        }                                                                       \
+        out[b].d = kb.d;                                                        \
+        out[b].mins = T == SMM_Q6_K ? _mm256_setzero_ps() : kb.mins;            \
+        out[b].off = T == SMM_Q6_K ? kb.off : _mm256_setzero_si256();           \
+    }
     switch (type) {
     case SMM_Q4_K: SMM_QK_UNPACK(SMM_Q4_K) break;
     case SMM_Q5_K: SMM_QK_UNPACK(SMM_Q5_K) break;
@@ -131,7 +143,14 @@ static void smm_qk_panel_tile_any(const smm_job* j, int R, int C, const smm_qk_u
 {
     float out[4][4] = {{0.0f}};
     const uint8_t* a = act + t * astride;
-#define SMM_QK_PANEL_CASES(T)                                                                              if (R == 2) {                                                                                              if (C == 4) smm_qk_panel_tile(T, 2, 4, p, pstride, a, astride, j->cols, out);                          else if (C == 3) smm_qk_panel_tile(T, 2, 3, p, pstride, a, astride, j->cols, out);                     else if (C == 2) smm_qk_panel_tile(T, 2, 2, p, pstride, a, astride, j->cols, out);                     else smm_qk_panel_tile(T, 2, 1, p, pstride, a, astride, j->cols, out);                             } else if (C == 4) smm_qk_panel_tile(T, 1, 4, p, pstride, a, astride, j->cols, out);                   else smm_qk_panel_tile(T, 1, 1, p, pstride, a, astride, j->cols, out);
+#define SMM_QK_PANEL_CASES(T)                                                                \
+    if (R == 2) {                                                                        \
+        if (C == 4) smm_qk_panel_tile(T, 2, 4, p, pstride, a, astride, j->cols, out);    \
+        else if (C == 3) smm_qk_panel_tile(T, 2, 3, p, pstride, a, astride, j->cols, out); \
+        else if (C == 2) smm_qk_panel_tile(T, 2, 2, p, pstride, a, astride, j->cols, out); \
+        else smm_qk_panel_tile(T, 2, 1, p, pstride, a, astride, j->cols, out);           \
+    } else if (C == 4) smm_qk_panel_tile(T, 1, 4, p, pstride, a, astride, j->cols, out); \
+    else smm_qk_panel_tile(T, 1, 1, p, pstride, a, astride, j->cols, out);
     switch (j->type) {
     case SMM_Q4_K: SMM_QK_PANEL_CASES(SMM_Q4_K) break;
     case SMM_Q5_K: SMM_QK_PANEL_CASES(SMM_Q5_K) break;
