@@ -29,6 +29,8 @@ from smallmind.sampling import Sampler, SamplingParams  # noqa: E402
 CONFIGS = [
     ("temperature 0.8", dict(temperature=0.8)),
     ("greedy", dict(temperature=0.0)),
+    # what compare.py and decode_budget decode with: greedy, the stop tokens banned
+    ("greedy, 2 tokens banned", dict(temperature=0.0, logit_bias={1: float("-inf"), 106: float("-inf")})),
     ("min_p 0.05", dict(temperature=0.8, min_p=0.05)),
     ("top_k 40", dict(temperature=0.8, top_k=40)),
     ("top_k 40 + top_p 0.95", dict(temperature=0.8, top_k=40, top_p=0.95)),
@@ -39,8 +41,11 @@ CONFIGS = [
 
 
 def numpy_sample(x: np.ndarray, rng: np.random.Generator, temperature: float = 0.8,
-                 top_k=None, top_p=None, min_p=None, repetition_penalty=1.0, history=None) -> int:
+                 top_k=None, top_p=None, min_p=None, repetition_penalty=1.0, history=None,
+                 logit_bias=None) -> int:
     x = x.astype(np.float64)
+    for token, value in (logit_bias or {}).items():
+        x[token] += value
     if repetition_penalty != 1.0 and history is not None:
         seen = np.unique(history[-64:])
         v = x[seen]

@@ -193,6 +193,34 @@ def test_temperature_zero_is_argmax_lowest_id_and_draws_nothing(x):
     assert s.rng.bit_generator.state == state
 
 
+@SETTINGS
+@given(n=st.integers(1, 300), data=st.data())
+def test_greedy_with_logit_bias_is_argmax_of_the_biased_logits(n, data):
+    """Greedy decoding with a logit bias scans the logits in place (runs between the biased
+    tokens, each biased token a scalar): the first maximum of x + bias, as a copy gives;
+    NaN anywhere after the bias (inf - inf included), or everything -inf, raises."""
+    special = st.sampled_from([0.0, -0.0, 1.0, 7.5, np.inf, -np.inf, np.nan])
+    values = st.one_of(st.floats(-50, 50, width=32), special)
+    x = np.array(data.draw(st.lists(values, min_size=n, max_size=n)), np.float32)
+    if data.draw(st.booleans()):
+        x[x != x] = 0.0  # most cases: no NaN in the logits themselves
+    bias = data.draw(st.dictionaries(st.integers(0, n - 1), st.one_of(st.floats(-20, 20), special.filter(
+        lambda v: v == v)), max_size=min(n, 12)))
+    before, ref = x.copy(), x.copy()
+    for token, value in bias.items():
+        ref[token] += np.float32(value)
+    sampler = Sampler(SamplingParams(temperature=0, logit_bias=bias), n)
+    if np.isnan(ref).any():
+        with pytest.raises(SamplingError, match="NaN"):
+            sampler.sample(x)
+    elif (ref == -np.inf).all():
+        with pytest.raises(SamplingError, match="banned"):
+            sampler.sample(x)
+    else:
+        assert sampler.sample(x) == int(np.argmax(ref))
+    np.testing.assert_array_equal(x, before)  # the logits themselves are left as they were
+
+
 def test_tiny_temperature_and_positive_infinity():
     x = np.array([0.0, 2.9, 2.999, -1.0] * 10, np.float32)
     x[1] = 3.0

@@ -341,6 +341,15 @@ SMM_INLINE __m256i smm_ksub_avx2(const int type, const uint8_t* b, const int s)
  * tiles of n >= 4 rows ran 1.1-1.3x faster on Zen 3, n = 1 1.1-1.25x). */
 #define SMM_PIN(v) __asm__("" : "+x"(v))
 
+/* A block's integer sums (one activation row, one weight row) into the running float sums:
+ * d * dx * sums, less the mins against the activation's sums per 32 (xs) for Q4_K/Q5_K. */
+SMM_INLINE void smm_qk_fold(int has_min, __m256* acc, __m256i isum, __m256 d, __m256 mins, __m256 dx,
+                            const float* xs)
+{
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, dx), *acc);
+    if (has_min) *acc = _mm256_fnmadd_ps(mins, _mm256_loadu_ps(xs), *acc);
+}
+
 /*
  * Tile of R weight rows x C activation rows over the 256-element blocks. Per block and
  * row the scales are decoded once; per sub-block of 32 and row the codes are unpacked once
@@ -403,10 +412,7 @@ SMM_INLINE void smm_qk_tile_avx2(const int type, const int R, const int C,
         for (int c = 0; c < C; c++) {
             const __m256 dx = _mm256_broadcast_ss(a[c].d + b);
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_mul_ps(kb[r].d, dx), acc[r][c]);
-                if (has_min) acc[r][c] = _mm256_fnmadd_ps(kb[r].mins, _mm256_loadu_ps(a[c].xs + 8 * b), acc[r][c]);
-            }
+            for (int r = 0; r < R; r++) smm_qk_fold(has_min, &acc[r][c], isum[r][c], kb[r].d, kb[r].mins, dx, a[c].xs + 8 * b);
         }
     }
 #pragma GCC unroll 4

@@ -191,6 +191,7 @@ cdef class SamplerCore:
     cdef Py_ssize_t _n_bias
     cdef int32_t* _bias_tokens
     cdef float* _bias_values
+    cdef int32_t* _bias_order         # bias entries by token id (stable: repeats keep their order)
     cdef float* _work                 # logits after bias and penalties
     cdef float* _weights
     cdef float* _block_sums
@@ -207,6 +208,7 @@ cdef class SamplerCore:
     def __dealloc__(self):
         free(self._bias_tokens)
         free(self._bias_values)
+        free(self._bias_order)
         free(self._work)
         free(self._weights)
         free(self._block_sums)
@@ -267,6 +269,10 @@ cdef class SamplerCore:
             self._bias_values = <float*>_alloc(self._n_bias * sizeof(float))
             memcpy(self._bias_tokens, &bias_tokens[0], self._n_bias * sizeof(int32_t))
             memcpy(self._bias_values, &bias_values[0], self._n_bias * sizeof(float))
+            self._bias_order = <int32_t*>_alloc(self._n_bias * sizeof(int32_t))
+            order = np.argsort(np.asarray(bias_tokens), kind="stable").astype(np.int32)
+            for i in range(self._n_bias):
+                self._bias_order[i] = order[i]
 
         bit_generator = rng.bit_generator
         self._bitgen = <bitgen_t*>PyCapsule_GetPointer(bit_generator.capsule, "BitGenerator")
@@ -293,6 +299,12 @@ cdef class SamplerCore:
                 f"({self.vocab_size},), got dtype={logits.dtype} shape={(<object>logits).shape}"
                 + ("" if logits.flags.c_contiguous else " (not contiguous)"))
         src = <const float*>cnp.PyArray_DATA(logits)
+        if self._n_bias and self._temperature == 0 and not (self._penalize and history is not None):
+            with nogil:
+                token = self._greedy_biased(src)
+            if token < 0:
+                self._raise_for(token, logits)
+            return token
         if self._n_bias or (self._penalize and history is not None):
             memcpy(self._work, src, self.vocab_size * sizeof(float))
             for i in range(self._n_bias):
@@ -308,6 +320,51 @@ cdef class SamplerCore:
         if token < 0:
             self._raise_for(token, logits)
         return token
+
+    cdef float _biased(self, const float* x, Py_ssize_t* i) noexcept nogil:
+        """x[t] + its bias entries, in their order, for t the token of bias entry
+        _bias_order[i]; moves i past that token's entries."""
+        cdef Py_ssize_t t = self._bias_tokens[self._bias_order[i[0]]]
+        cdef float v = x[t]
+        while i[0] < self._n_bias and self._bias_tokens[self._bias_order[i[0]]] == t:
+            v = v + self._bias_values[self._bias_order[i[0]]]
+            i[0] += 1
+        return v
+
+    cdef Py_ssize_t _greedy_biased(self, const float* x) noexcept nogil:
+        """Greedy choice over x plus the logit bias, without the vocabulary-sized copy:
+        the biased tokens split x into runs scanned as they are, and each biased token
+        is one scalar sum (the same float additions, in the same order, as the copy's).
+        Then the first index holding the maximum, as _choose finds it in the copy."""
+        cdef Py_ssize_t n = self.vocab_size, start = 0, i = 0, t, j
+        cdef float best = -INFINITY, m, v
+        cdef bint nan = False, run_nan = False
+        while start < n:
+            t = self._bias_tokens[self._bias_order[i]] if i < self._n_bias else n
+            if t > start:
+                m = max_scan(x + start, t - start, &run_nan)
+                nan = nan or run_nan
+                best = m if m > best else best
+            if t < n:
+                v = self._biased(x, &i)
+                nan = nan or v != v
+                best = v if v > best else best
+            start = t + 1
+        if nan:
+            return _NAN_LOGITS
+        if best == -INFINITY:
+            return _ALL_BANNED
+        start = i = 0
+        while start < n:
+            t = self._bias_tokens[self._bias_order[i]] if i < self._n_bias else n
+            if t > start:
+                j = first_index_of(x + start, t - start, best)
+                if j < t - start:
+                    return start + j
+            if t < n and self._biased(x, &i) == best:
+                return t
+            start = t + 1
+        return _NAN_LOGITS  # not reached: best is one of the values scanned
 
     cdef Py_ssize_t _choose(self, const float* x) noexcept nogil:
         cdef Py_ssize_t n = self.vocab_size, count, i
