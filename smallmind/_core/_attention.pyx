@@ -39,7 +39,7 @@ cnp.import_array()
 
 cdef extern from "_attention.h" nogil:
     void att_attend_group(const float* q, const float* k, const float* v, Py_ssize_t n,
-                          int n_g, int hd, float scale, float* out, float* s)
+                          int n_g, int grouped, int hd, float scale, float* out, float* s)
     Py_ssize_t att_next_task(Py_ssize_t* counter)
 
 
@@ -103,7 +103,7 @@ cdef inline void _attend_heads(const _Job* job, Py_ssize_t i, int h0, int n_g,
     cdef Py_ssize_t first = pos - job.window + 1 if job.window > 0 and pos - job.window + 1 > 0 else 0
     cdef Py_ssize_t kv_off = (h0 // job.group) * job.head_stride + first * job.head_dim
     att_attend_group(job.q + i * job.ldq + h0 * job.head_dim, job.k + kv_off, job.v + kv_off,
-                     pos - first + 1, n_g, job.head_dim, job.scale,
+                     pos - first + 1, n_g, job.group > 1, job.head_dim, job.scale,
                      job.out + i * job.ldo + h0 * job.head_dim, row)
 
 
@@ -152,11 +152,12 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     # attention_scratch_floats(pos0 + n_q, n_threads).
     job.row_floats = attention_scratch_floats(pos0 + n_q, 1)
     job.sub = job.group
-    # Too few (row, KV head) units to keep every lane busy (decode with few KV heads):
-    # split each group into smaller sets of query heads, trading K/V reuse for
-    # parallelism.
-    if units < lanes:
-        job.sub = max(1, <int>((job.group * units + lanes - 1) // lanes))
+    # Too few (row, KV head) units to share evenly over the lanes (decode with few KV
+    # heads: SmolLM2's 3 on 2 threads left one lane idle a third of the time): split each
+    # group into smaller sets of query heads, about 4 tasks per lane, trading K/V reuse
+    # (from L1/L2 at these sizes) for balance. A head's result does not depend on the split.
+    if units < 4 * lanes:
+        job.sub = max(1, <int>(job.group * units // (4 * lanes)))
     job.subs_per_group = (job.group + job.sub - 1) // job.sub
     job.n_tasks = units * job.subs_per_group
     job.next_task = 0
