@@ -61,9 +61,17 @@ cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noe
     return row * (n_threads if n_threads > 1 else 1)
 
 
-# Threads pay only when a call has this much work (query rows x keys x query heads x
-# head_dim multiply-adds, for the scores alone): below it, handing out the tasks costs
-# more than the second thread saves (decode at short contexts).
+# Work (query rows x keys x query heads x head_dim multiply-adds, for the scores alone)
+# from which a call is split over threads: a pool job costs ~0.25 us beyond its work when
+# the workers are spinning (decode_budget.py's pool job us, Zen 3), and a late worker costs
+# nothing (the caller claims every task it has not), so a split pays from a few us of work:
+# SmolLM2's 9 heads x 64 from 28 cached positions on. Below, one thread.
+cdef enum:
+    _MIN_SPLIT_WORK = 1 << 14
+
+# Work below which a sequence's attention counts as small (attention_single_threaded): a
+# batch runs such segments side by side, one thread each, rather than one after another
+# split over every thread.
 cdef enum:
     _MIN_THREADED_WORK = 1 << 16
 
@@ -143,7 +151,7 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     job.pos0, job.n_q, job.n_kv_head, job.head_dim = pos0, n_q, n_kv_head, head_dim
     job.scale, job.window, job.out, job.ldo, job.scratch = scale, window, out, ldo, scratch
     job.group = n_head // n_kv_head
-    if lanes <= 1 or attention_single_threaded(n_q, pos0, n_head, head_dim):
+    if lanes <= 1 or <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_SPLIT_WORK:
         for i in range(n_q):
             for j in range(n_kv_head):
                 _attend_heads(&job, i, j * job.group, job.group, scratch)

@@ -432,6 +432,37 @@ def _set_isa(int level):
     return smm_set_isa(level)
 
 
+cdef extern from "<time.h>" nogil:
+    """
+    static inline long long smm_bench_now_ns(void)
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    """
+    long long smm_bench_now_ns()
+
+
+cdef void _busy_chunk(const void* arg, Py_ssize_t chunk) noexcept nogil:
+    cdef long long end = smm_bench_now_ns() + (<const long long*>arg)[0]
+    while smm_bench_now_ns() < end:
+        pass
+
+
+def _bench_pool(int n_threads, Py_ssize_t n_chunks, double chunk_us, Py_ssize_t iters=1):
+    """Seconds for `iters` pool jobs of n_chunks chunks that each busy-wait chunk_us: what a
+    job costs beyond its work (publishing it, waking or finding the workers, the join)."""
+    import time
+    cdef long long ns = <long long>(chunk_us * 1e3)
+    cdef Py_ssize_t i
+    t0 = time.perf_counter()
+    with nogil:
+        for i in range(iters):
+            smp_parallel(n_threads, n_chunks, _busy_chunk, &ns)
+    return time.perf_counter() - t0
+
+
 def _bench_read(buf, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
     """Seconds for `iters` reads of the 64-byte aligned uint8 array `buf` on n_threads of the
     matmul thread pool (4 loads in flight per thread): the read bandwidth the kernels can reach."""
