@@ -79,8 +79,8 @@ SMM_INLINE float smm_ldw1(const int type, const uint8_t* row, ptrdiff_t k)
  * ---------------------------------------------------------------------------------- */
 
 #define SMM_FLOAT_AHEAD(type) ((type) == SMM_F32 ? 256 : 1024)
-/* Floats of stack for the activations in BF16 lane order (n * cols up to this; 16 KB). */
-#define SMM_XLANES_MAX 4096
+/* Floats of stack for the activations in BF16 lane order (n * cols up to this; 32 KB). */
+#define SMM_XLANES_MAX 8192
 
 /* x in the lane order of smm_ldw16x2 for BF16: each full 16 columns even then odd elements
  * (the columns after the last full 16 as they are). */
@@ -96,49 +96,76 @@ SMM_INLINE void smm_x_lanes(const float* x, ptrdiff_t cols, float* xl)
     for (; k < cols; k++) xl[k] = x[k];
 }
 
-/* 16 columns from k into accumulators A, B; x in lane order (`lanes`) or plain. */
-#define SMM_FMA16(type, row, x, k, lanes, A, B)                                          \
-    do {                                                                                \
-        __m256 xa_, xb_, lo_, hi_;                                                       \
-        if (lanes) xa_ = _mm256_loadu_ps((x) + (k)), xb_ = _mm256_loadu_ps((x) + (k) + 8); \
-        else smm_ldx16x2(type, (x) + (k), &xa_, &xb_);                                   \
-        smm_ldw16x2(type, row, k, &lo_, &hi_);                                           \
-        A = _mm256_fmadd_ps(lo_, xa_, A);                                                \
-        B = _mm256_fmadd_ps(hi_, xb_, B);                                                \
-    } while (0)
+/* The 16 activations from column k of x (in BF16 lane order when `lanes`) as two vectors. */
+SMM_INLINE void smm_ldx16(const int type, const float* x, ptrdiff_t k, const int lanes, __m256* xa, __m256* xb)
+{
+    if (lanes) {
+        *xa = _mm256_loadu_ps(x + k);
+        *xb = _mm256_loadu_ps(x + k + 8);
+    } else smm_ldx16x2(type, x + k, xa, xb);
+}
 
-/* dot(row, x) over `cols` columns; x in BF16 lane order when `lanes` (same lanes, same
- * operations, so the same result either way); prefetch `ahead` bytes ahead (0: none). */
-SMM_INLINE float smm_float_dot_avx2(const int type, const uint8_t* row, ptrdiff_t cols, const float* x,
-                                    const int lanes, ptrdiff_t ahead)
+/* out[c] = dot(row, x[c]) over `cols` columns for C = 1 or 2 activation rows, which share
+ * each weight load and conversion (several activation rows are compute bound). Each c goes
+ * through the same operations in the same order whatever C is, and x in BF16 lane order
+ * (`lanes`) or plain gives the same lanes, so a row's result depends on neither. Prefetches
+ * `ahead` bytes ahead in the weight stream (0: none). */
+SMM_INLINE void smm_float_dots_avx2(const int type, const int C, const uint8_t* row, ptrdiff_t cols,
+                                    const float* const* x, const int lanes, ptrdiff_t ahead, float* out)
 {
     const int es = type == SMM_F32 ? 4 : 2;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 a[2][4], xa, xb, lo0, hi0, lo1, hi1;
+#pragma GCC unroll 2
+    for (int c = 0; c < C; c++) a[c][0] = a[c][1] = a[c][2] = a[c][3] = _mm256_setzero_ps();
     ptrdiff_t k = 0;
     for (; k + 32 <= cols; k += 32) {
         if (ahead) {
             _mm_prefetch((const char*)(row + es * k + ahead), _MM_HINT_T0);
             if (es == 4) _mm_prefetch((const char*)(row + es * k + ahead + 64), _MM_HINT_T0);
         }
-        SMM_FMA16(type, row, x, k, lanes, a0, a1);
-        SMM_FMA16(type, row, x, k + 16, lanes, a2, a3);
+        smm_ldw16x2(type, row, k, &lo0, &hi0);
+        smm_ldw16x2(type, row, k + 16, &lo1, &hi1);
+#pragma GCC unroll 2
+        for (int c = 0; c < C; c++) {
+            smm_ldx16(type, x[c], k, lanes, &xa, &xb);
+            a[c][0] = _mm256_fmadd_ps(lo0, xa, a[c][0]);
+            a[c][1] = _mm256_fmadd_ps(hi0, xb, a[c][1]);
+            smm_ldx16(type, x[c], k + 16, lanes, &xa, &xb);
+            a[c][2] = _mm256_fmadd_ps(lo1, xa, a[c][2]);
+            a[c][3] = _mm256_fmadd_ps(hi1, xb, a[c][3]);
+        }
     }
     if (k + 16 <= cols) {
-        SMM_FMA16(type, row, x, k, lanes, a0, a1);
+        smm_ldw16x2(type, row, k, &lo0, &hi0);
+#pragma GCC unroll 2
+        for (int c = 0; c < C; c++) {
+            smm_ldx16(type, x[c], k, lanes, &xa, &xb);
+            a[c][0] = _mm256_fmadd_ps(lo0, xa, a[c][0]);
+            a[c][1] = _mm256_fmadd_ps(hi0, xb, a[c][1]);
+        }
         k += 16;
     }
     if (k + 8 <= cols) { /* past the last full 16 columns x is in plain order */
-        a2 = _mm256_fmadd_ps(smm_ldw8(type, row, k), _mm256_loadu_ps(x + k), a2);
+        lo0 = smm_ldw8(type, row, k);
+#pragma GCC unroll 2
+        for (int c = 0; c < C; c++) a[c][2] = _mm256_fmadd_ps(lo0, _mm256_loadu_ps(x[c] + k), a[c][2]);
         k += 8;
     }
-    float s = smm_hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; k < cols; k++) s += smm_ldw1(type, row, k) * x[k];
-    return s;
+#pragma GCC unroll 2
+    for (int c = 0; c < C; c++) {
+        float s = smm_hsum8(_mm256_add_ps(_mm256_add_ps(a[c][0], a[c][1]), _mm256_add_ps(a[c][2], a[c][3])));
+        for (ptrdiff_t i = k; i < cols; i++) s += smm_ldw1(type, row, i) * x[c][i];
+        out[c] = s;
+    }
 }
 
 /* Rows [r0, r1) of W (row r at w + r * wstride) against activation rows t = 0..n-1:
- * y[t, r] (+)= dot(W[r], x[t]) (+ bias[r]). Only the first activation row prefetches (the
- * others find the row in L1). */
+ * y[t, r] (+)= dot(W[r], x[t]) (+ bias[r]), activation rows two at a time. With several,
+ * the weight rows go in blocks of about SMM_FLOAT_BLOCK_BYTES that stay in L1 while each
+ * pair passes (all n activation rows against one weight row at a time filled L1 with
+ * activations from n * cols = 8K floats on). Only the first pair prefetches (the others
+ * find the rows in L1). */
+#define SMM_FLOAT_BLOCK_BYTES 8192
 SMM_INLINE void smm_float_rows_avx2_t(const int type, const uint8_t* w, ptrdiff_t wstride, ptrdiff_t r0,
                                       ptrdiff_t r1, ptrdiff_t cols, const float* x, ptrdiff_t n, ptrdiff_t ldx,
                                       float* y, ptrdiff_t ldy, const float* bias, int accumulate)
@@ -147,13 +174,25 @@ SMM_INLINE void smm_float_rows_avx2_t(const int type, const uint8_t* w, ptrdiff_
     const int lanes = type == SMM_BF16 && n * cols <= SMM_XLANES_MAX;
     if (lanes)
         for (ptrdiff_t t = 0; t < n; t++) smm_x_lanes(x + t * ldx, cols, xl + t * cols);
-    for (ptrdiff_t r = r0; r < r1; r++) {
-        const uint8_t* row = w + r * wstride;
-        for (ptrdiff_t t = 0; t < n; t++) {
+    ptrdiff_t block = SMM_FLOAT_BLOCK_BYTES / (wstride > 0 ? wstride : 1);
+    block = n == 1 || block < 1 ? 1 : block;
+    for (ptrdiff_t b0 = r0; b0 < r1; b0 += block) {
+        const ptrdiff_t b1 = b0 + block < r1 ? b0 + block : r1;
+        for (ptrdiff_t t = 0; t < n; t += 2) {
             const ptrdiff_t ahead = t == 0 ? SMM_FLOAT_AHEAD(type) : 0;
-            const float v = lanes ? smm_float_dot_avx2(type, row, cols, xl + t * cols, 1, ahead)
-                                  : smm_float_dot_avx2(type, row, cols, x + t * ldx, 0, ahead);
-            smm_store1(y + t * ldy + r, v, bias, r, accumulate);
+            const float* xt[2] = {lanes ? xl + t * cols : x + t * ldx, NULL};
+            float v[2];
+            if (t + 1 < n) xt[1] = lanes ? xl + (t + 1) * cols : x + (t + 1) * ldx;
+            for (ptrdiff_t r = b0; r < b1; r++) {
+                const uint8_t* row = w + r * wstride;
+                if (t + 1 < n) {
+                    if (lanes) smm_float_dots_avx2(type, 2, row, cols, xt, 1, ahead, v);
+                    else smm_float_dots_avx2(type, 2, row, cols, xt, 0, ahead, v);
+                    smm_store1(y + (t + 1) * ldy + r, v[1], bias, r, accumulate);
+                } else if (lanes) smm_float_dots_avx2(type, 1, row, cols, xt, 1, ahead, v);
+                else smm_float_dots_avx2(type, 1, row, cols, xt, 0, ahead, v);
+                smm_store1(y + t * ldy + r, v[0], bias, r, accumulate);
+            }
         }
     }
 }
