@@ -66,7 +66,7 @@ SMM_INLINE float smm_ldw1(const int type, const uint8_t* row, ptrdiff_t k)
 /* ------------------------------------------------------------------------------------
  * Float matrix-vector products (n < SMM_GEMM_MIN_N activation rows).
  *
- * One weight row at a time, against each activation row while it is in L1: the weights
+ * One weight row at a time (several activation rows: see smm_float_rows_avx2_t): the weights
  * are then read as a single sequential stream (rows are contiguous), which the hardware
  * prefetchers follow from one row into the next. Tiles of 4 rows read 4 streams that each
  * ended after one row (3 KB for F16 at 1536 columns): every row restarted the prefetchers
