@@ -30,7 +30,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport cos, sin
 
-from smallmind._core._matmul cimport parallel_chunks
+from smallmind._core._matmul cimport parallel_chunks, pool_workers_spin
 
 from smallmind.errors import ShapeError
 
@@ -62,10 +62,11 @@ cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noe
 
 
 # Work (query rows x keys x query heads x head_dim multiply-adds, for the scores alone)
-# from which a call is split over threads: a pool job costs ~0.25 us beyond its work when
-# the workers are spinning (decode_budget.py's pool job us, Zen 3), and a late worker costs
+# from which a call is split over threads while the pool's workers spin: a job then costs
+# ~0.25 us beyond its work (decode_budget.py's pool job us, Zen 3), and a late worker costs
 # nothing (the caller claims every task it has not), so a split pays from a few us of work:
-# SmolLM2's 9 heads x 64 from 28 cached positions on. Below, one thread.
+# SmolLM2's 9 heads x 64 from 28 cached positions on. While they sleep (a busy machine)
+# each job wakes them through the kernel: then only from _MIN_THREADED_WORK.
 cdef enum:
     _MIN_SPLIT_WORK = 1 << 14
 
@@ -151,7 +152,8 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     job.pos0, job.n_q, job.n_kv_head, job.head_dim = pos0, n_q, n_kv_head, head_dim
     job.scale, job.window, job.out, job.ldo, job.scratch = scale, window, out, ldo, scratch
     job.group = n_head // n_kv_head
-    if lanes <= 1 or <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_SPLIT_WORK:
+    cdef double work = <double>n_q * (pos0 + n_q) * n_head * head_dim
+    if lanes <= 1 or work < _MIN_SPLIT_WORK or (work < _MIN_THREADED_WORK and not pool_workers_spin()):
         for i in range(n_q):
             for j in range(n_kv_head):
                 _attend_heads(&job, i, j * job.group, job.group, scratch)

@@ -92,10 +92,15 @@ _check_isa_request()
 cdef extern from "_threadpool.h" nogil:
     ctypedef void (*smp_chunk_fn)(const void* arg, Py_ssize_t chunk) noexcept nogil
     void smp_parallel(int n_threads, Py_ssize_t n_chunks, smp_chunk_fn fn, const void* arg)
+    int smp_workers_spin()
 
 
 cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil:
     smp_parallel(n_threads, n_chunks, fn, arg)
+
+
+cdef bint pool_workers_spin() noexcept nogil:
+    return smp_workers_spin() != 0
 
 
 cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t ldx,
