@@ -22,7 +22,16 @@ prompt (end-of-text banned, so every run decodes the same count), best of N runs
 Then the thread scaling: decode time at one thread over decode time at each thread count,
 beside the same ratio of this machine's read bandwidth (benchmarks/roofline.py's read loop,
 measured first, in this run): decoding streams the weights, so where they exceed the caches
-it scales about as the memory does, not as the core count.
+it scales about as the memory does, not as the core count. ``ideal us`` is the first row's
+decode time over that bandwidth ratio (the token if everything scaled as the memory does);
+``excess us`` the decode time beyond it: serial work (attention at short contexts, norms,
+sampling, Python), the pool's jobs, and imbalance at their ends.
+
+``pool job us`` (measured right before each row, best of many): what one job of the thread
+pool costs beyond its work, for a job of 2 chunks of 5 us (the caller takes one, a worker the
+other): publishing it, the worker finding it (spinning, or woken from a futex when it slept)
+and the join. A decode step runs ~4 such jobs per layer (QKV, output, gate+up, down) and the
+head's, so ``jobs x pool job us`` is the dispatch part of ``excess us``.
 
 Timings on a shared machine are noisy: compare rows of one run, and the ``load`` column (the
 1-minute load average when the row finished). Writes JSON (default
@@ -48,6 +57,18 @@ def _is_matmul(op: str) -> bool:
     return op.endswith("_matmul") or op in MATMUL_OPS
 
 
+POOL_CHUNK_US = 5.0
+
+
+def pool_job_us(threads: int, iters: int = 200, repeats: int = 15) -> float:
+    """Cost of one pool job beyond its work (2 chunks of POOL_CHUNK_US), best of repeats."""
+    from smallmind._core import _matmul
+    chunks = 2
+    work = chunks * POOL_CHUNK_US / min(threads, chunks)
+    best = min(_matmul._bench_pool(threads, chunks, POOL_CHUNK_US, iters) for _ in range(repeats)) / iters
+    return best * 1e6 - work
+
+
 def budget(engine, threads: int, runs: int, n_new: int) -> dict:
     from smallmind import profile
     tok = engine.tokenizer
@@ -71,7 +92,7 @@ def budget(engine, threads: int, runs: int, n_new: int) -> dict:
                if row["name"] not in NOT_OPS}
         if not per_op or sum(ops.values()) < sum(per_op.values()):
             per_op = ops
-    row = {"threads": threads, "decode us": decode_us,
+    row = {"threads": threads, "decode us": decode_us, "pool job us": pool_job_us(threads),
            "matmul us": sum(us for op, us in per_op.items() if _is_matmul(op))}
     for op in OWN_COLUMNS:
         row[f"{op} us"] = per_op.get(op, 0.0)
@@ -108,10 +129,12 @@ def main() -> None:
             r["model"] = name
             r["speedup vs first"] = base["decode us"] / r["decode us"]
             r["read GB/s ratio"] = bandwidth[r["threads"]] / bandwidth[base["threads"]]
+            r["ideal us"] = base["decode us"] / r["read GB/s ratio"]
+            r["excess us"] = r["decode us"] - r["ideal us"]
         rows += model_rows
     columns = ["model", "threads", "decode us", "matmul us", "matmul %",
                *(f"{op} us" for op in OWN_COLUMNS), "other us", "rest us", "speedup vs first",
-               "read GB/s ratio", "load"]
+               "read GB/s ratio", "ideal us", "excess us", "pool job us", "load"]
     meta = machine_info() | {"read_GBps": bandwidth, "new_tokens": args.new_tokens, "runs": runs}
     write_report("decode_budget", rows, columns, meta, args.json)
 

@@ -1,7 +1,7 @@
 """Roofline of the matrix-vector kernels: weight GB/s against this machine's read bandwidth.
 
     python benchmarks/roofline.py [--quick] [--types Q4_1,Q8_0] [--isa avx2,avx512]
-                                  [--threads 1,2] [--mb 64] [--cols 1536] [--plain] [--json PATH]
+                                  [--threads 1,2] [--mb 64] [--cols 1536[,576...]] [--plain] [--json PATH]
 
 Decoding one token is a stream of weights through matrix-vector products (n = 1), so
 its ceiling is the rate at which one core (or all cores) can read memory. In one run:
@@ -16,7 +16,8 @@ its ceiling is the rate at which one core (or all cores) can read memory. In one
   count (with ``--plain``, the 32-element block types also in their plain layout, beside
   the row-interleaved one that Weight repacks them into at load); reported as GB/s of weight bytes and as % of the read bandwidth measured in the
   same process right before that row (so a machine shared with other work skews both
-  figures alike).
+  figures alike). ``--cols`` takes several widths: the float kernels' streams are one row
+  long, so rows of 576 (SmolLM2) and 1536 columns stress them differently.
 
 Goal (issue #7): >= 70% of the one-thread bandwidth at 1 thread (K-quants >= 60%), and
 >= 70% of the all-threads bandwidth at all threads. One-thread rows are timed in thread
@@ -110,7 +111,7 @@ def main() -> None:
     ap.add_argument("--isa", default=None, help="paths to measure, e.g. avx2 (default: every one the CPU has)")
     ap.add_argument("--threads", default=None, help="thread counts (default: 1 and all cores)")
     ap.add_argument("--mb", type=float, default=64.0, help="weight bytes per matrix, in MB (> the LLC)")
-    ap.add_argument("--cols", type=int, default=1536, help="columns (a multiple of 256)")
+    ap.add_argument("--cols", default="1536", help="columns, a comma list (multiples of 256 for K-quants)")
     ap.add_argument("--plain", action="store_true",
                     help="also the plain layout of the types repacked at load (Q4_0 ... Q8_0)")
     ap.add_argument("--json", default=None)
@@ -127,18 +128,19 @@ def main() -> None:
             raise SystemExit(f"--isa {name}: this CPU lacks it")
     rng = np.random.default_rng(0)
     buf = aligned_buffer(READ_MB << 20)
-    x = rng.standard_normal((1, args.cols), dtype=np.float32)
     pool = ThreadPoolExecutor(max(threads))
     ceilings = {nt: read_bandwidth(buf, nt, repeats, pool, min_time) for nt in threads}
     for nt, c in ceilings.items():
         print(f"read bandwidth, {nt} thread(s): kernel loop {c['read_kernel']:.1f} GB/s, "
               f"numpy sum {c['read_numpy']:.1f} GB/s", flush=True)
     rows = []
-    for name in args.types.split(","):
-        for repack in (True, False) if args.plain and name in REPACKED else (True,):
-            rows += bench_type(name, big_weight(name, args.mb, args.cols, rng, repack), x, wanted, threads,
-                               buf, pool, min_time, repeats)
-            _matmul._set_isa(detected)
+    for cols in (int(c) for c in args.cols.split(",")):
+        x = rng.standard_normal((1, cols), dtype=np.float32)
+        for name in args.types.split(","):
+            for repack in (True, False) if args.plain and name in REPACKED else (True,):
+                rows += bench_type(name, big_weight(name, args.mb, cols, rng, repack), x, wanted, threads,
+                                   buf, pool, min_time, repeats)
+                _matmul._set_isa(detected)
     pool.shutdown()
     meta = machine_info() | {
         "isa_detected": _matmul.ISA_NAMES[detected], "repeats": repeats, "read_buffer_MB": READ_MB,

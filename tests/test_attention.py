@@ -169,6 +169,18 @@ def test_threads_match_serial():
     np.testing.assert_array_equal(one, many)  # same arithmetic per (row, head)
 
 
+@pytest.mark.parametrize("n_head, n_kv_head, hd", [(9, 3, 64), (4, 1, 256), (8, 8, 32)])
+def test_decode_threads_match_serial(n_head, n_kv_head, hd):
+    """One query row over a long cache: threads split a KV head's group of query heads
+    into smaller sets (to balance few KV heads over the lanes); each head's result is
+    still the serial one, bit for bit."""
+    rng = np.random.default_rng(8)
+    q, k, v = make(rng, 1, 400, n_head, n_kv_head, hd)
+    one = attention(q, k, v, 400, n_head, n_kv_head, n_threads=1)
+    for n_threads in (2, 3, 5):
+        np.testing.assert_array_equal(one, attention(q, k, v, 400, n_head, n_kv_head, n_threads=n_threads))
+
+
 def test_cache_slots_beyond_the_query_are_ignored():
     rng = np.random.default_rng(7)
     q, k, v = make(rng, 3, 5, 2, 1, 8, capacity=20)

@@ -227,6 +227,34 @@ def test_float_gemm_path(isa, name, n):
     check_product(name, w32, mag, x, y, bias=bias, base=base)
 
 
+@settings(suppress_health_check=FIXTURE_OK)
+@given(name=st.sampled_from(FLOAT_TYPES), rows=st.integers(1, 9), cols=st.integers(1, 120),
+       n=st.integers(1, 7), seed=st.integers(0, 2 ** 32 - 1))
+def test_float_matvec_any_columns(isa, name, rows, cols, n, seed):
+    """n < 8 takes the matrix-vector kernel: every column tail (32, 16, 8 and single
+    columns), each row the same whatever n is."""
+    rng = np.random.default_rng(seed)
+    w, w32, mag = make_weight(name, rows, cols, rng)
+    x = random_activations(n, cols, rng)
+    y = w.matmul(x)
+    check_product(name, w32, mag, x, y)
+    np.testing.assert_array_equal(y[-1], w.matmul(x[-1]))
+
+
+@pytest.mark.parametrize("name", FLOAT_TYPES)
+def test_float_matvec_wide_rows(isa, name):
+    """Rows wider than the stack buffer of activations in BF16 lane order (4096 floats per
+    call): the kernel then reorders the activations itself, with the same result."""
+    rng = np.random.default_rng(7)
+    rows, cols = 37, 32 * 32 + 27  # and every column tail: 16, 8, then 3 single columns
+    w, w32, mag = make_weight(name, rows, cols, rng)
+    x = random_activations(5, cols, rng)  # 5 * 1051 floats: past the buffer
+    y = w.matmul(x, n_threads=2)
+    check_product(name, w32, mag, x, y)
+    for t in range(5):
+        np.testing.assert_array_equal(y[t], w.matmul(x[t]))  # 1051 floats: in the buffer
+
+
 @pytest.mark.parametrize("name", QUANT_TYPES)
 def test_long_prompt(isa, name):
     """More activation rows than one chunk (256): the chunks must cover every row once."""

@@ -185,15 +185,17 @@ static ptrdiff_t att_block_keys(int hd) {
    Keys are taken in blocks, each block serving every head of the group while it
    is in L1 (the grouped-query saving), with the online-softmax update: a running
    max m and sum l per head, and out rescaled by exp(m_old - m_new) when the max
-   grows. With one head the whole range is a single block, which is the plain
-   two-pass softmax. s: one score row of at least min(n, block) floats. */
+   grows. With one head per KV head (`grouped` 0) the whole range is a single block,
+   which is the plain two-pass softmax. The blocks depend on the model's grouping, not on
+   n_g, so a head's result is the same whichever subset of its group a thread takes.
+   s: one score row of at least min(n, block) floats. */
 static void att_attend_group(const float* q, const float* k, const float* v,
-                             ptrdiff_t n, int n_g, int hd, float scale, float* out,
+                             ptrdiff_t n, int n_g, int grouped, int hd, float scale, float* out,
                              float* s) {
     float m[ATT_MAX_GROUP], l[ATT_MAX_GROUP];
     for (int g0 = 0; g0 < n_g; g0 += ATT_MAX_GROUP) {
         const int gn = n_g - g0 < ATT_MAX_GROUP ? n_g - g0 : ATT_MAX_GROUP;
-        const ptrdiff_t block = gn == 1 ? n : att_block_keys(hd);
+        const ptrdiff_t block = grouped ? att_block_keys(hd) : n;
         for (ptrdiff_t b = 0; b < n; b += block) {
             const ptrdiff_t nb = n - b < block ? n - b : block;
             const int last = b + nb == n;

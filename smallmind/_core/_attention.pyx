@@ -30,7 +30,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport cos, sin
 
-from smallmind._core._matmul cimport parallel_chunks
+from smallmind._core._matmul cimport parallel_chunks, pool_workers_spin
 
 from smallmind.errors import ShapeError
 
@@ -39,7 +39,7 @@ cnp.import_array()
 
 cdef extern from "_attention.h" nogil:
     void att_attend_group(const float* q, const float* k, const float* v, Py_ssize_t n,
-                          int n_g, int hd, float scale, float* out, float* s)
+                          int n_g, int grouped, int hd, float scale, float* out, float* s)
     Py_ssize_t att_next_task(Py_ssize_t* counter)
 
 
@@ -61,9 +61,18 @@ cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noe
     return row * (n_threads if n_threads > 1 else 1)
 
 
-# Threads pay only when a call has this much work (query rows x keys x query heads x
-# head_dim multiply-adds, for the scores alone): below it, handing out the tasks costs
-# more than the second thread saves (decode at short contexts).
+# Work (query rows x keys x query heads x head_dim multiply-adds, for the scores alone)
+# from which a call is split over threads while the pool's workers spin: a job then costs
+# ~0.25 us beyond its work (decode_budget.py's pool job us, Zen 3), and a late worker costs
+# nothing (the caller claims every task it has not), so a split pays from a few us of work:
+# SmolLM2's 9 heads x 64 from 28 cached positions on. While they sleep (a busy machine)
+# each job wakes them through the kernel: then only from _MIN_THREADED_WORK.
+cdef enum:
+    _MIN_SPLIT_WORK = 1 << 14
+
+# Work below which a sequence's attention counts as small (attention_single_threaded): a
+# batch runs such segments side by side, one thread each, rather than one after another
+# split over every thread.
 cdef enum:
     _MIN_THREADED_WORK = 1 << 16
 
@@ -103,7 +112,7 @@ cdef inline void _attend_heads(const _Job* job, Py_ssize_t i, int h0, int n_g,
     cdef Py_ssize_t first = pos - job.window + 1 if job.window > 0 and pos - job.window + 1 > 0 else 0
     cdef Py_ssize_t kv_off = (h0 // job.group) * job.head_stride + first * job.head_dim
     att_attend_group(job.q + i * job.ldq + h0 * job.head_dim, job.k + kv_off, job.v + kv_off,
-                     pos - first + 1, n_g, job.head_dim, job.scale,
+                     pos - first + 1, n_g, job.group > 1, job.head_dim, job.scale,
                      job.out + i * job.ldo + h0 * job.head_dim, row)
 
 
@@ -143,7 +152,8 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     job.pos0, job.n_q, job.n_kv_head, job.head_dim = pos0, n_q, n_kv_head, head_dim
     job.scale, job.window, job.out, job.ldo, job.scratch = scale, window, out, ldo, scratch
     job.group = n_head // n_kv_head
-    if lanes <= 1 or attention_single_threaded(n_q, pos0, n_head, head_dim):
+    cdef double work = <double>n_q * (pos0 + n_q) * n_head * head_dim
+    if lanes <= 1 or work < _MIN_SPLIT_WORK or (work < _MIN_THREADED_WORK and not pool_workers_spin()):
         for i in range(n_q):
             for j in range(n_kv_head):
                 _attend_heads(&job, i, j * job.group, job.group, scratch)
@@ -152,11 +162,12 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     # attention_scratch_floats(pos0 + n_q, n_threads).
     job.row_floats = attention_scratch_floats(pos0 + n_q, 1)
     job.sub = job.group
-    # Too few (row, KV head) units to keep every lane busy (decode with few KV heads):
-    # split each group into smaller sets of query heads, trading K/V reuse for
-    # parallelism.
-    if units < lanes:
-        job.sub = max(1, <int>((job.group * units + lanes - 1) // lanes))
+    # Too few (row, KV head) units to share evenly over the lanes (decode with few KV
+    # heads: SmolLM2's 3 on 2 threads left one lane idle a third of the time): split each
+    # group into smaller sets of query heads, about 4 tasks per lane, trading K/V reuse
+    # (from L1/L2 at these sizes) for balance. A head's result does not depend on the split.
+    if units < 4 * lanes:
+        job.sub = max(1, <int>(job.group * units // (4 * lanes)))
     job.subs_per_group = (job.group + job.sub - 1) // job.sub
     job.n_tasks = units * job.subs_per_group
     job.next_task = 0

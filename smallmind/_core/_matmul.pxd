@@ -49,3 +49,5 @@ cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogi
 # be independent; n_chunks <= 65535 (more run on the calling thread).
 ctypedef void (*chunk_fn)(const void* arg, Py_ssize_t chunk) noexcept nogil
 cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil
+# whether the pool's workers spin between jobs (a small job is worth splitting only then)
+cdef bint pool_workers_spin() noexcept nogil

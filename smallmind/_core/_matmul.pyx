@@ -92,10 +92,15 @@ _check_isa_request()
 cdef extern from "_threadpool.h" nogil:
     ctypedef void (*smp_chunk_fn)(const void* arg, Py_ssize_t chunk) noexcept nogil
     void smp_parallel(int n_threads, Py_ssize_t n_chunks, smp_chunk_fn fn, const void* arg)
+    int smp_workers_spin()
 
 
 cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil:
     smp_parallel(n_threads, n_chunks, fn, arg)
+
+
+cdef bint pool_workers_spin() noexcept nogil:
+    return smp_workers_spin() != 0
 
 
 cdef void matmul(const WeightView* w, const float* x, Py_ssize_t n, Py_ssize_t ldx,
@@ -430,6 +435,37 @@ def _set_isa(int level):
     thread-safe against concurrent matmuls.
     """
     return smm_set_isa(level)
+
+
+cdef extern from "<time.h>" nogil:
+    """
+    static inline long long smm_bench_now_ns(void)
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    """
+    long long smm_bench_now_ns()
+
+
+cdef void _busy_chunk(const void* arg, Py_ssize_t chunk) noexcept nogil:
+    cdef long long end = smm_bench_now_ns() + (<const long long*>arg)[0]
+    while smm_bench_now_ns() < end:
+        pass
+
+
+def _bench_pool(int n_threads, Py_ssize_t n_chunks, double chunk_us, Py_ssize_t iters=1):
+    """Seconds for `iters` pool jobs of n_chunks chunks that each busy-wait chunk_us: what a
+    job costs beyond its work (publishing it, waking or finding the workers, the join)."""
+    import time
+    cdef long long ns = <long long>(chunk_us * 1e3)
+    cdef Py_ssize_t i
+    t0 = time.perf_counter()
+    with nogil:
+        for i in range(iters):
+            smp_parallel(n_threads, n_chunks, _busy_chunk, &ns)
+    return time.perf_counter() - t0
 
 
 def _bench_read(buf, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):

@@ -3,8 +3,9 @@
  * threading and scratch management. Called by _matmul.pyx without the GIL.
  *
  * Strategy per weight family:
- *   float (F32/F16/BF16), n < SMM_GEMM_MIN_N: 4 weight rows at a time against every
- *       activation row (W read from memory once; memory bound for decoding).
+ *   float (F32/F16/BF16), n < SMM_GEMM_MIN_N: one weight row at a time (AVX2; 4 with
+ *       AVX-512) against every activation row (W read from memory once, as one prefetched
+ *       stream; memory bound for decoding).
  *   float, n >= SMM_GEMM_MIN_N: packed GEMM with a register-blocked micro-kernel
  *       (AVX2 4x24, AVX-512 8x48).
  *   quantised: activations quantised to int8 blocks into scratch, then integer dot
@@ -124,7 +125,8 @@ SMM_AVX512_TARGET static void smm_float_small_512(const smm_job* j, ptrdiff_t g0
 static void smm_float_small_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
     if (j->isa >= SMM_ISA_AVX512) smm_float_small_512(j, g0, g1);
-    else SMM_FLOAT_GROUPS(smm_float_rows4_avx2, j, g0, g1)
+    else smm_float_rows_avx2(j->type, j->w, j->row_bytes, 4 * g0, 4 * g1 < j->rows ? 4 * g1 : j->rows, j->cols,
+                             j->x, j->n, j->ldx, j->y, j->ldy, j->bias, j->accumulate);
 }
 
 typedef void (*smm_ukr_fn)(ptrdiff_t, const float*, const float*, float*, ptrdiff_t, int, int, int,

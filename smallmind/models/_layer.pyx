@@ -395,14 +395,16 @@ cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil:
     cdef int i, lanes
     for i in range(c.n_segs):
         seg = &c.segs[i]
-        if _one_thread(ws, seg):
+        if _one_thread(ws, seg) and c.n_segs > 1:
             n_small += 1
             longest = max(longest, seg.pos0 + seg.n)
             continue
         # A sequence's own att_scratch holds one score row of its whole cache: attention
         # gets as many threads as rows of the current length fit in it (all of them until
-        # it is half full). A batch's scratch holds at least that, so a segment's threads,
-        # and with them its result, are those it gets alone.
+        # it is half full). A batch's scratch holds at least that, so a segment's threads
+        # are those it gets alone. A sequence alone always goes here: the kernel splits it
+        # from less work than counts as small in a batch (the result is the same whatever
+        # the split).
         rows = attention_scratch_floats(seg.capacity, 1) // attention_scratch_floats(seg.pos0 + seg.n, 1)
         _attend(ws, L, c, seg, ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
     if n_small == 0:
