@@ -2,6 +2,7 @@
 and llama.cpp's splitting of special-token text out of the input before the real work."""
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
 
@@ -108,8 +109,11 @@ class VocabTokenizer(Tokenizer):
             raise TokenizerError("add_eos is set but the vocabulary has no EOS token")
         self.add_space_prefix = bool(add_space_prefix)
 
-        types = token_types if token_types is not None else [TYPE_NORMAL] * n
-        attrs = [_ATTR_OF_TYPE.get(int(types[i]), ATTR_UNDEFINED) for i in range(n)]
+        # One byte per token (a list would hold a pointer per token).
+        if token_types is None:
+            attrs = bytearray([ATTR_NORMAL]) * n
+        else:
+            attrs = bytearray(_ATTR_OF_TYPE.get(int(t), ATTR_UNDEFINED) for t in token_types[:n])
         self._attrs = attrs
         self.eot_id = _check_id("end-of-turn id", eot_id, n)
         self.eom_id = _check_id("end-of-message id", eom_id, n)
@@ -127,9 +131,17 @@ class VocabTokenizer(Tokenizer):
         self._specials_plain = [(self._tokens[i], i) for i in specials
                                 if not attrs[i] & (ATTR_CONTROL | ATTR_UNKNOWN)]
         self._finders = (_SpecialFinder(self._specials_plain), _SpecialFinder(self._specials_all))
-        self._token_bytes = [self._bytes_of(i) for i in range(n)]
+        # Every token's bytes in one blob: token i is blob[ends[i]:ends[i + 1]] (262k separate
+        # bytes objects would cost Gemma 12 MiB).
+        blob = bytearray()
+        ends = array("Q", bytes(8 * (n + 1)))
+        for i in range(n):
+            blob += self._bytes_of(i)
+            ends[i + 1] = len(blob)
+        self._blob = bytes(blob)
+        self._ends = ends
         # Control, unknown and unused tokens render as nothing.
-        self._silent = frozenset(i for i in range(n) if not self._token_bytes[i])
+        self._silent = frozenset(i for i in range(n) if ends[i] == ends[i + 1])
 
     # ------------------------------------------------------------------ setup
 
@@ -205,7 +217,7 @@ class VocabTokenizer(Tokenizer):
         if not 0 <= token_id < self.vocab_size:
             raise TokenizerError(f"token id {token_id} is outside the vocabulary "
                                  f"[0, {self.vocab_size})")
-        return self._token_bytes[token_id]
+        return self._blob[self._ends[token_id]:self._ends[token_id + 1]]
 
     def special_ids(self) -> frozenset[int]:
         return self._silent

@@ -15,7 +15,10 @@ whole text) and cached.
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Sequence
+
+import numpy as np
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs
@@ -28,10 +31,18 @@ SPACE = "\u2581"
 _LOWEST_SCORE = -3.4e38
 
 
-def _clean_score(value: float) -> float:
-    """A score usable in comparisons: NaN and -inf become the lowest float32."""
-    value = float(value)
-    return value if value > _LOWEST_SCORE else _LOWEST_SCORE
+def _merge_ranks(scores: Sequence[float] | np.ndarray, n: int) -> array:
+    """Each token's rank as a merge result: its score negated (lower ranks merge first),
+    with NaN and -inf scores taken as the lowest float32 so they compare."""
+    try:
+        values = np.asarray(scores[:n], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TokenizerError("scores must be numbers") from None
+    if values.ndim != 1:
+        raise TokenizerError(f"scores must be a flat sequence, not shape {values.shape}")
+    ranks = array("d")
+    ranks.frombytes((-np.where(values > _LOWEST_SCORE, values, _LOWEST_SCORE)).tobytes())
+    return ranks
 
 
 def word_splitter(pieces: Sequence[str], space: str) -> re.Pattern[str]:
@@ -69,8 +80,8 @@ class SentencePieceTokenizer(VocabTokenizer):
         elif len(scores) < n:
             raise TokenizerError(f"{len(scores)} scores for {n} tokens")
         # Every piece can be a merge result, special ones included (llama.cpp looks merges
-        # up in the whole vocabulary).
-        self._score = {text: _clean_score(scores[i]) for i, text in enumerate(self._tokens)}
+        # up in the whole vocabulary): piece -> id -> rank, with no second dict of pieces.
+        self._ranks = _merge_ranks(scores, n)
         self._byte_ids = self._byte_fallback_ids()
         self._splitter = word_splitter(self._tokens, SPACE)
         self._cache: dict[str, tuple[int, ...]] = {}
@@ -99,8 +110,8 @@ class SentencePieceTokenizer(VocabTokenizer):
         encode_words(words, self._cache, self._encode_word, out)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
-        symbols = merge_by_score(list(word), self._score)
         lookup = self._token_to_id
+        symbols = merge_by_id_rank(list(word), lookup, self._ranks)
         ids: list[int] = []
         for symbol in symbols:
             token_id = lookup.get(symbol)
@@ -124,5 +135,16 @@ def merge_by_score(symbols: list[str], score: dict[str, float]) -> list[str]:
     def key(a: str, b: str) -> float | None:
         s = get(a + b)
         return None if s is None else -s
+
+    return merge_pairs(symbols, key)
+
+
+def merge_by_id_rank(symbols: list[str], ids: dict[str, int], ranks: Sequence[float]) -> list[str]:
+    """:func:`merge_by_score` with each piece's negated score found through its id."""
+    get = ids.get
+
+    def key(a: str, b: str) -> float | None:
+        token_id = get(a + b)
+        return None if token_id is None else ranks[token_id]
 
     return merge_pairs(symbols, key)
