@@ -91,9 +91,12 @@ class VocabTokenizer(Tokenizer):
             raise TokenizerError(f"{len(token_types)} token types for {n} tokens")
         self.vocab_size = n
         # llama.cpp renames empty pieces so every text maps to one id.
-        self._tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        pieces = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        # No list of the pieces is kept: the dict holds them in id order (duplicates are
+        # refused), which is all that the subclasses' setup and id_to_token need.
+        self._pieces: list[str] | None = None
         self._token_to_id: dict[str, int] = {}
-        for i, text in enumerate(self._tokens):
+        for i, text in enumerate(pieces):
             if self._token_to_id.setdefault(text, i) != i:
                 raise TokenizerError(f"duplicate token {text!r} has ids "
                                      f"{self._token_to_id[text]} and {i}")
@@ -119,24 +122,26 @@ class VocabTokenizer(Tokenizer):
         self.eom_id = _check_id("end-of-message id", eom_id, n)
         fim = {role: _check_id(f"FIM {role} id", value, n)
                for role, value in (fim_ids or {}).items()}
-        self._eog = self._find_end_of_generation(fim)
+        self._eog = self._find_end_of_generation(fim, pieces)
 
         # Special tokens split out of the text before tokenizing, longest first.
         specials = [i for i, a in enumerate(attrs)
                     if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
         # llama.cpp sorts by UTF-8 length (with an unstable sort: equal lengths may come
         # in another order there, which matters only for overlapping equal-length pieces).
-        specials.sort(key=lambda i: -len(self._tokens[i].encode("utf-8", "surrogateescape")))
-        self._specials_all = [(self._tokens[i], i) for i in specials]
-        self._specials_plain = [(self._tokens[i], i) for i in specials
+        specials.sort(key=lambda i: -len(pieces[i].encode("utf-8", "surrogateescape")))
+        self._specials_all = [(pieces[i], i) for i in specials]
+        self._specials_plain = [(pieces[i], i) for i in specials
                                 if not attrs[i] & (ATTR_CONTROL | ATTR_UNKNOWN)]
         self._finders = (_SpecialFinder(self._specials_plain), _SpecialFinder(self._specials_all))
         # Every token's bytes in one blob: token i is blob[ends[i]:ends[i + 1]] (262k separate
         # bytes objects would cost Gemma 12 MiB).
         blob = bytearray()
-        ends = array("Q", bytes(8 * (n + 1)))
+        ends = array("I", bytes(4 * (n + 1)))
         for i in range(n):
-            blob += self._bytes_of(i)
+            blob += self._bytes_of(attrs[i], pieces[i])
+            if len(blob) > 0xFFFFFFFF:
+                raise TokenizerError(f"the token texts exceed 4 GiB at token {i}")
             ends[i + 1] = len(blob)
         self._blob = bytes(blob)
         self._ends = ends
@@ -145,7 +150,8 @@ class VocabTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ setup
 
-    def _find_end_of_generation(self, fim_ids: dict[str, int | None]) -> frozenset[int]:
+    def _find_end_of_generation(self, fim_ids: dict[str, int | None],
+                                pieces: list[str]) -> frozenset[int]:
         """llama.cpp's end-of-generation set: EOS, EOT, EOM, the FIM pad/repo/separator
         tokens and every token whose text is a known end marker. Along the way it forces
         the control flag onto such tokens (and onto auto-detected EOT/EOM/FIM ones),
@@ -169,7 +175,7 @@ class VocabTokenizer(Tokenizer):
             if fim[role] is None:
                 fim[role] = detect(texts)
         self.fim_ids = fim
-        for i, text in enumerate(self._tokens):
+        for i, text in enumerate(pieces):
             if attrs[i] & ATTR_CONTROL and "unused" in text:
                 attrs[i] |= ATTR_UNUSED
         eog: set[int] = {f for role in _FIM_STOPS if (f := fim[role]) is not None}
@@ -193,8 +199,7 @@ class VocabTokenizer(Tokenizer):
             attrs[s] = ATTR_NORMAL
         return frozenset(eog)
 
-    def _bytes_of(self, token_id: int) -> bytes:
-        attr, text = self._attrs[token_id], self._tokens[token_id]
+    def _bytes_of(self, attr: int, text: str) -> bytes:
         if attr & (ATTR_CONTROL | ATTR_UNKNOWN):
             return b""
         if attr & ATTR_USER_DEFINED:
@@ -232,7 +237,9 @@ class VocabTokenizer(Tokenizer):
     def id_to_token(self, token_id: int) -> str:
         """The piece of ``token_id`` as stored in the file (``▁``, ``Ġ`` and all)."""
         self.check_ids((token_id,))
-        return self._tokens[token_id]
+        if self._pieces is None:        # built on first use (structured output needs it)
+            self._pieces = list(self._token_to_id)
+        return self._pieces[token_id]
 
     def is_control(self, token_id: int) -> bool:
         return bool(self._attrs[token_id] & ATTR_CONTROL)

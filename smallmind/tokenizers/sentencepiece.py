@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -40,12 +40,13 @@ def _merge_ranks(scores: Sequence[float] | np.ndarray, n: int) -> array:
         raise TokenizerError("scores must be numbers") from None
     if values.ndim != 1:
         raise TokenizerError(f"scores must be a flat sequence, not shape {values.shape}")
-    ranks = array("d")
-    ranks.frombytes((-np.where(values > _LOWEST_SCORE, values, _LOWEST_SCORE)).tobytes())
+    # float32, as llama.cpp keeps scores (and as GGUF stores them).
+    ranks = array("f")
+    ranks.frombytes((-np.where(values > _LOWEST_SCORE, values, _LOWEST_SCORE)).astype(np.float32).tobytes())
     return ranks
 
 
-def word_splitter(pieces: Sequence[str], space: str) -> re.Pattern[str]:
+def word_splitter(pieces: Iterable[str], space: str) -> re.Pattern[str]:
     """A regex whose ``split`` cuts text before each ``space`` that no piece reaches
     across: one whose left neighbour never comes right before ``space`` inside a piece."""
     glue = set()
@@ -83,7 +84,7 @@ class SentencePieceTokenizer(VocabTokenizer):
         # up in the whole vocabulary): piece -> id -> rank, with no second dict of pieces.
         self._ranks = _merge_ranks(scores, n)
         self._byte_ids = self._byte_fallback_ids()
-        self._splitter = word_splitter(self._tokens, SPACE)
+        self._splitter = word_splitter(self._token_to_id, SPACE)    # the pieces, in id order
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def _byte_fallback_ids(self) -> list[int | None]:
