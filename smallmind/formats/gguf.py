@@ -633,6 +633,12 @@ def load_gguf(path: str | os.PathLike, *, tokenizer: Any = None,
     gguf = read_gguf(path)
     config = config_from_gguf(gguf.metadata, gguf.tensors, path=gguf.path, n_ctx=n_ctx)
     tok = _tokenizer(gguf.metadata, tokenizer, gguf.path, config.vocab_size)
+    # The header is parsed (for Gemma, 6 MiB of token strings, scores and types): hand its
+    # pages back rather than keep them resident. Long numeric arrays are views into them,
+    # read again from the page cache if ever touched.
+    header = gguf.data_offset - gguf.data_offset % mmap.PAGESIZE
+    if header and hasattr(mmap, "MADV_DONTNEED"):
+        gguf.mapping.madvise(mmap.MADV_DONTNEED, 0, header)
     template = gguf.metadata.get("tokenizer.chat_template")
     return LoadedModel(config=config, tensors=gguf.tensors, tokenizer=tok, path=gguf.path,
                        format="gguf", metadata=gguf.metadata,
