@@ -224,6 +224,10 @@ class VocabTokenizer(Tokenizer):
                                  f"[0, {self.vocab_size})")
         return self._blob[self._ends[token_id]:self._ends[token_id + 1]]
 
+    def _joined_bytes(self, ids: Sequence[int]) -> bytes:
+        blob, ends = self._blob, self._ends
+        return b"".join([blob[ends[i]:ends[i + 1]] for i in map(int, ids)])
+
     def special_ids(self) -> frozenset[int]:
         return self._silent
 
