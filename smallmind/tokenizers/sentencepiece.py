@@ -40,9 +40,12 @@ def _merge_ranks(scores: Sequence[float] | np.ndarray, n: int) -> array:
         raise TokenizerError("scores must be numbers") from None
     if values.ndim != 1:
         raise TokenizerError(f"scores must be a flat sequence, not shape {values.shape}")
-    # float32, as llama.cpp keeps scores (and as GGUF stores them).
+    # float32, as llama.cpp keeps scores (and as GGUF stores them); a score beyond the
+    # float32 range becomes -inf, still the first to merge.
+    with np.errstate(over="ignore"):
+        ranks32 = (-np.where(values > _LOWEST_SCORE, values, _LOWEST_SCORE)).astype(np.float32)
     ranks = array("f")
-    ranks.frombytes((-np.where(values > _LOWEST_SCORE, values, _LOWEST_SCORE)).astype(np.float32).tobytes())
+    ranks.frombytes(ranks32.tobytes())
     return ranks
 
 
