@@ -6,6 +6,8 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..errors import TokenizerError
 from .base import Tokenizer
 
@@ -78,7 +80,7 @@ class VocabTokenizer(Tokenizer):
     plain text and ``_normal_token_bytes(text)`` for a normal token's bytes.
     """
 
-    def __init__(self, tokens: Sequence[str], token_types: Sequence[int] | None = None, *,
+    def __init__(self, tokens: Sequence[str], token_types: Sequence[int] | np.ndarray | None = None, *,
                  bos_id: int | None = None, eos_id: int | None = None,
                  unk_id: int | None = None, pad_id: int | None = None,
                  eot_id: int | None = None, eom_id: int | None = None,

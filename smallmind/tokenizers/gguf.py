@@ -38,12 +38,12 @@ def _num_array(md: Mapping[str, Any], key: str, n: int, dtype: type) -> np.ndarr
     if len(value) < n:
         raise TokenizerError(f"{key} has {len(value)} entries for {n} tokens")
     try:
-        array = np.asarray(value[:n], dtype=dtype)
+        values: np.ndarray = np.asarray(value[:n], dtype=dtype)
     except (TypeError, ValueError, OverflowError):
         raise TokenizerError(f"{key} must hold numbers") from None
-    if array.ndim != 1:
+    if values.ndim != 1:
         raise TokenizerError(f"{key} must be a flat array of numbers")
-    return array
+    return values
 
 
 def _flag(md: Mapping[str, Any], name: str, default: bool) -> bool:

@@ -68,8 +68,8 @@ def word_splitter(pieces: Iterable[str], space: str) -> re.Pattern[str]:
 class SentencePieceTokenizer(VocabTokenizer):
     """llama.cpp's SPM tokenizer over a scored vocabulary (Llama 2, Gemma...)."""
 
-    def __init__(self, tokens: Sequence[str], scores: Sequence[float] | None = None,
-                 token_types: Sequence[int] | None = None, *,
+    def __init__(self, tokens: Sequence[str], scores: Sequence[float] | np.ndarray | None = None,
+                 token_types: Sequence[int] | np.ndarray | None = None, *,
                  bos_id: int | None = 1, eos_id: int | None = 2, unk_id: int | None = 0,
                  pad_id: int | None = None, eot_id: int | None = None,
                  eom_id: int | None = None, add_bos: bool = True, add_eos: bool = False,
