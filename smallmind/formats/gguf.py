@@ -52,6 +52,10 @@ DEFAULT_ALIGNMENT = 32
 _MAX_ARRAY_DEPTH = 4          # arrays of arrays of ... (real files use one level)
 _MAX_DIMS = 4                 # GGML_MAX_DIMS
 _MAX_ALIGNMENT = 1 << 16
+#: Numeric arrays up to this many elements are read as lists (per-layer values, small
+#: tables); longer ones (token types, scores) as read-only numpy views into the file, as
+#: a list of 262k Python floats costs 8 MiB where the view costs nothing.
+ARRAY_LIST_LIMIT = 1024
 
 
 class GGUFValueType(IntEnum):
@@ -105,7 +109,8 @@ class GGUFFile:
     path: Path
     version: int
     alignment: int
-    #: key -> value; integers/floats/bools/strings as Python scalars, arrays as lists.
+    #: key -> value; integers/floats/bools/strings as Python scalars, arrays as lists,
+    #: except numeric arrays longer than ``ARRAY_LIST_LIMIT``: read-only 1-D numpy views.
     metadata: dict[str, Any]
     #: key -> GGUF value type; arrays as ``(ARRAY, element type)`` (nested: deeper tuples).
     value_types: dict[str, Any]
@@ -212,7 +217,10 @@ def _read_value(cursor: _Cursor, vtype: GGUFValueType, key: str, depth: int = 0)
         if elem_type == GGUFValueType.BOOL:
             if count and int(values.max()) > 1:
                 raise cursor.error("bool array holds a value other than 0 or 1", key, offset)
-            return values.astype(bool).tolist(), (GGUFValueType.ARRAY, elem_type)
+            values = values.view(np.bool_)
+        if count > ARRAY_LIST_LIMIT:
+            values.flags.writeable = False
+            return values, (GGUFValueType.ARRAY, elem_type)
         return values.tolist(), (GGUFValueType.ARRAY, elem_type)
     if elem_type == GGUFValueType.STRING:
         return _read_string_array(cursor, count, key), (GGUFValueType.ARRAY, elem_type)
@@ -625,6 +633,12 @@ def load_gguf(path: str | os.PathLike, *, tokenizer: Any = None,
     gguf = read_gguf(path)
     config = config_from_gguf(gguf.metadata, gguf.tensors, path=gguf.path, n_ctx=n_ctx)
     tok = _tokenizer(gguf.metadata, tokenizer, gguf.path, config.vocab_size)
+    # The header is parsed (for Gemma, 6 MiB of token strings, scores and types): hand its
+    # pages back rather than keep them resident. Long numeric arrays are views into them,
+    # read again from the page cache if ever touched.
+    header = gguf.data_offset - gguf.data_offset % mmap.PAGESIZE
+    if header and hasattr(mmap, "MADV_DONTNEED"):
+        gguf.mapping.madvise(mmap.MADV_DONTNEED, 0, header)
     template = gguf.metadata.get("tokenizer.chat_template")
     return LoadedModel(config=config, tensors=gguf.tensors, tokenizer=tok, path=gguf.path,
                        format="gguf", metadata=gguf.metadata,

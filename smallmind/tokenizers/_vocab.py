@@ -2,8 +2,11 @@
 and llama.cpp's splitting of special-token text out of the input before the real work."""
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
+
+import numpy as np
 
 from ..errors import TokenizerError
 from .base import Tokenizer
@@ -77,7 +80,7 @@ class VocabTokenizer(Tokenizer):
     plain text and ``_normal_token_bytes(text)`` for a normal token's bytes.
     """
 
-    def __init__(self, tokens: Sequence[str], token_types: Sequence[int] | None = None, *,
+    def __init__(self, tokens: Sequence[str], token_types: Sequence[int] | np.ndarray | None = None, *,
                  bos_id: int | None = None, eos_id: int | None = None,
                  unk_id: int | None = None, pad_id: int | None = None,
                  eot_id: int | None = None, eom_id: int | None = None,
@@ -90,9 +93,12 @@ class VocabTokenizer(Tokenizer):
             raise TokenizerError(f"{len(token_types)} token types for {n} tokens")
         self.vocab_size = n
         # llama.cpp renames empty pieces so every text maps to one id.
-        self._tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        pieces = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        # No list of the pieces is kept: the dict holds them in id order (duplicates are
+        # refused), which is all that the subclasses' setup and id_to_token need.
+        self._pieces: list[str] | None = None
         self._token_to_id: dict[str, int] = {}
-        for i, text in enumerate(self._tokens):
+        for i, text in enumerate(pieces):
             if self._token_to_id.setdefault(text, i) != i:
                 raise TokenizerError(f"duplicate token {text!r} has ids "
                                      f"{self._token_to_id[text]} and {i}")
@@ -108,32 +114,46 @@ class VocabTokenizer(Tokenizer):
             raise TokenizerError("add_eos is set but the vocabulary has no EOS token")
         self.add_space_prefix = bool(add_space_prefix)
 
-        types = token_types if token_types is not None else [TYPE_NORMAL] * n
-        attrs = [_ATTR_OF_TYPE.get(int(types[i]), ATTR_UNDEFINED) for i in range(n)]
+        # One byte per token (a list would hold a pointer per token).
+        if token_types is None:
+            attrs = bytearray([ATTR_NORMAL]) * n
+        else:
+            attrs = bytearray(_ATTR_OF_TYPE.get(int(t), ATTR_UNDEFINED) for t in token_types[:n])
         self._attrs = attrs
         self.eot_id = _check_id("end-of-turn id", eot_id, n)
         self.eom_id = _check_id("end-of-message id", eom_id, n)
         fim = {role: _check_id(f"FIM {role} id", value, n)
                for role, value in (fim_ids or {}).items()}
-        self._eog = self._find_end_of_generation(fim)
+        self._eog = self._find_end_of_generation(fim, pieces)
 
         # Special tokens split out of the text before tokenizing, longest first.
         specials = [i for i, a in enumerate(attrs)
                     if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
         # llama.cpp sorts by UTF-8 length (with an unstable sort: equal lengths may come
         # in another order there, which matters only for overlapping equal-length pieces).
-        specials.sort(key=lambda i: -len(self._tokens[i].encode("utf-8", "surrogateescape")))
-        self._specials_all = [(self._tokens[i], i) for i in specials]
-        self._specials_plain = [(self._tokens[i], i) for i in specials
+        specials.sort(key=lambda i: -len(pieces[i].encode("utf-8", "surrogateescape")))
+        self._specials_all = [(pieces[i], i) for i in specials]
+        self._specials_plain = [(pieces[i], i) for i in specials
                                 if not attrs[i] & (ATTR_CONTROL | ATTR_UNKNOWN)]
         self._finders = (_SpecialFinder(self._specials_plain), _SpecialFinder(self._specials_all))
-        self._token_bytes = [self._bytes_of(i) for i in range(n)]
+        # Every token's bytes in one blob: token i is blob[ends[i]:ends[i + 1]] (262k separate
+        # bytes objects would cost Gemma 12 MiB).
+        blob = bytearray()
+        ends = array("I", bytes(4 * (n + 1)))
+        for i in range(n):
+            blob += self._bytes_of(attrs[i], pieces[i])
+            if len(blob) > 0xFFFFFFFF:
+                raise TokenizerError(f"the token texts exceed 4 GiB at token {i}")
+            ends[i + 1] = len(blob)
+        self._blob = bytes(blob)
+        self._ends = ends
         # Control, unknown and unused tokens render as nothing.
-        self._silent = frozenset(i for i in range(n) if not self._token_bytes[i])
+        self._silent = frozenset(i for i in range(n) if ends[i] == ends[i + 1])
 
     # ------------------------------------------------------------------ setup
 
-    def _find_end_of_generation(self, fim_ids: dict[str, int | None]) -> frozenset[int]:
+    def _find_end_of_generation(self, fim_ids: dict[str, int | None],
+                                pieces: list[str]) -> frozenset[int]:
         """llama.cpp's end-of-generation set: EOS, EOT, EOM, the FIM pad/repo/separator
         tokens and every token whose text is a known end marker. Along the way it forces
         the control flag onto such tokens (and onto auto-detected EOT/EOM/FIM ones),
@@ -157,7 +177,7 @@ class VocabTokenizer(Tokenizer):
             if fim[role] is None:
                 fim[role] = detect(texts)
         self.fim_ids = fim
-        for i, text in enumerate(self._tokens):
+        for i, text in enumerate(pieces):
             if attrs[i] & ATTR_CONTROL and "unused" in text:
                 attrs[i] |= ATTR_UNUSED
         eog: set[int] = {f for role in _FIM_STOPS if (f := fim[role]) is not None}
@@ -181,8 +201,7 @@ class VocabTokenizer(Tokenizer):
             attrs[s] = ATTR_NORMAL
         return frozenset(eog)
 
-    def _bytes_of(self, token_id: int) -> bytes:
-        attr, text = self._attrs[token_id], self._tokens[token_id]
+    def _bytes_of(self, attr: int, text: str) -> bytes:
         if attr & (ATTR_CONTROL | ATTR_UNKNOWN):
             return b""
         if attr & ATTR_USER_DEFINED:
@@ -205,7 +224,11 @@ class VocabTokenizer(Tokenizer):
         if not 0 <= token_id < self.vocab_size:
             raise TokenizerError(f"token id {token_id} is outside the vocabulary "
                                  f"[0, {self.vocab_size})")
-        return self._token_bytes[token_id]
+        return self._blob[self._ends[token_id]:self._ends[token_id + 1]]
+
+    def _joined_bytes(self, ids: Sequence[int]) -> bytes:
+        blob, ends = self._blob, self._ends
+        return b"".join([blob[ends[i]:ends[i + 1]] for i in map(int, ids)])
 
     def special_ids(self) -> frozenset[int]:
         return self._silent
@@ -220,7 +243,9 @@ class VocabTokenizer(Tokenizer):
     def id_to_token(self, token_id: int) -> str:
         """The piece of ``token_id`` as stored in the file (``▁``, ``Ġ`` and all)."""
         self.check_ids((token_id,))
-        return self._tokens[token_id]
+        if self._pieces is None:        # built on first use (structured output needs it)
+            self._pieces = list(self._token_to_id)
+        return self._pieces[token_id]
 
     def is_control(self, token_id: int) -> bool:
         return bool(self._attrs[token_id] & ATTR_CONTROL)

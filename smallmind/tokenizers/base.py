@@ -58,10 +58,14 @@ class Tokenizer(ABC):
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         self.check_ids(ids)
-        out = b"".join(self.token_bytes(int(i)) for i in ids)
+        out = self._joined_bytes(ids)
         if self.add_space_prefix and out.startswith(b" ") and self._starts_text(ids):
             out = out[1:]
         return out
+
+    def _joined_bytes(self, ids: Sequence[int]) -> bytes:
+        """The bytes of ``ids`` (already checked), joined."""
+        return b"".join(self.token_bytes(int(i)) for i in ids)
 
     def _starts_text(self, ids: Sequence[int]) -> bool:
         return len(ids) > 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..errors import TokenizerError
 from ._merge import merge_pairs
 from ._pretokenize import PreTokenizer, pre_tokenizer
@@ -47,7 +49,7 @@ class BPETokenizer(VocabTokenizer):
     """
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str],
-                 token_types: Sequence[int] | None = None, *, pre: str = "default",
+                 token_types: Sequence[int] | np.ndarray | None = None, *, pre: str = "default",
                  bos_id: int | None = None, eos_id: int | None = None,
                  unk_id: int | None = None, pad_id: int | None = None,
                  eot_id: int | None = None, eom_id: int | None = None,

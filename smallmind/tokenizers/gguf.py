@@ -1,8 +1,10 @@
 """Build a tokenizer from GGUF metadata (``tokenizer.ggml.*``), with llama.cpp's defaults."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from ..errors import TokenizerError, UnsupportedModelError
 from .base import Tokenizer
@@ -14,7 +16,7 @@ __all__ = ["from_gguf_metadata"]
 _P = "tokenizer.ggml."
 
 
-def _str_list(md: Mapping[str, Any], key: str, required: bool) -> list[str] | None:
+def _str_list(md: Mapping[str, Any], key: str, required: bool) -> Sequence[str] | None:
     value = md.get(key)
     if value is None:
         if required:
@@ -22,21 +24,26 @@ def _str_list(md: Mapping[str, Any], key: str, required: bool) -> list[str] | No
         return None
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise TokenizerError(f"{key} must be an array of strings")
-    return list(value)
+    return value    # the tokenizers copy what they keep
 
 
-def _num_list(md: Mapping[str, Any], key: str, n: int, kind: type) -> list | None:
+def _num_array(md: Mapping[str, Any], key: str, n: int, dtype: type) -> np.ndarray | None:
+    """The first ``n`` entries of a numeric array (a list, or the reader's numpy view of a
+    long one) as one compact array: no Python number per token."""
     value = md.get(key)
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)):
+    if not isinstance(value, (list, tuple, np.ndarray)):
         raise TokenizerError(f"{key} must be an array, not {type(value).__name__}")
     if len(value) < n:
         raise TokenizerError(f"{key} has {len(value)} entries for {n} tokens")
     try:
-        return [kind(v) for v in value[:n]]
-    except (TypeError, ValueError):
+        values: np.ndarray = np.asarray(value[:n], dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
         raise TokenizerError(f"{key} must hold numbers") from None
+    if values.ndim != 1:
+        raise TokenizerError(f"{key} must be a flat array of numbers")
+    return values
 
 
 def _flag(md: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -79,9 +86,9 @@ def from_gguf_metadata(metadata: Mapping[str, Any]) -> Tokenizer:
     tokens = _str_list(metadata, _P + "tokens", required=True)
     assert tokens is not None
     n = len(tokens)
-    types = _num_list(metadata, _P + "token_type", n, int)
+    types = _num_array(metadata, _P + "token_type", n, np.int64)
     if model == "llama":
-        scores = _num_list(metadata, _P + "scores", n, float)
+        scores = _num_array(metadata, _P + "scores", n, np.float64)
         return SentencePieceTokenizer(
             tokens, scores, types,
             bos_id=_token_id(metadata, "bos_token_id", 1, n),

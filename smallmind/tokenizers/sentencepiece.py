@@ -15,7 +15,10 @@ whole text) and cached.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs
@@ -28,13 +31,25 @@ SPACE = "\u2581"
 _LOWEST_SCORE = -3.4e38
 
 
-def _clean_score(value: float) -> float:
-    """A score usable in comparisons: NaN and -inf become the lowest float32."""
-    value = float(value)
-    return value if value > _LOWEST_SCORE else _LOWEST_SCORE
+def _merge_ranks(scores: Sequence[float] | np.ndarray, n: int) -> array:
+    """Each token's rank as a merge result: its score negated (lower ranks merge first),
+    with NaN and -inf scores taken as the lowest float32 so they compare."""
+    try:
+        values = np.asarray(scores[:n], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TokenizerError("scores must be numbers") from None
+    if values.ndim != 1:
+        raise TokenizerError(f"scores must be a flat sequence, not shape {values.shape}")
+    # float32, as llama.cpp keeps scores (and as GGUF stores them); a score beyond the
+    # float32 range becomes -inf, still the first to merge.
+    with np.errstate(over="ignore"):
+        ranks32 = (-np.where(values > _LOWEST_SCORE, values, _LOWEST_SCORE)).astype(np.float32)
+    ranks = array("f")
+    ranks.frombytes(ranks32.tobytes())
+    return ranks
 
 
-def word_splitter(pieces: Sequence[str], space: str) -> re.Pattern[str]:
+def word_splitter(pieces: Iterable[str], space: str) -> re.Pattern[str]:
     """A regex whose ``split`` cuts text before each ``space`` that no piece reaches
     across: one whose left neighbour never comes right before ``space`` inside a piece."""
     glue = set()
@@ -53,8 +68,8 @@ def word_splitter(pieces: Sequence[str], space: str) -> re.Pattern[str]:
 class SentencePieceTokenizer(VocabTokenizer):
     """llama.cpp's SPM tokenizer over a scored vocabulary (Llama 2, Gemma...)."""
 
-    def __init__(self, tokens: Sequence[str], scores: Sequence[float] | None = None,
-                 token_types: Sequence[int] | None = None, *,
+    def __init__(self, tokens: Sequence[str], scores: Sequence[float] | np.ndarray | None = None,
+                 token_types: Sequence[int] | np.ndarray | None = None, *,
                  bos_id: int | None = 1, eos_id: int | None = 2, unk_id: int | None = 0,
                  pad_id: int | None = None, eot_id: int | None = None,
                  eom_id: int | None = None, add_bos: bool = True, add_eos: bool = False,
@@ -69,10 +84,10 @@ class SentencePieceTokenizer(VocabTokenizer):
         elif len(scores) < n:
             raise TokenizerError(f"{len(scores)} scores for {n} tokens")
         # Every piece can be a merge result, special ones included (llama.cpp looks merges
-        # up in the whole vocabulary).
-        self._score = {text: _clean_score(scores[i]) for i, text in enumerate(self._tokens)}
+        # up in the whole vocabulary): piece -> id -> rank, with no second dict of pieces.
+        self._ranks = _merge_ranks(scores, n)
         self._byte_ids = self._byte_fallback_ids()
-        self._splitter = word_splitter(self._tokens, SPACE)
+        self._splitter = word_splitter(self._token_to_id, SPACE)    # the pieces, in id order
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def _byte_fallback_ids(self) -> list[int | None]:
@@ -99,8 +114,8 @@ class SentencePieceTokenizer(VocabTokenizer):
         encode_words(words, self._cache, self._encode_word, out)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
-        symbols = merge_by_score(list(word), self._score)
         lookup = self._token_to_id
+        symbols = merge_by_id_rank(list(word), lookup, self._ranks)
         ids: list[int] = []
         for symbol in symbols:
             token_id = lookup.get(symbol)
@@ -124,5 +139,16 @@ def merge_by_score(symbols: list[str], score: dict[str, float]) -> list[str]:
     def key(a: str, b: str) -> float | None:
         s = get(a + b)
         return None if s is None else -s
+
+    return merge_pairs(symbols, key)
+
+
+def merge_by_id_rank(symbols: list[str], ids: dict[str, int], ranks: Sequence[float]) -> list[str]:
+    """:func:`merge_by_score` with each piece's negated score found through its id."""
+    get = ids.get
+
+    def key(a: str, b: str) -> float | None:
+        token_id = get(a + b)
+        return None if token_id is None else ranks[token_id]
 
     return merge_pairs(symbols, key)
