@@ -52,6 +52,15 @@ def isa(request):
     _matmul._set_isa(DEFAULT_ISA)
 
 
+@pytest.fixture(params=["stream", "rows4"])
+def float_kernel(request):
+    """Both AVX2 float matrix-vector kernels: the one-stream-per-row one (taken above 1 MiB)
+    and the 4-row one (cache-sized matrices), whatever the matrix size here."""
+    old = _matmul._set_float_stream_min_bytes(-1 if request.param == "stream" else 1 << 62)
+    yield request.param
+    _matmul._set_float_stream_min_bytes(old)
+
+
 MIN_TYPES = {"Q4_1": 2, "Q5_1": 2, "Q4_K": 2, "Q5_K": 2}  # byte offset of the f16 min / dmin
 
 
@@ -230,7 +239,7 @@ def test_float_gemm_path(isa, name, n):
 @settings(suppress_health_check=FIXTURE_OK)
 @given(name=st.sampled_from(FLOAT_TYPES), rows=st.integers(1, 9), cols=st.integers(1, 120),
        n=st.integers(1, 7), seed=st.integers(0, 2 ** 32 - 1))
-def test_float_matvec_any_columns(isa, name, rows, cols, n, seed):
+def test_float_matvec_any_columns(isa, float_kernel, name, rows, cols, n, seed):
     """n < 8 takes the matrix-vector kernel: every column tail (32, 16, 8 and single
     columns), each row the same whatever n is."""
     rng = np.random.default_rng(seed)
@@ -242,7 +251,7 @@ def test_float_matvec_any_columns(isa, name, rows, cols, n, seed):
 
 
 @pytest.mark.parametrize("name", FLOAT_TYPES)
-def test_float_matvec_wide_rows(isa, name):
+def test_float_matvec_wide_rows(isa, float_kernel, name):
     """Rows wider than the stack buffer of activations in BF16 lane order (4096 floats per
     call): the kernel then reorders the activations itself, with the same result."""
     rng = np.random.default_rng(7)

@@ -32,6 +32,7 @@ from smallmind.tensors import GGMLType
 
 cdef extern from "_matmul_impl.h" nogil:
     int smm_block_elems(int type)
+    Py_ssize_t smm_float_stream_min_bytes
     int smm_block_bytes(int type)
     int smm_isa()
     int smm_set_isa(int level)
@@ -453,6 +454,15 @@ cdef void _busy_chunk(const void* arg, Py_ssize_t chunk) noexcept nogil:
     cdef long long end = smm_bench_now_ns() + (<const long long*>arg)[0]
     while smm_bench_now_ns() < end:
         pass
+
+
+def _set_float_stream_min_bytes(Py_ssize_t nbytes):
+    """Tests: AVX2 float matrices above `nbytes` take the one-stream-per-row kernel, smaller
+    ones the 4-row kernel (default 1 MiB). Returns the previous value."""
+    global smm_float_stream_min_bytes
+    old = smm_float_stream_min_bytes
+    smm_float_stream_min_bytes = nbytes
+    return old
 
 
 def _bench_pool(int n_threads, Py_ssize_t n_chunks, double chunk_us, Py_ssize_t iters=1):
