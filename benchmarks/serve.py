@@ -215,9 +215,19 @@ def stream_one(conn: http.client.HTTPConnection, body: dict) -> dict:
     stamps: list[float] = []
     usage = None
     try:
-        conn.request("POST", "/v1/completions", body=json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
+        try:
+            conn.request("POST", "/v1/completions", body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closed this kept-alive connection between two requests (llama-server
+            # does) before reading the new one: send it again on a new connection, as httpx
+            # and urllib3 do for a stale pooled connection.
+            conn.close()
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/completions", body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
         if r.status != 200:
             return {"error": f"HTTP {r.status}: {r.read().decode(errors='replace')[:200]}"}
         done = False

@@ -70,7 +70,7 @@ class _FakeServer:
     """A local HTTP/1.1 server answering /v1/completions with a canned SSE stream (chunked,
     one chunk per event, as the servers stream), or with ``status`` and a JSON error."""
 
-    def __init__(self, events: list[str], status: int = 200, cut: bool = False):
+    def __init__(self, events: list[str], status: int = 200, cut: bool = False, close: bool = False):
         import http.server
         import threading
 
@@ -103,6 +103,7 @@ class _FakeServer:
                     self.close_connection = True
                     return
                 self.wfile.write(b"0\r\n\r\n")
+                self.close_connection = close  # a kept-alive connection closed, unannounced
 
             def log_message(self, *args):
                 pass
@@ -149,6 +150,20 @@ def test_a_stream_cut_after_done_counts_and_the_next_request_reconnects():
             out = serve_bench.stream_one(conn, {"prompt": "x"})
             assert "error" not in out and out["tokens"] == 1
         assert server.requests == 2
+    finally:
+        server.close()
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_replaced():
+    """llama-server closes connections between requests without saying so: the request sent
+    on the stale connection goes again on a new one instead of counting as an error."""
+    server = _FakeServer([_sse({"choices": [{"text": "a"}]}), "data: [DONE]\n\n"], close=True)
+    try:
+        conn = serve_bench.connect(server.url)
+        for _ in range(3):
+            out = serve_bench.stream_one(conn, {"prompt": "x"})
+            assert "error" not in out and out["tokens"] == 1, out
+        assert server.requests == 3
     finally:
         server.close()
 
