@@ -211,23 +211,24 @@ def stream_one(conn: http.client.HTTPConnection, body: dict) -> dict:
     The load generator shares the cores with the server, so it reads the stream with the
     standard library's http.client: half the CPU per streamed token of httpx (its chunked
     decoding and line splitting run in pure Python), which every server's figures gain alike."""
-    t0 = time.perf_counter()
     stamps: list[float] = []
     usage = None
+    payload = json.dumps(body)
     try:
-        try:
-            conn.request("POST", "/v1/completions", body=json.dumps(body),
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            # The server closed this kept-alive connection between two requests (llama-server
-            # does) before reading the new one: send it again on a new connection, as httpx
-            # and urllib3 do for a stale pooled connection.
-            conn.close()
+        # A second attempt only when the server had closed this kept-alive connection between
+        # two requests (llama-server does) before reading the new one: it goes again on a new
+        # connection, as httpx and urllib3 do for a stale pooled connection.
+        for attempt in (1, 2):
             t0 = time.perf_counter()
-            conn.request("POST", "/v1/completions", body=json.dumps(body),
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
+            try:
+                conn.request("POST", "/v1/completions", body=payload,
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if attempt == 2:
+                    raise
         if r.status != 200:
             return {"error": f"HTTP {r.status}: {r.read().decode(errors='replace')[:200]}"}
         done = False

@@ -142,8 +142,8 @@ class Run:
             return ""
         template = templates[index]
         if template is None:
-            delta = {"content": _MARK} if self.chat else {"text": _MARK}
-            head, _, tail = sse_data(self._chunk(index, delta, None)).rpartition(encode_basestring(_MARK))
+            chunk = self._chunk(index, self._text_delta(_MARK), None)
+            head, _, tail = sse_data(chunk).rpartition(encode_basestring(_MARK))
             template = templates[index] = head, tail
         return template[0] + encode_basestring(event.text) + template[1]
 
@@ -157,8 +157,7 @@ class Run:
                 return [self._chunk(index, d, None) for d in self.calls[index].feed(event.text)]
             if not event.text:
                 return []
-            delta: dict[str, Any] = {"content": event.text} if self.chat else {"text": event.text}
-            return [self._chunk(index, delta, None)]
+            return [self._chunk(index, self._text_delta(event.text), None)]
         self.left -= 1
         if isinstance(event, Failed):
             self.failed.append(event)
@@ -172,6 +171,9 @@ class Run:
             deltas, reason = self.calls[index].finish(reason)
         chunks = [self._chunk(index, d, None) for d in deltas]
         return [*chunks, self._chunk(index, {} if self.chat else {"text": ""}, reason)]
+
+    def _text_delta(self, text: str) -> dict[str, Any]:
+        return {"content": text} if self.chat else {"text": text}
 
     def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason,
