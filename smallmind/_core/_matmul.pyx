@@ -190,9 +190,13 @@ _REPACK_ENABLED = os.environ.get("SMALLMIND_REPACK", "1") != "0"
 
 
 def _repack_default():
-    """Whether Weight(..., repack=None) repacks the 32-element block types: when the AVX2
-    kernels are active (this CPU's best, or SMALLMIND_ISA=avx2) and SMALLMIND_REPACK is not 0."""
-    return _REPACK_ENABLED and smm_isa() < 2
+    """Whether Weight(..., repack=None) repacks the 32-element block types: unless
+    SMALLMIND_REPACK=0, on every CPU. The repacked kernels are AVX2 (256-bit, no cross-lane
+    shuffles), and they are the ones measured at the read bandwidth (benchmarks/roofline.py);
+    AVX-512 CPUs run them too, rather than the plain layout's VNNI kernels, which streamed
+    at a third of the bandwidth on a Zen 4 (shared/perf, issue #7) and were compute-bound
+    even in L2 there (Q4_1 15.6 GB/s at one thread)."""
+    return _REPACK_ENABLED
 
 
 cdef extern from *:
@@ -246,9 +250,8 @@ cdef class Weight:
     are rewritten into a row-interleaved copy of the same size that the fastest kernels
     read (_matmul_r8.h). ``data`` is then that copy, and when the original is a read-only
     file map its pages are released after the one pass that reads them. ``repack=None``
-    (the default) repacks when _repack_default() says so: the repacked kernels are AVX2
-    ones (they run on every ISA), and on an AVX-512 machine the plain layout's VNNI kernels
-    stay in use until the repacked ones are measured there.
+    (the default) repacks unless SMALLMIND_REPACK=0 (see _repack_default): the repacked
+    kernels are AVX2 ones, used on every CPU.
     """
 
     def __cinit__(self, int type, shape, data, *, repack=None):
