@@ -431,6 +431,7 @@ def kernel_paths():
     repacked at load into 8-row interleaved groups, see Weight).
     """
     active = smm_isa()
+    stream_mib = smm_float_stream_min_bytes / 2 ** 20
     types = {}
     for t in SUPPORTED_TYPES:
         if t == GGMLType.Q8_K:  # an activation format, never a model weight
@@ -441,8 +442,10 @@ def kernel_paths():
         # and its AVX2 kernels (_matmul_r8.h) when _repack_default() says so.
         if smm_r8_supported(int(t)) and _repack_default():
             types[t.name] = "avx2-r8"
+        elif smm_block_elems(int(t)) == 1:  # float matrices over 1 MiB stream on AVX2 (_matmul_impl.h)
+            types[t.name] = ISA_NAMES[active] + ("" if active == 1 else f", avx2-stream over {stream_mib:g} MiB")
         else:
-            types[t.name] = ISA_NAMES[active] + ("-vnni" if active == 2 and smm_block_elems(int(t)) > 1 else "")
+            types[t.name] = ISA_NAMES[active] + ("-vnni" if active == 2 else "")
     return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[active], "types": types}
 
 
@@ -474,8 +477,8 @@ cdef void _busy_chunk(const void* arg, Py_ssize_t chunk) noexcept nogil:
 
 
 def _set_float_stream_min_bytes(Py_ssize_t nbytes):
-    """Tests: AVX2 float matrices above `nbytes` take the one-stream-per-row kernel, smaller
-    ones the 4-row kernel (default 1 MiB). Returns the previous value."""
+    """Tests: float matrices above `nbytes` take the one-stream-per-row AVX2 kernel (on every
+    ISA), smaller ones the ISA's 4-row kernel (default 1 MiB). Returns the previous value."""
     global smm_float_stream_min_bytes
     old = smm_float_stream_min_bytes
     smm_float_stream_min_bytes = nbytes

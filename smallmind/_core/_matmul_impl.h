@@ -121,19 +121,21 @@ SMM_AVX512_TARGET static void smm_float_small_512(const smm_job* j, ptrdiff_t g0
     SMM_FLOAT_GROUPS(smm_float_rows4_512, j, g0, g1)
 }
 
-/* AVX2 float matrices above this many bytes take the one-stream-per-row kernel (they come
- * from memory: a prefetched sequential stream keeps it busy); smaller ones, which stay in
- * cache between calls, the 4-row one (the seed model's 128 x 384 F32 matvec: 1.7x faster).
+/* Float matrices above this many bytes take the one-stream-per-row AVX2 kernel on every
+ * ISA (they come from memory: a prefetched sequential stream keeps it busy, and wider
+ * vectors add nothing to a stream); smaller ones, which stay in cache between calls, the
+ * 4-row one of the ISA (the seed model's 128 x 384 F32 matvec: 1.7x faster than the stream).
  * Either way a matrix always takes the same kernel, whatever n is. Tests move it. */
 static ptrdiff_t smm_float_stream_min_bytes = (ptrdiff_t)1 << 20;
 
 /* Weight row groups [g0, g1) (4 rows each) against every activation row. */
 static void smm_float_small_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)
 {
-    if (j->isa >= SMM_ISA_AVX512) smm_float_small_512(j, g0, g1);
-    else if (j->rows * j->row_bytes <= smm_float_stream_min_bytes) SMM_FLOAT_GROUPS(smm_float_rows4_avx2, j, g0, g1)
-    else smm_float_rows_avx2(j->type, j->w, j->row_bytes, 4 * g0, 4 * g1 < j->rows ? 4 * g1 : j->rows, j->cols,
-                             j->x, j->n, j->ldx, j->y, j->ldy, j->bias, j->accumulate);
+    if (j->rows * j->row_bytes > smm_float_stream_min_bytes)
+        smm_float_rows_avx2(j->type, j->w, j->row_bytes, 4 * g0, 4 * g1 < j->rows ? 4 * g1 : j->rows, j->cols,
+                            j->x, j->n, j->ldx, j->y, j->ldy, j->bias, j->accumulate);
+    else if (j->isa >= SMM_ISA_AVX512) smm_float_small_512(j, g0, g1);
+    else SMM_FLOAT_GROUPS(smm_float_rows4_avx2, j, g0, g1)
 }
 
 typedef void (*smm_ukr_fn)(ptrdiff_t, const float*, const float*, float*, ptrdiff_t, int, int, int,
