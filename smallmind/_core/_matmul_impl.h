@@ -11,7 +11,8 @@
  *   quantised: activations quantised to int8 blocks into scratch, then integer dot
  *       products over tiles of weight rows x activation rows (4x1 for decoding, 4x4
  *       or 2x4 for prompts); AVX-512 kernels in _matmul_q512.h / _matmul_k512.h, AVX2
- *       ones in _matmul_avx2.h.
+ *       ones in _matmul_avx2.h; weights repacked into 8-row groups in _matmul_r8.h
+ *       (decoding, batch steps) and _matmul_r8panel.h (prompts).
  * Threads split the weight rows into chunks handed out by the pool in _threadpool.h, where
  * the calling thread takes chunks too and never waits for a worker that has not started
  * (OpenMP's end-of-region barrier did, which ruined 2 threads on a busy 2-core machine).
