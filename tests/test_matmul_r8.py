@@ -37,6 +37,58 @@ def test_repacked_matches_reference(isa, name, rows, blocks, n, seed):  # noqa: 
     np.testing.assert_array_equal(w.get_row(rows - 1), w32[rows - 1])  # a tail row when rows % 8
 
 
+@pytest.fixture
+def r8_panel():
+    """Sets the prompt path of repacked products (_set_r8_panel) for the test, then restores it."""
+    old = _matmul._set_r8_panel(None)
+    yield _matmul._set_r8_panel
+    _matmul._set_r8_panel(old)
+
+
+@settings(suppress_health_check=FIXTURE_OK)
+@given(name=st.sampled_from(R8_TYPES), rows=st.integers(8, 80), blocks=st.sampled_from([1, 2, 3, 31, 32, 33, 48, 70]),
+       n=st.integers(1, 40), seed=st.integers(0, 2 ** 32 - 1))
+def test_panels_match_tiles_and_single_rows_bit_for_bit(r8_panel, name, rows, blocks, n, seed):
+    """Prompts multiply through unpacked panels of two groups, in slices of at most 32 blocks
+    (_matmul_r8panel.h): forced on for every n (the odd groups, the n % 4 rows, rows past the
+    last group, 1 to 3 slices), each output is bit for bit the 8 x 4 tiles' and the n = 1
+    kernel's, with a bias and accumulating into y too, on 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    cols = 32 * blocks
+    w, w32, mag = make_weight(name, rows, cols, rng)
+    x = random_activations(n, cols, rng)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    base = rng.standard_normal((n, rows)).astype(np.float32)
+    alone = np.stack([w.matmul(x[i], bias=bias) for i in range(n)])  # n = 1: the decoding kernel
+    results = {}
+    for panel in (True, False):
+        r8_panel(panel)
+        results[panel] = [w.matmul(x, bias=bias, n_threads=t) for t in (1, 2)]
+        acc = base.copy()
+        w.matmul(x, out=acc, accumulate=True)
+        results[panel].append(acc)
+    for y_panel, y_tile in zip(results[True], results[False], strict=True):
+        np.testing.assert_array_equal(y_panel, y_tile)
+    np.testing.assert_array_equal(results[True][0], alone)
+    check_product(name, w32, mag, x, results[True][0], bias=bias)
+    check_product(name, w32, mag, x, results[True][2], base=base)
+
+
+@pytest.mark.parametrize("name", R8_TYPES)
+def test_panels_over_activation_chunks(r8_panel, name):
+    """n = 300 (two activation chunks of at most 256 rows) and rows long enough for 3 panel
+    slices, at the default thresholds: the same bits as the tiles and as one row at a time."""
+    rng = np.random.default_rng(300)
+    w, w32, mag = make_weight(name, 8 * 5 + 3, 32 * 70, rng)
+    x = random_activations(300, 32 * 70, rng)
+    y = w.matmul(x)
+    for i in (0, 7, 255, 256, 299):
+        np.testing.assert_array_equal(y[i], w.matmul(x[i]), err_msg=f"row {i}")
+    r8_panel(False)
+    np.testing.assert_array_equal(y, w.matmul(x))
+    check_product(name, w32, mag, x, y)
+
+
 @pytest.mark.parametrize("name", R8_TYPES)
 def test_plain_layout_on_request_and_for_small_weights(name):
     rng = np.random.default_rng(3)

@@ -33,6 +33,7 @@ from smallmind.tensors import GGMLType
 cdef extern from "_matmul_impl.h" nogil:
     int smm_block_elems(int type)
     Py_ssize_t smm_float_stream_min_bytes
+    int smm_r8_panel_mode
     int smm_block_bytes(int type)
     int smm_isa()
     int smm_set_isa(int level)
@@ -482,6 +483,16 @@ def _set_float_stream_min_bytes(Py_ssize_t nbytes):
     global smm_float_stream_min_bytes
     old = smm_float_stream_min_bytes
     smm_float_stream_min_bytes = nbytes
+    return old
+
+
+def _set_r8_panel(mode):
+    """Tests and benchmarks: repacked products of several activation rows run through
+    unpacked panels always (True), never (False: 8 x 4 tiles) or from the measured sizes
+    (None, the default). Returns the previous mode."""
+    global smm_r8_panel_mode
+    old = {-1: None, 0: False, 1: True}[smm_r8_panel_mode]
+    smm_r8_panel_mode = -1 if mode is None else int(bool(mode))
     return old
 
 

@@ -11,7 +11,8 @@
  *   quantised: activations quantised to int8 blocks into scratch, then integer dot
  *       products over tiles of weight rows x activation rows (4x1 for decoding, 4x4
  *       or 2x4 for prompts); AVX-512 kernels in _matmul_q512.h / _matmul_k512.h, AVX2
- *       ones in _matmul_avx2.h.
+ *       ones in _matmul_avx2.h; weights repacked into 8-row groups in _matmul_r8.h
+ *       (decoding, batch steps) and _matmul_r8panel.h (prompts).
  * Threads split the weight rows into chunks handed out by the pool in _threadpool.h, where
  * the calling thread takes chunks too and never waits for a worker that has not started
  * (OpenMP's end-of-region barrier did, which ruined 2 threads on a busy 2-core machine).
@@ -68,8 +69,15 @@ static inline __attribute__((always_inline)) void smm_store_tile(const smm_job* 
     }
 }
 
+/* Activation rows handled per pass over a chunk's weight rows: the quantised
+ * activations of a chunk (plus a tile of weights) stay in L2 while every weight tile
+ * runs against them; unchunked, long prompts lost a third of the speed (measured
+ * n = 1024 against n = 64). */
+#define SMM_ACT_CHUNK 256
+
 #include "_matmul_q512.h"
 #include "_matmul_qk.h"
+#include "_matmul_r8panel.h"
 
 
 static ptrdiff_t smm_scratch_bytes(int type, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t n)
@@ -270,31 +278,17 @@ static void smm_quant_rows_avx2(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, co
     }
 }
 
-/* Rows [r0, r1) of a repacked W (r0 a multiple of 8) against all activation rows: tiles of
- * 8 rows x 4 activation rows (the group's weights stay in L1 while the activations pass),
- * then the rows past the last group with the plain AVX2 kernel, whatever the ISA (the
- * activations are in the AVX2 layout). */
+/* Rows [r0, r1) of a repacked W (r0 a multiple of 8) against all activation rows: the
+ * whole 8-row groups in _matmul_r8panel.h, then the rows past the last group with the
+ * plain AVX2 kernel, whatever the ISA (the activations are in the AVX2 layout). */
 static void smm_r8_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
-    const int type = j->type & ~SMM_R8;
-    const ptrdiff_t full = j->rows / 8 * 8;
-    ptrdiff_t r = r0;
-    for (; r + 8 <= r1 && r + 8 <= full; r += 8) {
-        for (ptrdiff_t t = 0; t < j->n; t += 4) {
-            const int C = (int)(j->n - t < 4 ? j->n - t : 4);
-            __m256 out[4];
-            float v[8];
-            smm_r8_tile_any(type, C, j->w + r * j->row_bytes, j->cols / 32, act + t * astride, astride, j->cols, out);
-            for (int c = 0; c < C; c++) {
-                _mm256_storeu_ps(v, out[c]);
-                for (int i = 0; i < 8; i++) smm_store1(j->y + (t + c) * j->ldy + r + i, v[i], j->bias, r + i, j->accumulate);
-            }
-        }
-    }
+    const ptrdiff_t full = j->rows / 8 * 8, r = r1 < full ? r1 / 8 * 8 : full;
+    if (r > r0) smm_r8_groups(j, r0, r, act, astride);
     if (r < r1) {
         smm_job tail = *j;
-        tail.type = type;
-        smm_quant_rows_avx2(&tail, r, r1, act, astride);
+        tail.type = j->type & ~SMM_R8;
+        smm_quant_rows_avx2(&tail, r > r0 ? r : r0, r1, act, astride);
     }
 }
 
@@ -310,12 +304,6 @@ static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const u
  * the 4 rows of the widest plain tile. Thread chunks are whole units. */
 static inline ptrdiff_t smm_unit_rows(int type) { return type & SMM_R8 ? 8 : 4; }
 static inline ptrdiff_t smm_units(int type, ptrdiff_t rows) { return (rows + smm_unit_rows(type) - 1) / smm_unit_rows(type); }
-
-/* Activation rows handled per pass over a chunk's weight rows: the quantised
- * activations of a chunk (plus a tile of weights) stay in L2 while every weight tile
- * runs against them; unchunked, long prompts lost a third of the speed (measured
- * n = 1024 against n = 64). */
-#define SMM_ACT_CHUNK 256
 
 /* Weight row units [g0, g1) (smm_unit_rows each) against the quantised activations in scratch. */
 static void smm_quant_range(const smm_job* j, ptrdiff_t g0, ptrdiff_t g1)

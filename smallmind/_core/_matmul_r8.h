@@ -34,7 +34,8 @@
  *
  * A tile is 8 rows x C activation rows (C <= 4; an unpacked weight chunk serves C
  * activations). Every (row, activation row) pair runs the same float operations in the
- * same order whatever C is, so a row's result does not depend on n.
+ * same order whatever C is, so a row's result does not depend on n. Prompts unpack the
+ * codes once into panels instead (_matmul_r8panel.h), with the same operations per pair.
  *
  * These kernels are AVX2 only and run on every ISA: an AVX-512 machine multiplies
  * repacked weights here too (the AVX-512 kernels read the plain layout).
