@@ -19,9 +19,13 @@
 /* Forced, so that each instance gets constant column counts (see att_pv). */
 #define ATT_INLINE static inline __attribute__((always_inline))
 
+/* A value loaded once into a register: without it the compiler folds the load into both
+   FMAs that use it as a memory operand, loading it twice (the loads are the bottleneck). */
+#define ATT_IN_REGISTER(x) __asm__("" : "+x"(x))
+
 /* Query vectors (rows x heads) per tile, and the most keys per block: one block of scores
    per vector of a tile fits on the stack (4 KiB). */
-#define ATT_TILE 16
+#define ATT_TILE 32
 #define ATT_BLOCK_MAX 64
 #ifndef ATT_BLOCK_BYTES
 #define ATT_BLOCK_BYTES 3072
@@ -86,57 +90,52 @@ static void att_scores(const float* q, const float* k, ptrdiff_t n, int hd,
     }
 }
 
-/* att_scores for two queries at once (two heads of one row): each load of a key serves
-   both, four keys per step. A score is the same bits as att_scores gives (one FMA chain
-   per key over d, reduced by the same tree). */
-static void att_scores2(const float* qa, const float* qb, const float* k, ptrdiff_t n, int hd,
-                        float scale, float* sa, float* sb) {
+/* att_scores for MR queries at once (heads of one row, q rows hd floats apart, scores
+   rows ATT_BLOCK_MAX floats apart), NR keys per step: each load of a key serves every
+   query and each load of a query NR keys. A score is the same bits as att_scores gives
+   (one FMA chain per key over d, reduced by the same tree). MR * NR <= 16. */
+ATT_INLINE void att_scores_mr(const float* q, const int MR, const int NR, const float* k,
+                              ptrdiff_t n, int hd, float scale, float* s) {
     const int nfull = hd >> 3, rem = hd & 7;
     const __m256i m = sm_tail_mask(rem);
     const __m256 vscale = _mm256_set1_ps(scale);
     ptrdiff_t t = 0;
-    for (; t + 4 <= n; t += 4) {
+    for (; t + NR <= n; t += NR) {
         const float* k0 = k + t * hd;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-#define ATT_S2_STEP(LOAD)                                                              \
-        do {                                                                           \
-            const __m256 x = LOAD(qa + d), y = LOAD(qb + d);                           \
-            __m256 kk = LOAD(k0 + d);                                                  \
-            a0 = _mm256_fmadd_ps(x, kk, a0); b0 = _mm256_fmadd_ps(y, kk, b0);          \
-            kk = LOAD(k0 + hd + d);                                                    \
-            a1 = _mm256_fmadd_ps(x, kk, a1); b1 = _mm256_fmadd_ps(y, kk, b1);          \
-            kk = LOAD(k0 + 2 * hd + d);                                                \
-            a2 = _mm256_fmadd_ps(x, kk, a2); b2 = _mm256_fmadd_ps(y, kk, b2);          \
-            kk = LOAD(k0 + 3 * hd + d);                                                \
-            a3 = _mm256_fmadd_ps(x, kk, a3); b3 = _mm256_fmadd_ps(y, kk, b3);          \
+        __m256 acc[16], x[4];
+        for (int i = 0; i < MR * NR; i++) acc[i] = _mm256_setzero_ps();
+#define ATT_SCORES_STEP(LOAD)                                                              \
+        do {                                                                               \
+            for (int h = 0; h < MR; h++) {                                                 \
+                x[h] = LOAD(q + h * hd + d);                                               \
+                ATT_IN_REGISTER(x[h]);                                                     \
+            }                                                                              \
+            for (int j = 0; j < NR; j++) {                                                 \
+                __m256 kk = LOAD(k0 + j * hd + d);                                         \
+                ATT_IN_REGISTER(kk);                                                       \
+                for (int h = 0; h < MR; h++)                                               \
+                    acc[h * NR + j] = _mm256_fmadd_ps(x[h], kk, acc[h * NR + j]);          \
+            }                                                                              \
         } while (0)
 #define ATT_MASKLOAD(P) _mm256_maskload_ps(P, m)
         int d = 0;
-        for (int c = 0; c < nfull; c++, d += 8) ATT_S2_STEP(_mm256_loadu_ps);
-        if (rem) ATT_S2_STEP(ATT_MASKLOAD);
-#undef ATT_S2_STEP
-        const __m256 r = _mm256_mul_ps(sm_hsum8(a0, a1, a2, a3, b0, b1, b2, b3), vscale);
-        _mm_storeu_ps(sa + t, _mm256_castps256_ps128(r));
-        _mm_storeu_ps(sb + t, _mm256_extractf128_ps(r, 1));
-    }
-    for (; t < n; t++) {
-        const float* kt = k + t * hd;
-        __m256 a = _mm256_setzero_ps(), b = a;
-        int d = 0;
-        for (int c = 0; c < nfull; c++, d += 8) {
-            const __m256 kk = _mm256_loadu_ps(kt + d);
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(qa + d), kk, a);
-            b = _mm256_fmadd_ps(_mm256_loadu_ps(qb + d), kk, b);
-        }
-        if (rem) {
-            const __m256 kk = ATT_MASKLOAD(kt + d);
-            a = _mm256_fmadd_ps(ATT_MASKLOAD(qa + d), kk, a);
-            b = _mm256_fmadd_ps(ATT_MASKLOAD(qb + d), kk, b);
-        }
-        sa[t] = att_hsum_tree(a) * scale;
-        sb[t] = att_hsum_tree(b) * scale;
-    }
+        for (int c = 0; c < nfull; c++, d += 8) ATT_SCORES_STEP(_mm256_loadu_ps);
+        if (rem) ATT_SCORES_STEP(ATT_MASKLOAD);
+#undef ATT_SCORES_STEP
 #undef ATT_MASKLOAD
+        float r[16] __attribute__((aligned(32)));
+        for (int i = 0; i < MR * NR; i += 8) {
+#define ATT_ACC(J) acc[i + J < MR * NR ? i + J : i]
+            _mm256_store_ps(r + i, _mm256_mul_ps(sm_hsum8(ATT_ACC(0), ATT_ACC(1), ATT_ACC(2), ATT_ACC(3),
+                                                          ATT_ACC(4), ATT_ACC(5), ATT_ACC(6), ATT_ACC(7)),
+                                                 vscale));
+#undef ATT_ACC
+        }
+        for (int h = 0; h < MR; h++)
+            for (int j = 0; j < NR; j++) s[h * ATT_BLOCK_MAX + t + j] = r[h * NR + j];
+    }
+    for (int h = 0; h < MR; h++)
+        att_scores(q + h * hd, k + t * hd, n - t, hd, scale, s + h * ATT_BLOCK_MAX + t);
 }
 
 /* One chunk of at most 72 output columns of
@@ -211,38 +210,36 @@ static void att_pv(const float* p, ptrdiff_t n, ptrdiff_t t_abs, const float* v,
 #undef ATT_PV_CASE
 }
 
-/* att_pv for two query vectors over the same keys (two heads of one row): each load of
-   a V row serves both, 32 columns at a time through the 64-column chunks (where
-   att_pv_chunk keeps one accumulator per column, so the bits are the same), the rest
-   through att_pv for each. */
-static void att_pv2(const float* pa, const float* pb, ptrdiff_t n, ptrdiff_t t_abs, const float* v,
-                    int hd, float* oa, float* ob, int fresh, float corr_a, float corr_b,
-                    float post_a, float post_b) {
+/* att_pv for MR query vectors over the same keys (heads of one row, p rows ATT_BLOCK_MAX
+   and out rows hd floats apart): each load of a V row serves them all, 32 columns at a
+   time through the 64-column chunks (where att_pv_chunk keeps one accumulator per column,
+   so the bits are the same), the rest through att_pv for each. MR <= 3. */
+ATT_INLINE void att_pv_mr(const float* p, const int MR, ptrdiff_t n, ptrdiff_t t_abs, const float* v,
+                          int hd, float* out, int fresh, const float* corr, const float* post) {
     const int wide = hd & ~63;
     for (int d0 = 0; d0 < wide; d0 += 32) {
-        __m256 a[4], b[4];
-        for (int j = 0; j < 4; j++) {
-            a[j] = fresh ? _mm256_setzero_ps() : _mm256_mul_ps(_mm256_loadu_ps(oa + d0 + 8 * j),
-                                                               _mm256_set1_ps(corr_a));
-            b[j] = fresh ? _mm256_setzero_ps() : _mm256_mul_ps(_mm256_loadu_ps(ob + d0 + 8 * j),
-                                                               _mm256_set1_ps(corr_b));
-        }
+        __m256 acc[3][4];
+        for (int h = 0; h < MR; h++)
+            for (int j = 0; j < 4; j++)
+                acc[h][j] = fresh ? _mm256_setzero_ps()
+                                  : _mm256_mul_ps(_mm256_loadu_ps(out + h * hd + d0 + 8 * j),
+                                                  _mm256_set1_ps(corr[h]));
         const float* vt = v + d0;
         for (ptrdiff_t t = 0; t < n; t++, vt += hd) {
-            const __m256 x = _mm256_broadcast_ss(pa + t), y = _mm256_broadcast_ss(pb + t);
+            __m256 x[3];
+            for (int h = 0; h < MR; h++) x[h] = _mm256_broadcast_ss(p + h * ATT_BLOCK_MAX + t);
             for (int j = 0; j < 4; j++) {
-                const __m256 vv = _mm256_loadu_ps(vt + 8 * j);
-                a[j] = _mm256_fmadd_ps(x, vv, a[j]);
-                b[j] = _mm256_fmadd_ps(y, vv, b[j]);
+                __m256 vv = _mm256_loadu_ps(vt + 8 * j);
+                ATT_IN_REGISTER(vv);
+                for (int h = 0; h < MR; h++) acc[h][j] = _mm256_fmadd_ps(x[h], vv, acc[h][j]);
             }
         }
-        for (int j = 0; j < 4; j++) {
-            _mm256_storeu_ps(oa + d0 + 8 * j, _mm256_mul_ps(a[j], _mm256_set1_ps(post_a)));
-            _mm256_storeu_ps(ob + d0 + 8 * j, _mm256_mul_ps(b[j], _mm256_set1_ps(post_b)));
-        }
+        for (int h = 0; h < MR; h++)
+            for (int j = 0; j < 4; j++)
+                _mm256_storeu_ps(out + h * hd + d0 + 8 * j, _mm256_mul_ps(acc[h][j], _mm256_set1_ps(post[h])));
     }
-    att_pv(pa, n, t_abs, v, hd, wide, oa, fresh, corr_a, post_a);
-    att_pv(pb, n, t_abs, v, hd, wide, ob, fresh, corr_b, post_b);
+    for (int h = 0; h < MR; h++)
+        att_pv(p + h * ATT_BLOCK_MAX, n, t_abs, v, hd, wide, out + h * hd, fresh, corr[h], post[h]);
 }
 
 /* Keys per block: K and V blocks of about 24 KiB together stay in L1 while every query
@@ -316,12 +313,25 @@ static void att_tile(const float* q, ptrdiff_t ldq, const float* k, const float*
                 const ptrdiff_t p = pos + r, f = att_first(p, window);
                 const ptrdiff_t lo = f > jb ? f : jb, hi = p + 1 < jb + B ? p + 1 : jb + B;
                 const float* qr = q + r * ldq + (ptrdiff_t)g0 * hd;
-                int g = 0;
-                for (; g + 2 <= ng && lo < hi; g += 2)
-                    att_scores2(qr + g * hd, qr + (g + 1) * hd, k + lo * hd, hi - lo, hd, scale,
-                                s[r * gc + g] + (lo - jb), s[r * gc + g + 1] + (lo - jb));
-                if (g < ng && lo < hi)
-                    att_scores(qr + g * hd, k + lo * hd, hi - lo, hd, scale, s[r * gc + g] + (lo - jb));
+                if (lo >= hi)
+                    continue;
+                for (int g = 0; g < ng;) {
+                    const float* kb = k + lo * hd;
+                    float* sg = s[r * gc + g] + (lo - jb);
+                    const int left = ng - g;
+                    /* three at a time for a group of 3 (SmolLM2), else two: four queries
+                       and their accumulators would not fit the 16 vector registers */
+                    if (left == 3) {
+                        att_scores_mr(qr + g * hd, 3, 4, kb, hi - lo, hd, scale, sg);
+                        g += 3;
+                    } else if (left >= 2) {
+                        att_scores_mr(qr + g * hd, 2, 4, kb, hi - lo, hd, scale, sg);
+                        g += 2;
+                    } else {
+                        att_scores(qr + g * hd, kb, hi - lo, hd, scale, sg);
+                        g += 1;
+                    }
+                }
             }
             for (int r = 0; r < n_rows; r++) {  /* softmax updates and P.V */
                 const ptrdiff_t p = pos + r, f = att_first(p, window);
@@ -345,16 +355,20 @@ static void att_tile(const float* q, ptrdiff_t ldq, const float* k, const float*
                     post[i] = hi == p + 1 ? 1.0f / l[i] : 1.0f;
                 }
                 float* orow = out + r * ldo + (ptrdiff_t)g0 * hd;
-                int g = 0;
-                for (; g + 2 <= ng; g += 2) {
-                    const int i = r * gc + g;
-                    att_pv2(s[i] + (lo - jb), s[i + 1] + (lo - jb), hi - lo, lo, v + lo * hd, hd,
-                            orow + g * hd, orow + (g + 1) * hd, lo == f, corr[i], corr[i + 1],
-                            post[i], post[i + 1]);
+                for (int g = 0; g < ng;) {
+                    const int i = r * gc + g, left = ng - g;
+                    const float* pg = s[i] + (lo - jb);
+                    if (left >= 3 && left != 4) {
+                        att_pv_mr(pg, 3, hi - lo, lo, v + lo * hd, hd, orow + g * hd, lo == f, corr + i, post + i);
+                        g += 3;
+                    } else if (left >= 2) {
+                        att_pv_mr(pg, 2, hi - lo, lo, v + lo * hd, hd, orow + g * hd, lo == f, corr + i, post + i);
+                        g += 2;
+                    } else {
+                        att_pv(pg, hi - lo, lo, v + lo * hd, hd, 0, orow + g * hd, lo == f, corr[i], post[i]);
+                        g += 1;
+                    }
                 }
-                if (g < ng)
-                    att_pv(s[r * gc + g] + (lo - jb), hi - lo, lo, v + lo * hd, hd, 0, orow + g * hd,
-                           lo == f, corr[r * gc + g], post[r * gc + g]);
             }
         }
     }
@@ -363,7 +377,7 @@ static void att_tile(const float* q, ptrdiff_t ldq, const float* k, const float*
 /* Rows per tile for n_g heads of hd: up to ATT_TILE query vectors, and queries of about
    8 KiB, so that they, a K block and the block's scores share L1. */
 static int att_tile_rows(int n_g, int hd) {
-    int rows = ATT_TILE / n_g, fit = 2048 / (n_g * hd);
+    int rows = ATT_TILE / n_g, fit = 8192 / (n_g * hd);
     if (fit < rows) rows = fit;
     return rows < 1 ? 1 : rows;
 }
