@@ -26,7 +26,7 @@
 /* Query vectors (rows x heads) per tile, and the most keys per block: one block of scores
    per vector of a tile fits on the stack (4 KiB). */
 #define ATT_TILE 32
-#define ATT_BLOCK_MAX 64
+#define ATT_BLOCK_MAX 128
 #ifndef ATT_BLOCK_BYTES
 #define ATT_BLOCK_BYTES 3072
 #endif
