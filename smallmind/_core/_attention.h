@@ -93,16 +93,17 @@ static void att_scores(const float* q, const float* k, ptrdiff_t n, int hd,
 /* att_scores for MR queries at once (heads of one row, q rows hd floats apart, scores
    rows ATT_BLOCK_MAX floats apart), NR keys per step: each load of a key serves every
    query and each load of a query NR keys. A score is the same bits as att_scores gives
-   (one FMA chain per key over d, reduced by the same tree). MR * NR <= 16. */
-ATT_INLINE void att_scores_mr(const float* q, const int MR, const int NR, const float* k,
+   (one FMA chain per key over d, reduced by the same tree). NR = 4, MR <= 3. */
+ATT_INLINE void att_scores_mr(const float* q, const int MR, const float* k,
                               ptrdiff_t n, int hd, float scale, float* s) {
     const int nfull = hd >> 3, rem = hd & 7;
     const __m256i m = sm_tail_mask(rem);
     const __m256 vscale = _mm256_set1_ps(scale);
+    const int NR = 4;
     ptrdiff_t t = 0;
     for (; t + NR <= n; t += NR) {
         const float* k0 = k + t * hd;
-        __m256 acc[16], x[4];
+        __m256 acc[12], x[3];
         for (int i = 0; i < MR * NR; i++) acc[i] = _mm256_setzero_ps();
 #define ATT_SCORES_STEP(LOAD)                                                              \
         do {                                                                               \
@@ -123,16 +124,16 @@ ATT_INLINE void att_scores_mr(const float* q, const int MR, const int NR, const 
         if (rem) ATT_SCORES_STEP(ATT_MASKLOAD);
 #undef ATT_SCORES_STEP
 #undef ATT_MASKLOAD
-        float r[16] __attribute__((aligned(32)));
-        for (int i = 0; i < MR * NR; i += 8) {
-#define ATT_ACC(J) acc[i + J < MR * NR ? i + J : i]
-            _mm256_store_ps(r + i, _mm256_mul_ps(sm_hsum8(ATT_ACC(0), ATT_ACC(1), ATT_ACC(2), ATT_ACC(3),
-                                                          ATT_ACC(4), ATT_ACC(5), ATT_ACC(6), ATT_ACC(7)),
-                                                 vscale));
-#undef ATT_ACC
+        /* each reduction of 8 accumulators gives two heads' 4 scores */
+        for (int h = 0; h < MR; h += 2) {
+            const int h1 = h + 1 < MR ? h + 1 : h;
+            const __m256 r = _mm256_mul_ps(sm_hsum8(acc[h * 4], acc[h * 4 + 1], acc[h * 4 + 2], acc[h * 4 + 3],
+                                                    acc[h1 * 4], acc[h1 * 4 + 1], acc[h1 * 4 + 2],
+                                                    acc[h1 * 4 + 3]),
+                                           vscale);
+            _mm_storeu_ps(s + h * ATT_BLOCK_MAX + t, _mm256_castps256_ps128(r));
+            if (h + 1 < MR) _mm_storeu_ps(s + h1 * ATT_BLOCK_MAX + t, _mm256_extractf128_ps(r, 1));
         }
-        for (int h = 0; h < MR; h++)
-            for (int j = 0; j < NR; j++) s[h * ATT_BLOCK_MAX + t + j] = r[h * NR + j];
     }
     for (int h = 0; h < MR; h++)
         att_scores(q + h * hd, k + t * hd, n - t, hd, scale, s + h * ATT_BLOCK_MAX + t);
@@ -322,10 +323,10 @@ static void att_tile(const float* q, ptrdiff_t ldq, const float* k, const float*
                     /* three at a time for a group of 3 (SmolLM2), else two: four queries
                        and their accumulators would not fit the 16 vector registers */
                     if (left == 3) {
-                        att_scores_mr(qr + g * hd, 3, 4, kb, hi - lo, hd, scale, sg);
+                        att_scores_mr(qr + g * hd, 3, kb, hi - lo, hd, scale, sg);
                         g += 3;
                     } else if (left >= 2) {
-                        att_scores_mr(qr + g * hd, 2, 4, kb, hi - lo, hd, scale, sg);
+                        att_scores_mr(qr + g * hd, 2, kb, hi - lo, hd, scale, sg);
                         g += 2;
                     } else {
                         att_scores(qr + g * hd, kb, hi - lo, hd, scale, sg);
