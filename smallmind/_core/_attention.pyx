@@ -153,11 +153,13 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     job.sub = job.group
     # Too few (tile, KV head) units to share evenly over the lanes (decode with few KV
     # heads: SmolLM2's 3 on 2 threads left one lane idle a third of the time): split each
-    # group into smaller sets of query heads, about 4 tasks per lane, trading K/V reuse
-    # (from L1/L2 at these sizes) for balance. A head's result does not depend on the split.
+    # group into smaller sets of query heads, 2 or more tasks per lane, trading K/V reuse
+    # (from L1/L2 at these sizes) for balance; sets of 2 or 3 heads still share each key
+    # load (SmolLM2 decode: 6 tasks of 2 and 1 heads, not 9 of 1). A head's result does
+    # not depend on the split.
     units = job.n_tiles * n_kv_head
     if units < 4 * lanes:
-        job.sub = max(1, <int>(job.group * units // (4 * lanes)))
+        job.sub = max(1, <int>(job.group * units // (2 * lanes)))
     job.subs_per_group = (job.group + job.sub - 1) // job.sub
     job.n_tasks = units * job.subs_per_group
     job.next_task = 0
