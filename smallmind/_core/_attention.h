@@ -275,12 +275,13 @@ static float att_exp_sum(float* s, ptrdiff_t lo, ptrdiff_t hi, float mx) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256 vsum = _mm256_setzero_ps();
     for (ptrdiff_t i = lo & ~(ptrdiff_t)7; i < hi; i += 8) {
-        const __m256i in = _mm256_and_si256(
-            _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(lo - i - 1))),
-            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi - i)), lane));
-        /* lanes outside the range may hold anything: zero them after the exp */
-        const __m256 e = _mm256_and_ps(sm_exp(_mm256_sub_ps(_mm256_loadu_ps(s + i), vmx)),
-                                       _mm256_castsi256_ps(in));
+        __m256 e = sm_exp(_mm256_sub_ps(_mm256_loadu_ps(s + i), vmx));
+        if (i < lo || i + 8 > hi) {  /* lanes outside the range may hold anything: zero them */
+            const __m256i in = _mm256_and_si256(
+                _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(lo - i - 1))),
+                _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi - i)), lane));
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(in));
+        }
         _mm256_storeu_ps(s + i, e);
         vsum = _mm256_add_ps(vsum, e);
     }
