@@ -87,11 +87,10 @@ static void att_scores(const float* q, const float* k, ptrdiff_t n, int hd,
     }
 }
 
-/* att_scores for MR queries at once (heads of one row, q rows hd floats apart, scores
-   rows ATT_BLOCK_MAX floats apart), NR keys per step: each load of a key serves every
+/* att_scores for MR queries at once (q[h]; their scores rows ATT_BLOCK_MAX floats apart), NR keys per step: each load of a key serves every
    query and each load of a query NR keys. A score is the same bits as att_scores gives
    (one FMA chain per key over d, reduced by the same tree). NR = 4, MR <= 3. */
-ATT_INLINE void att_scores_mr(const float* q, const int MR, const float* k,
+ATT_INLINE void att_scores_mr(const float* const* q, const int MR, const float* k,
                               ptrdiff_t n, int hd, float scale, float* s) {
     const int nfull = hd >> 3, rem = hd & 7;
     const __m256i m = sm_tail_mask(rem);
@@ -105,7 +104,7 @@ ATT_INLINE void att_scores_mr(const float* q, const int MR, const float* k,
 #define ATT_SCORES_STEP(LOAD)                                                              \
         do {                                                                               \
             for (int h = 0; h < MR; h++) {                                                 \
-                x[h] = LOAD(q + h * hd + d);                                               \
+                x[h] = LOAD(q[h] + d);                                                     \
                 ATT_IN_REGISTER(x[h]);                                                     \
             }                                                                              \
             for (int j = 0; j < NR; j++) {                                                 \
@@ -133,7 +132,7 @@ ATT_INLINE void att_scores_mr(const float* q, const int MR, const float* k,
         }
     }
     for (int h = 0; h < MR; h++)
-        att_scores(q + h * hd, k + t * hd, n - t, hd, scale, s + h * ATT_BLOCK_MAX + t);
+        att_scores(q[h], k + t * hd, n - t, hd, scale, s + h * ATT_BLOCK_MAX + t);
 }
 
 /* One chunk of at most 72 output columns of
@@ -208,19 +207,19 @@ static void att_pv(const float* p, ptrdiff_t n, ptrdiff_t t_abs, const float* v,
 #undef ATT_PV_CASE
 }
 
-/* att_pv for MR query vectors over the same keys (heads of one row, p rows ATT_BLOCK_MAX
-   and out rows hd floats apart): each load of a V row serves them all, 32 columns at a
+/* att_pv for MR query vectors over the same keys (p rows ATT_BLOCK_MAX floats apart,
+   outputs out[h]): each load of a V row serves them all, 32 columns at a
    time through the 64-column chunks (where att_pv_chunk keeps one accumulator per column,
    so the bits are the same), the rest through att_pv for each. MR <= 3. */
 ATT_INLINE void att_pv_mr(const float* p, const int MR, ptrdiff_t n, ptrdiff_t t_abs, const float* v,
-                          int hd, float* out, int fresh, const float* corr, const float* post) {
+                          int hd, float* const* out, int fresh, const float* corr, const float* post) {
     const int wide = hd & ~63;
     for (int d0 = 0; d0 < wide; d0 += 32) {
         __m256 acc[3][4];
         for (int h = 0; h < MR; h++)
             for (int j = 0; j < 4; j++)
                 acc[h][j] = fresh ? _mm256_setzero_ps()
-                                  : _mm256_mul_ps(_mm256_loadu_ps(out + h * hd + d0 + 8 * j),
+                                  : _mm256_mul_ps(_mm256_loadu_ps(out[h] + d0 + 8 * j),
                                                   _mm256_set1_ps(corr[h]));
         const float* vt = v + d0;
         for (ptrdiff_t t = 0; t < n; t++, vt += hd) {
@@ -234,10 +233,10 @@ ATT_INLINE void att_pv_mr(const float* p, const int MR, ptrdiff_t n, ptrdiff_t t
         }
         for (int h = 0; h < MR; h++)
             for (int j = 0; j < 4; j++)
-                _mm256_storeu_ps(out + h * hd + d0 + 8 * j, _mm256_mul_ps(acc[h][j], _mm256_set1_ps(post[h])));
+                _mm256_storeu_ps(out[h] + d0 + 8 * j, _mm256_mul_ps(acc[h][j], _mm256_set1_ps(post[h])));
     }
     for (int h = 0; h < MR; h++)
-        att_pv(p + h * ATT_BLOCK_MAX, n, t_abs, v, hd, wide, out + h * hd, fresh, corr[h], post[h]);
+        att_pv(p + h * ATT_BLOCK_MAX, n, t_abs, v, hd, wide, out[h], fresh, corr[h], post[h]);
 }
 
 /* Keys per block: K rows of about 32 KiB (8192 floats), so that a block of K, then one of
@@ -305,72 +304,75 @@ static void att_tile(const float* q, ptrdiff_t ldq, const float* k, const float*
                      ptrdiff_t ldo) {
     float s[ATT_TILE][ATT_BLOCK_MAX] __attribute__((aligned(32)));
     float m[ATT_TILE], l[ATT_TILE], corr[ATT_TILE], post[ATT_TILE];
+    const float* qv[ATT_TILE];
+    float* ov[ATT_TILE];
+    ptrdiff_t lo[ATT_TILE], hi[ATT_TILE];
+    int fresh[ATT_TILE];
     const ptrdiff_t B = att_block_keys(hd), end = pos + n_rows, first = att_first(pos, window);
     const int gc = ATT_TILE / n_rows < n_g ? ATT_TILE / n_rows : n_g;  /* heads per pass */
     for (int g0 = 0; g0 < n_g; g0 += gc) {
-        const int ng = n_g - g0 < gc ? n_g - g0 : gc;
+        const int ng = n_g - g0 < gc ? n_g - g0 : gc, nv = n_rows * ng;
+        for (int i = 0; i < nv; i++) {  /* vector i: row i / ng, head g0 + i % ng */
+            qv[i] = q + (i / ng) * ldq + (ptrdiff_t)(g0 + i % ng) * hd;
+            ov[i] = out + (i / ng) * ldo + (ptrdiff_t)(g0 + i % ng) * hd;
+        }
         for (ptrdiff_t jb = first - first % B; jb < end; jb += B) {
-            for (int r = 0; r < n_rows; r++) {  /* scores */
-                const ptrdiff_t p = pos + r, f = att_first(p, window);
-                const ptrdiff_t lo = f > jb ? f : jb, hi = p + 1 < jb + B ? p + 1 : jb + B;
-                const float* qr = q + r * ldq + (ptrdiff_t)g0 * hd;
-                if (lo >= hi)
-                    continue;
-                for (int g = 0; g < ng;) {
-                    const float* kb = k + lo * hd;
-                    float* sg = s[r * gc + g] + (lo - jb);
-                    const int left = ng - g;
-                    /* three at a time (12 accumulators: FMA chains enough to hide their
-                       latency; four queries would not fit the 16 vector registers) */
-                    if (left >= 3) {
-                        att_scores_mr(qr + g * hd, 3, kb, hi - lo, hd, scale, sg);
-                        g += 3;
-                    } else if (left >= 2) {
-                        att_scores_mr(qr + g * hd, 2, kb, hi - lo, hd, scale, sg);
-                        g += 2;
-                    } else {
-                        att_scores(qr + g * hd, kb, hi - lo, hd, scale, sg);
-                        g += 1;
-                    }
-                }
+            for (int i = 0; i < nv; i++) {
+                const ptrdiff_t p = pos + i / ng, f = att_first(p, window);
+                lo[i] = f > jb ? f : jb;
+                hi[i] = p + 1 < jb + B ? p + 1 : jb + B;
+                fresh[i] = lo[i] == f;
             }
-            for (int r = 0; r < n_rows; r++) {  /* softmax updates and P.V */
-                const ptrdiff_t p = pos + r, f = att_first(p, window);
-                const ptrdiff_t lo = f > jb ? f : jb, hi = p + 1 < jb + B ? p + 1 : jb + B;
-                if (lo >= hi)
-                    continue;
-                for (int g = 0; g < ng; g++) {
-                    const int i = r * gc + g;
-                    const float mb = att_range_max(s[i], lo - jb, hi - jb);
-                    corr[i] = 1.0f;
-                    if (lo == f) {
-                        m[i] = mb;
-                        l[i] = 0.0f;
-                    } else if (mb > m[i]) {
-                        corr[i] = sm_exp_ss(m[i] - mb);
-                        m[i] = mb;
-                        l[i] *= corr[i];
-                    }
-                    l[i] += att_exp_sum(s[i], lo - jb, hi - jb, m[i]);
-                    /* l >= 1: the running max contributed exp(0) */
-                    post[i] = hi == p + 1 ? 1.0f / l[i] : 1.0f;
+            /* Vectors next to each other (the heads of a row, and of the next rows where
+               they see the same keys of the block) go through the kernels together. */
+            /* Below 64 dims the reductions of the shared kernels cost more than they save. */
+#define ATT_RUN(I) (hd >= 64 && (I) + 1 < nv && lo[(I) + 1] == lo[I] && hi[(I) + 1] == hi[I] \
+                    && fresh[(I) + 1] == fresh[I])
+            for (int i = 0; i < nv;) {  /* scores */
+                const int mr = ATT_RUN(i) ? (ATT_RUN(i + 1) ? 3 : 2) : 1;
+                if (lo[i] < hi[i]) {
+                    float* si = s[i] + (lo[i] - jb);
+                    if (mr == 3)
+                        att_scores_mr(qv + i, 3, k + lo[i] * hd, hi[i] - lo[i], hd, scale, si);
+                    else if (mr == 2)
+                        att_scores_mr(qv + i, 2, k + lo[i] * hd, hi[i] - lo[i], hd, scale, si);
+                    else
+                        att_scores(qv[i], k + lo[i] * hd, hi[i] - lo[i], hd, scale, si);
                 }
-                float* orow = out + r * ldo + (ptrdiff_t)g0 * hd;
-                for (int g = 0; g < ng;) {
-                    const int i = r * gc + g, left = ng - g;
-                    const float* pg = s[i] + (lo - jb);
-                    if (left >= 3) {
-                        att_pv_mr(pg, 3, hi - lo, lo, v + lo * hd, hd, orow + g * hd, lo == f, corr + i, post + i);
-                        g += 3;
-                    } else if (left >= 2) {
-                        att_pv_mr(pg, 2, hi - lo, lo, v + lo * hd, hd, orow + g * hd, lo == f, corr + i, post + i);
-                        g += 2;
-                    } else {
-                        att_pv(pg, hi - lo, lo, v + lo * hd, hd, 0, orow + g * hd, lo == f, corr[i], post[i]);
-                        g += 1;
-                    }
-                }
+                i += mr;
             }
+            for (int i = 0; i < nv; i++) {  /* online-softmax updates */
+                if (lo[i] >= hi[i])
+                    continue;
+                const float mb = att_range_max(s[i], lo[i] - jb, hi[i] - jb);
+                corr[i] = 1.0f;
+                if (fresh[i]) {
+                    m[i] = mb;
+                    l[i] = 0.0f;
+                } else if (mb > m[i]) {
+                    corr[i] = sm_exp_ss(m[i] - mb);
+                    m[i] = mb;
+                    l[i] *= corr[i];
+                }
+                l[i] += att_exp_sum(s[i], lo[i] - jb, hi[i] - jb, m[i]);
+                /* l >= 1: the running max contributed exp(0) */
+                post[i] = hi[i] == pos + i / ng + 1 ? 1.0f / l[i] : 1.0f;
+            }
+            for (int i = 0; i < nv;) {  /* P.V */
+                const int mr = ATT_RUN(i) ? (ATT_RUN(i + 1) ? 3 : 2) : 1;
+                if (lo[i] < hi[i]) {
+                    const float* pi = s[i] + (lo[i] - jb);
+                    const ptrdiff_t n = hi[i] - lo[i];
+                    if (mr == 3)
+                        att_pv_mr(pi, 3, n, lo[i], v + lo[i] * hd, hd, ov + i, fresh[i], corr + i, post + i);
+                    else if (mr == 2)
+                        att_pv_mr(pi, 2, n, lo[i], v + lo[i] * hd, hd, ov + i, fresh[i], corr + i, post + i);
+                    else
+                        att_pv(pi, n, lo[i], v + lo[i] * hd, hd, 0, ov[i], fresh[i], corr[i], post[i]);
+                }
+                i += mr;
+            }
+#undef ATT_RUN
         }
     }
 }
