@@ -259,10 +259,14 @@ static float att_range_max(const float* s, ptrdiff_t lo, ptrdiff_t hi) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256 vmax = ninf;
     for (ptrdiff_t i = lo & ~(ptrdiff_t)7; i < hi; i += 8) {
-        const __m256i in = _mm256_and_si256(
-            _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(lo - i - 1))),
-            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi - i)), lane));
-        vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + i), _mm256_castsi256_ps(in)));
+        __m256 x = _mm256_loadu_ps(s + i);
+        if (i < lo || i + 8 > hi) {  /* lanes outside the range may hold anything */
+            const __m256i in = _mm256_and_si256(
+                _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(lo - i - 1))),
+                _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi - i)), lane));
+            x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(in));
+        }
+        vmax = _mm256_max_ps(vmax, x);
     }
     return sm_hmax(vmax);
 }
