@@ -197,7 +197,7 @@ def test_prompt_shapes_match_reference(n_head, n_kv_head, hd, n_q, pos0, window)
 
 
 @pytest.mark.parametrize("n_head, n_kv_head, hd", [(2, 2, 8), (8, 4, 8), (4, 4, 32), (9, 3, 64),
-                                                   (8, 2, 72), (4, 1, 256), (20, 1, 16)])
+                                                   (8, 2, 72), (4, 1, 256), (20, 1, 16), (40, 1, 64)])
 @pytest.mark.parametrize("window", [0, 5, 40])
 def test_a_row_is_the_same_bits_in_any_chunk(n_head, n_kv_head, hd, window):
     """Serving relies on this: a prompt read in chunks (after a reused prefix, between other
