@@ -24,7 +24,7 @@
 #define ATT_IN_REGISTER(x) __asm__("" : "+x"(x))
 
 /* Query vectors (rows x heads) per tile, and the most keys per block: one block of scores
-   per vector of a tile fits on the stack (4 KiB). */
+   per vector of a tile lives on the stack (16 KiB). */
 #define ATT_TILE 32
 #define ATT_BLOCK_MAX 128
 
@@ -300,8 +300,8 @@ static float att_exp_sum(float* s, ptrdiff_t lo, ptrdiff_t hi, float mx) {
    vector's online-softmax update (a running max m and sum l, out rescaled by
    exp(m_old - m_new) when the max grows) and its P.V while the V rows are. Every step of
    a vector's arithmetic depends only on its own query, position and keys (blocks, 8-key
-   lanes and P.V accumulators are fixed by absolute key positions; heads paired or not
-   compute the same bits), never on the tile it is in: a row gives the same bits alone
+   lanes and P.V accumulators are fixed by absolute key positions; vectors run through
+   the kernels in threes, twos or alone compute the same bits), never on the tile it is in: a row gives the same bits alone
    (decode), in any chunk of a prompt, or in any thread's share. n_rows <= ATT_TILE. */
 static void att_tile(const float* q, ptrdiff_t ldq, const float* k, const float* v, ptrdiff_t pos,
                      int n_rows, int n_g, int hd, float scale, ptrdiff_t window, float* out,
