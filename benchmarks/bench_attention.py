@@ -66,6 +66,7 @@ def bench_attention(quick: bool, threads: list[int]):
         (9, 3, 64, 1, 64), (9, 3, 64, 1, 512),
         (4, 1, 256, 1, 512),
         (4, 4, 32, 128, 128), (9, 3, 64, 128, 512),
+        (9, 3, 64, 256, 256), (4, 1, 256, 256, 256),  # 256-token prompts of SmolLM2, Gemma 3
     ]
     for n_head, n_kv, hd, n_q, n_pos in configs:
         pos0 = n_pos - n_q

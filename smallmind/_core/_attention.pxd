@@ -6,16 +6,14 @@
 # Query row i sits at position pos0 + i and attends to cache slots
 # [max(0, pos0 + i - window + 1), pos0 + i] (window <= 0: no window).
 # Query head h reads KV head h // (n_head // n_kv_head) (grouped-query attention).
-# scratch: at least attention_scratch_floats(pos0 + n_q, n_threads) floats (one score
-# row per thread; attention_scratch_floats(capacity, n_threads) always suffices).
 # out must not overlap q, k or v. n_threads <= 1 runs on the calling thread; more
-# split (row, set of query heads) tasks over the thread pool of the matrix products
-# when the call is large enough to gain from it.
+# split (tile of rows, set of query heads) tasks over the thread pool of the matrix products
+# when the call is large enough to gain from it. A row's result is the same bits whatever
+# n_q, pos0 (the chunk it is in) or n_threads.
 cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
                     const float* k, const float* v, Py_ssize_t head_stride, Py_ssize_t pos0,
                     int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,
-                    float* out, Py_ssize_t ldo, float* scratch, int n_threads) noexcept nogil
-cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noexcept nogil
+                    float* out, Py_ssize_t ldo, int n_threads) noexcept nogil
 # Whether a call of n_q rows at pos0 runs on the calling thread alone whatever n_threads is
 # (too little work to gain from the pool).
 cdef bint attention_single_threaded(Py_ssize_t n_q, Py_ssize_t pos0, int n_head,

@@ -1,14 +1,18 @@
 # cython: language_level=3
 """Causal attention over a KV cache, and rotary position embeddings (RoPE).
 
-``attention`` is fused: for each query row and KV head it walks the cached keys in
-blocks, computing one block of scores per query head of the group into a per-thread
-scratch row, exponentiating them against a running maximum (online softmax) and
-accumulating the weighted V rows in registers. No T x T matrix ever exists, the only
-memory touched besides q, K, V and out is one score row per thread, and each K/V
-block is read from memory once for all the query heads that share it (grouped-query
-attention). With one query head per KV head the block is the whole range, i.e. the
-classic max-subtracted two-pass softmax.
+``attention`` is fused and tiled: a tile of consecutive query rows and the query heads
+that share a KV head (up to 16 query vectors) walks the cached keys in blocks; each
+block of K and V, read once, serves every vector of the tile while it is in L1 (the
+saving of grouped-query attention and of prompt processing alike). Per vector a block
+of scores goes to a small stack buffer, is exponentiated against a running maximum
+(online softmax), and the weighted V rows accumulate in registers. No T x T matrix
+ever exists, and no block wholly outside a row's causal window is touched.
+
+Every step of a (row, head)'s arithmetic is fixed by its own position and keys, not by
+the tile, the call or the thread it runs in: a row gives the same bits decoded alone,
+in any chunk of a prompt, after a reused prefix, or in a batch (what the batch and
+serving tests compare).
 
 The SIMD inner loops (dot products against 8 keys at once, the exp of _simd.h, the
 P.V accumulation) are C with AVX2/FMA intrinsics, in ``_attention.h``; the loops over
@@ -21,7 +25,6 @@ Python API (float32 NumPy arrays, validated once, then the nogil kernels run):
   out=None, n_threads=1)``
 * ``rope(x, pos0, n_heads, head_dim, inv_freq, n_rot=None, neox=False, pos_step=1.0)``
 * ``rope_inv_freq(n_rot, theta, scale=1.0)``
-* ``scratch_floats(capacity, n_threads)``
 """
 import math
 
@@ -38,27 +41,17 @@ cnp.import_array()
 
 
 cdef extern from "_attention.h" nogil:
-    void att_attend_group(const float* q, const float* k, const float* v, Py_ssize_t n,
-                          int n_g, int grouped, int hd, float scale, float* out, float* s)
+    void att_tile(const float* q, Py_ssize_t ldq, const float* k, const float* v, Py_ssize_t pos,
+                  int n_rows, int n_g, int hd, float scale, Py_ssize_t window, float* out,
+                  Py_ssize_t ldo)
+    int att_tile_rows(int n_g, int hd)
     Py_ssize_t att_next_task(Py_ssize_t* counter)
 
-
-# Scratch rows are padded to 16 floats (64 bytes) so that threads never share a
-# cache line of their score rows.
-cdef enum:
-    _SCRATCH_ALIGN = 16
 
 # RoPE computes cos/sin for this many frequency pairs at a time on the stack, then
 # applies them to every head of the row (so any n_rot works without allocating).
 cdef enum:
     _ROPE_CHUNK = 128
-
-
-cdef Py_ssize_t attention_scratch_floats(Py_ssize_t capacity, int n_threads) noexcept nogil:
-    cdef Py_ssize_t row = (capacity + _SCRATCH_ALIGN - 1) // _SCRATCH_ALIGN * _SCRATCH_ALIGN
-    if row < _SCRATCH_ALIGN:
-        row = _SCRATCH_ALIGN
-    return row * (n_threads if n_threads > 1 else 1)
 
 
 # Work (query rows x keys x query heads x head_dim multiply-adds, for the scores alone)
@@ -77,10 +70,10 @@ cdef enum:
     _MIN_THREADED_WORK = 1 << 16
 
 
-# One call's work, split into tasks: a task is one query row and a set of `sub` query
-# heads sharing a KV head, so the K and V blocks are read once for the whole set.
-# Tasks write disjoint slices of out; lanes (one score row of scratch each) claim
-# tasks one at a time from next_task until none are left.
+# One call's work, split into tasks: a task is one tile of up to `rows` consecutive query
+# rows and a set of `sub` query heads sharing a KV head, so each K and V block is read
+# once for all of them. Tasks write disjoint slices of out; lanes claim tasks one at a
+# time from next_task until none are left.
 ctypedef struct _Job:
     const float* q
     Py_ssize_t ldq
@@ -95,31 +88,27 @@ ctypedef struct _Job:
     Py_ssize_t window
     float* out
     Py_ssize_t ldo
-    float* scratch
-    Py_ssize_t row_floats       # scratch floats per lane
     int group                   # query heads per KV head
+    int rows                    # query rows per tile
+    Py_ssize_t n_tiles
     int sub                     # query heads per task
     int subs_per_group
     Py_ssize_t n_tasks
     Py_ssize_t next_task        # claimed atomically (att_next_task)
 
 
-cdef inline void _attend_heads(const _Job* job, Py_ssize_t i, int h0, int n_g,
-                               float* row) noexcept nogil:
-    """Query row i, heads [h0, h0 + n_g) of one KV head: row i sits at position
-    pos0 + i and sees the slots [first, pos0 + i]."""
-    cdef Py_ssize_t pos = job.pos0 + i
-    cdef Py_ssize_t first = pos - job.window + 1 if job.window > 0 and pos - job.window + 1 > 0 else 0
-    cdef Py_ssize_t kv_off = (h0 // job.group) * job.head_stride + first * job.head_dim
-    att_attend_group(job.q + i * job.ldq + h0 * job.head_dim, job.k + kv_off, job.v + kv_off,
-                     pos - first + 1, n_g, job.group > 1, job.head_dim, job.scale,
-                     job.out + i * job.ldo + h0 * job.head_dim, row)
+cdef inline void _attend_tile(const _Job* job, Py_ssize_t tile, int h0, int n_g) noexcept nogil:
+    """Rows [tile * rows, ...) (at most job.rows of them), heads [h0, h0 + n_g) of one KV head."""
+    cdef Py_ssize_t i = tile * job.rows
+    cdef Py_ssize_t kv_off = (h0 // job.group) * job.head_stride
+    att_tile(job.q + i * job.ldq + h0 * job.head_dim, job.ldq, job.k + kv_off, job.v + kv_off,
+             job.pos0 + i, <int>min(<Py_ssize_t>job.rows, job.n_q - i), n_g, job.head_dim, job.scale,
+             job.window, job.out + i * job.ldo + h0 * job.head_dim, job.ldo)
 
 
 cdef void _run_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
-    """One thread's share: claims tasks until none are left, with its own score row."""
+    """One thread's share: claims tasks until none are left."""
     cdef _Job* job = <_Job*>arg
-    cdef float* row = job.scratch + lane * job.row_floats
     cdef Py_ssize_t task, unit
     cdef int h0
     while True:
@@ -130,8 +119,8 @@ cdef void _run_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
         # then even out the lanes at the end.
         unit = task // job.subs_per_group
         h0 = <int>(unit % job.n_kv_head) * job.group + <int>(task % job.subs_per_group) * job.sub
-        _attend_heads(job, job.n_q - 1 - unit // job.n_kv_head, h0,
-                      min(job.sub, (h0 // job.group + 1) * job.group - h0), row)
+        _attend_tile(job, job.n_tiles - 1 - unit // job.n_kv_head, h0,
+                     min(job.sub, (h0 // job.group + 1) * job.group - h0))
 
 
 cdef bint attention_single_threaded(Py_ssize_t n_q, Py_ssize_t pos0, int n_head,
@@ -142,32 +131,35 @@ cdef bint attention_single_threaded(Py_ssize_t n_q, Py_ssize_t pos0, int n_head,
 cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
                     const float* k, const float* v, Py_ssize_t head_stride, Py_ssize_t pos0,
                     int n_head, int n_kv_head, int head_dim, float scale, Py_ssize_t window,
-                    float* out, Py_ssize_t ldo, float* scratch, int n_threads) noexcept nogil:
+                    float* out, Py_ssize_t ldo, int n_threads) noexcept nogil:
     cdef _Job job
-    cdef Py_ssize_t units = n_q * n_kv_head, lanes = n_threads, i
+    cdef Py_ssize_t units, lanes = n_threads, t
     cdef int j
     if n_q <= 0:
         return
     job.q, job.ldq, job.k, job.v, job.head_stride = q, ldq, k, v, head_stride
     job.pos0, job.n_q, job.n_kv_head, job.head_dim = pos0, n_q, n_kv_head, head_dim
-    job.scale, job.window, job.out, job.ldo, job.scratch = scale, window, out, ldo, scratch
+    job.scale, job.window, job.out, job.ldo = scale, window, out, ldo
     job.group = n_head // n_kv_head
+    # Tiles of rows x heads: each key block loaded serves all their query vectors.
+    job.rows = <int>min(<Py_ssize_t>att_tile_rows(job.group, head_dim), n_q)
+    job.n_tiles = (n_q + job.rows - 1) // job.rows
     cdef double work = <double>n_q * (pos0 + n_q) * n_head * head_dim
     if lanes <= 1 or work < _MIN_SPLIT_WORK or (work < _MIN_THREADED_WORK and not pool_workers_spin()):
-        for i in range(n_q):
+        for t in range(job.n_tiles):
             for j in range(n_kv_head):
-                _attend_heads(&job, i, j * job.group, job.group, scratch)
+                _attend_tile(&job, t, j * job.group, job.group)
         return
-    # The longest score row is pos0 + n_q floats, so lane rows this long fit in
-    # attention_scratch_floats(pos0 + n_q, n_threads).
-    job.row_floats = attention_scratch_floats(pos0 + n_q, 1)
     job.sub = job.group
-    # Too few (row, KV head) units to share evenly over the lanes (decode with few KV
+    # Too few (tile, KV head) units to share evenly over the lanes (decode with few KV
     # heads: SmolLM2's 3 on 2 threads left one lane idle a third of the time): split each
-    # group into smaller sets of query heads, about 4 tasks per lane, trading K/V reuse
-    # (from L1/L2 at these sizes) for balance. A head's result does not depend on the split.
+    # group into smaller sets of query heads, 2 or more tasks per lane, trading K/V reuse
+    # (from L1/L2 at these sizes) for balance; sets of 2 or 3 heads still share each key
+    # load (SmolLM2 decode: 6 tasks of 2 and 1 heads, not 9 of 1). A head's result does
+    # not depend on the split.
+    units = job.n_tiles * n_kv_head
     if units < 4 * lanes:
-        job.sub = max(1, <int>(job.group * units // (4 * lanes)))
+        job.sub = max(1, <int>(job.group * units // (2 * lanes)))
     job.subs_per_group = (job.group + job.sub - 1) // job.sub
     job.n_tasks = units * job.subs_per_group
     job.next_task = 0
@@ -354,11 +346,9 @@ def _py_attention(q, k_cache, v_cache, Py_ssize_t pos0, int n_head, int n_kv_hea
         if _overlaps(out_ptr, out_end, k_ptr, cache_end) \
                 or _overlaps(out_ptr, out_end, v_ptr, cache_end):
             raise ShapeError("out overlaps k_cache or v_cache")
-    scratch = np.empty(attention_scratch_floats(capacity, n_threads), dtype=np.float32)
-    cdef float* s_ptr = <float*> cnp.PyArray_DATA(scratch)
     with nogil:
         attention(q_ptr, n_q, ldq, k_ptr, v_ptr, head_stride, pos0, n_head, n_kv_head,
-                  head_dim, c_scale, window, out_ptr, ldo, s_ptr, n_threads)
+                  head_dim, c_scale, window, out_ptr, ldo, n_threads)
     return out
 
 
@@ -405,11 +395,6 @@ def rope_inv_freq(int n_rot, double theta, double scale=1.0):
         raise ShapeError(f"theta and scale must be positive, got {theta}, {scale}")
     j = np.arange(n_rot // 2, dtype=np.float64)
     return (theta ** (-2.0 * j / n_rot) / scale).astype(np.float32)
-
-
-def scratch_floats(Py_ssize_t capacity, int n_threads=1):
-    """Floats of scratch ``attention`` needs for a cache of this capacity."""
-    return attention_scratch_floats(capacity, n_threads)
 
 
 # The nogil kernels above are named as in _attention.pxd (that is what other modules

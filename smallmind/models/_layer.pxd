@@ -41,7 +41,6 @@ cdef class Workspace:
     cdef float* h          # (max_tokens, n_hidden)
     cdef float* h2         # (max_tokens, n_hidden)
     cdef float* logits     # (vocab,) one row of logits
-    cdef float* att_scratch
     cdef char* mm_scratch
     cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim); NULL in a batch's
     cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache

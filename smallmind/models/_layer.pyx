@@ -36,8 +36,7 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk_id, timespec* tp)
     int CLOCK_MONOTONIC
 
-from smallmind._core._attention cimport (attention as attention_kernel, attention_scratch_floats,
-                                         attention_single_threaded,
+from smallmind._core._attention cimport (attention as attention_kernel, attention_single_threaded,
                                          rope_angles, rope_rotate)
 from smallmind._core._elementwise cimport add, scale
 from smallmind._core._matmul cimport Weight, get_row, matmul_scratch_bytes, packed_min_rows, parallel_chunks
@@ -182,8 +181,6 @@ cdef class Workspace:
         self.h = _buf(arrays["h"], "h", max_tokens * n_hidden)
         self.h2 = _buf(arrays["h2"], "h2", max_tokens * n_hidden)
         self.logits = _buf(arrays["logits"], "logits", vocab)
-        self.att_scratch = _buf(arrays["att_scratch"], "att_scratch",
-                                attention_scratch_floats(capacity, 1))
         cache_n = n_layer * n_kv_head * capacity * head_dim
         if arrays["k_cache"] is None:
             self.k_cache = self.v_cache = NULL
@@ -231,10 +228,6 @@ cdef class Workspace:
                 raise TokenizerError(f"token id {tok} at index {start + t} is outside the "
                                      f"vocabulary [0, {self.vocab})")
             self.tokens[row0 + t] = <int> tok
-
-
-def attention_scratch_size(Py_ssize_t capacity, int n_threads):
-    return attention_scratch_floats(capacity, n_threads)
 
 
 def packed_min_rows_count():
@@ -356,14 +349,13 @@ cdef inline bint _one_thread(Workspace ws, const Segment* seg) noexcept nogil:
     return attention_single_threaded(seg.n, seg.pos0, ws.n_head, ws.head_dim)
 
 
-cdef void _attend(Workspace ws, Layer L, const Call* c, const Segment* seg, float* scratch,
-                  int n_threads) noexcept nogil:
+cdef void _attend(Workspace ws, Layer L, const Call* c, const Segment* seg, int n_threads) noexcept nogil:
     cdef Py_ssize_t head_stride = seg.capacity * ws.head_dim
     cdef Py_ssize_t off = c.layer * ws.n_kv_head * head_stride
     attention_kernel(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, seg.k_cache + off,
                      seg.v_cache + off, head_stride, seg.pos0, ws.n_head, ws.n_kv_head,
                      ws.head_dim, L.attn_scale, L.window, ws.att + seg.row0 * ws.q_dim, ws.q_dim,
-                     scratch, n_threads)
+                     n_threads)
 
 
 # The one-thread segments of a batched call, shared out over the pool (see attention).
@@ -371,7 +363,6 @@ cdef struct _SegmentsJob:
     void* ws
     void* layer
     const Call* c
-    Py_ssize_t row_floats  # each lane's score row in att_scratch
     Py_ssize_t next        # next segment to claim
 
 
@@ -383,13 +374,12 @@ cdef void _attend_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
         if i >= job.c.n_segs:
             return
         if _one_thread(<Workspace>job.ws, &job.c.segs[i]):
-            _attend(<Workspace>job.ws, <Layer>job.layer, job.c, &job.c.segs[i],
-                    (<Workspace>job.ws).att_scratch + lane * job.row_floats, 1)
+            _attend(<Workspace>job.ws, <Layer>job.layer, job.c, &job.c.segs[i], 1)
 
 
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil:
     """att = softmax(q K^T * scale) V over each segment's cached positions (causal, windowed)."""
-    cdef Py_ssize_t rows, longest = 0, n_small = 0
+    cdef Py_ssize_t n_small = 0
     cdef const Segment* seg
     cdef _SegmentsJob job
     cdef int i, lanes
@@ -397,25 +387,16 @@ cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil:
         seg = &c.segs[i]
         if _one_thread(ws, seg) and c.n_segs > 1:
             n_small += 1
-            longest = max(longest, seg.pos0 + seg.n)
             continue
-        # A sequence's own att_scratch holds one score row of its whole cache: attention
-        # gets as many threads as rows of the current length fit in it (all of them until
-        # it is half full). A batch's scratch holds at least that, so a segment's threads
-        # are those it gets alone. A sequence alone always goes here: the kernel splits it
-        # from less work than counts as small in a batch (the result is the same whatever
-        # the split).
-        rows = attention_scratch_floats(seg.capacity, 1) // attention_scratch_floats(seg.pos0 + seg.n, 1)
-        _attend(ws, L, c, seg, ws.att_scratch, <int>min(<Py_ssize_t>c.n_threads, rows))
+        # A sequence alone always goes here: the kernel splits it from less work than
+        # counts as small in a batch (the result is the same whatever the split).
+        _attend(ws, L, c, seg, c.n_threads)
     if n_small == 0:
         return
     # Segments too small to gain from threads alone (decode at short contexts) run on one
     # thread each, as they would alone (same result), but side by side: in a batch of 8 such
     # sequences the second core otherwise idles through all their attention.
-    job.row_floats = attention_scratch_floats(longest, 1)
     lanes = <int>min(<Py_ssize_t>c.n_threads, n_small)
-    if lanes > 1 and lanes * job.row_floats > attention_scratch_floats(ws.capacity, 1):
-        lanes = 1
     job.ws, job.layer, job.c, job.next = <void*>ws, <void*>L, c, 0
     if lanes > 1:
         parallel_chunks(lanes, lanes, _attend_lane, &job)

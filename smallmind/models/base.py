@@ -221,7 +221,6 @@ class DecoderModel:
             "h": pool.acquire((max_tokens, c.n_hidden)),
             "h2": pool.acquire((max_tokens, c.n_hidden)),
             "logits": pool.acquire((c.vocab_size,) if n_logits is None else (n_logits, c.vocab_size)),
-            "att_scratch": pool.acquire((_layer.attention_scratch_size(capacity, 1),)),
             "mm_scratch": np.zeros(max(mm_bytes, 64), dtype=np.uint8),
             "tokens": np.zeros(max_tokens, dtype=np.int32),
             "k_cache": k_cache,
