@@ -50,7 +50,7 @@
 
 /* Most helper threads the pool will ever start (the caller is one more). */
 #define SMP_MAX_WORKERS 63
-/* TSC cycles a worker spins for the next job before it sleeps: about 0.8-1.2 ms, longer
+/* TSC cycles a worker spins for the next job before it sleeps: about 0.7-1.2 ms, longer
  * than the gaps between the products of one forward pass and than the gap between two
  * decoded tokens (sampling over Gemma 3's 262k logits and the decode loop's Python, ~0.25
  * ms on a Zen 3 VM: a spin of 0.25 ms put the worker to sleep before every token, and the
@@ -77,8 +77,8 @@
  * makes the workers quiet for SMP_QUIET_MIN_JOBS jobs (a few layers), and each stall that
  * follows within a few such periods doubles that, up to SMP_QUIET_JOBS (a few tokens of a
  * small model): a busy machine stalls again soon and stays quiet, an idle one where a
- * stall is rare loses a few layers' second thread, not three tokens' (Gemma 3: 73 jobs
- * a token; with a fixed 256, one stall every 64 tokens cost ~2% of the decode speed). */
+ * stall is rare loses a few layers' second thread, not three tokens' (Gemma 3 runs 73
+ * jobs a token; a 64-token decode at 2 threads on an idle Zen 3 VM saw such a stall). */
 #ifndef SMP_QUIET_JOBS
 #define SMP_QUIET_JOBS 256
 #endif
@@ -373,7 +373,8 @@ static void smp_parallel_range(int n_threads, ptrdiff_t n_units, ptrdiff_t min_t
                                const void* arg)
 {
     if (n_units <= 0) return;
-    ptrdiff_t max_take = (n_units + SMP_PIECES_PER_THREAD * n_threads - 1) / (SMP_PIECES_PER_THREAD * n_threads);
+    const ptrdiff_t pieces = SMP_PIECES_PER_THREAD * (ptrdiff_t)(n_threads > 1 ? n_threads : 1);
+    ptrdiff_t max_take = (n_units + pieces - 1) / pieces;
     if (min_take > max_take) min_take = max_take;
     if (min_take < 1) min_take = 1;
     smp_run_job(n_threads, n_units, 2 * n_threads, (int32_t)min_take, (int32_t)max_take, NULL, fn, arg);
