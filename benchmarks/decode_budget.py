@@ -27,6 +27,12 @@ decode time over that bandwidth ratio (the token if everything scaled as the mem
 ``excess us`` the decode time beyond it: serial work (attention at short contexts, norms,
 sampling, Python), the pool's jobs, and imbalance at their ends.
 
+``wait us``: per token, the time the calling thread waited at the ends of pool jobs for a
+worker to finish the work it had claimed (imbalance, or a worker descheduled), in the
+unprofiled run; ``quiet %``: the share of that run's pool jobs during which the workers slept
+between jobs instead of spinning, having seen contention (each such job wakes them through
+the kernel). Both from the pool's own counters (``_matmul._pool_counters``).
+
 ``pool job us`` (measured right before each row, best of many): what one job of the thread
 pool costs beyond its work, for a job of 2 chunks of 5 us (the caller takes one, a worker the
 other): publishing it, the worker finding it (spinning, or woken from a futex when it slept)
@@ -69,6 +75,17 @@ def pool_job_us(threads: int, iters: int = 200, repeats: int = 15) -> float:
     return best * 1e6 - work
 
 
+def tsc_hz() -> float:
+    """The rate of the TSC the pool's counters count in."""
+    import time
+
+    from smallmind._core import _matmul
+    c0, t0 = _matmul._pool_counters()["tsc"], time.perf_counter()
+    time.sleep(0.05)
+    c1, t1 = _matmul._pool_counters()["tsc"], time.perf_counter()
+    return (c1 - c0) / (t1 - t0)
+
+
 def budget(engine, threads: int, runs: int, n_new: int) -> dict:
     from smallmind import profile
     tok = engine.tokenizer
@@ -82,8 +99,15 @@ def budget(engine, threads: int, runs: int, n_new: int) -> dict:
             raise RuntimeError(f"{len(r.tokens)} of {n_new} tokens ({r.finish_reason})")
         return r
 
+    from smallmind._core import _matmul
     generate()  # warm-up
-    decode_us = min(generate().timings.decode_ms for _ in range(runs)) / (n_new - 1) * 1e3
+    hz, decode_us, pool = tsc_hz(), float("inf"), {}
+    for _ in range(runs):  # the fastest run, and the pool's counters over it
+        before = _matmul._pool_counters()
+        us = generate().timings.decode_ms / (n_new - 1) * 1e3
+        after = _matmul._pool_counters()
+        if us < decode_us:
+            decode_us, pool = us, {k: after[k] - before[k] for k in ("jobs", "quiet_jobs", "wait_cycles")}
     per_op: dict[str, float] = {}
     for _ in range(runs):  # the profiled run whose ops took least: the least disturbed one
         with profile(track_alloc=False) as prof:
@@ -99,6 +123,8 @@ def budget(engine, threads: int, runs: int, n_new: int) -> dict:
     row["other us"] = sum(us for op, us in per_op.items()
                           if not _is_matmul(op) and op not in OWN_COLUMNS)
     row["rest us"] = max(decode_us - sum(per_op.values()), 0.0)
+    row["wait us"] = pool["wait_cycles"] / hz / n_new * 1e6
+    row["quiet %"] = 100 * pool["quiet_jobs"] / max(pool["jobs"], 1)
     row["matmul %"] = 100 * row["matmul us"] / decode_us
     row["load"] = os.getloadavg()[0]
     return row
@@ -134,7 +160,7 @@ def main() -> None:
         rows += model_rows
     columns = ["model", "threads", "decode us", "matmul us", "matmul %",
                *(f"{op} us" for op in OWN_COLUMNS), "other us", "rest us", "speedup vs first",
-               "read GB/s ratio", "ideal us", "excess us", "pool job us", "load"]
+               "read GB/s ratio", "ideal us", "excess us", "wait us", "quiet %", "pool job us", "load"]
     meta = machine_info() | {"read_GBps": bandwidth, "new_tokens": args.new_tokens, "runs": runs}
     write_report("decode_budget", rows, columns, meta, args.json)
 

@@ -205,6 +205,32 @@ def test_two_threads_match_one(isa, name, n, rows, seed):
     check_product(name, w32, mag, x, two)
 
 
+@given(threads=st.integers(1, 4), n_units=st.integers(0, 70000), min_take=st.integers(-1, 3000))
+def test_pool_range_job_runs_every_unit_once(threads, n_units, min_take):
+    """The pool's range jobs (shrinking pieces claimed from both ends) cover every unit once."""
+    counts = _matmul._pool_range_counts(threads, n_units, min_take)
+    assert counts.shape == (n_units,) and (counts == 1).all()
+
+
+@pytest.mark.parametrize("name,rows", [("Q8_0", 20011), ("Q4_K", 6150), ("Q6_K", 4099), ("F16", 3001)])
+def test_threads_match_one_on_large_matrices(name, rows):
+    """Matrices split into many shrinking pieces (an output matrix at decode) give, at any
+    thread count, exactly the one-thread result, alone and in a fused call (matmul_many)."""
+    rng = np.random.default_rng(rows)
+    w, w32, mag = make_weight(name, rows, 256, rng)
+    w2, _, _ = make_weight(name, rows // 3, 256, rng)
+    for n in (1, 3):
+        x = random_activations(n, 256, rng)
+        one = w.matmul(x, n_threads=1)
+        for threads in (2, 3):
+            np.testing.assert_array_equal(w.matmul(x, n_threads=threads), one)
+            if name != "F16":
+                outs = _matmul._matmul_many([w2, w], x, threads)
+                np.testing.assert_array_equal(outs[1], one)
+                np.testing.assert_array_equal(outs[0], w2.matmul(x, n_threads=1))
+        check_product(name, w32, mag, x, one)
+
+
 @settings(suppress_health_check=FIXTURE_OK)
 @given(names=st.lists(st.sampled_from(QUANT_TYPES + FLOAT_TYPES), min_size=1, max_size=4),
        n=st.sampled_from([1, 2, 5, 9]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))

@@ -93,8 +93,13 @@ _check_isa_request()
 
 cdef extern from "_threadpool.h" nogil:
     ctypedef void (*smp_chunk_fn)(const void* arg, Py_ssize_t chunk) noexcept nogil
+    ctypedef void (*smp_range_fn)(const void* arg, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil
     void smp_parallel(int n_threads, Py_ssize_t n_chunks, smp_chunk_fn fn, const void* arg)
+    void smp_parallel_range(int n_threads, Py_ssize_t n_units, Py_ssize_t min_take, smp_range_fn fn,
+                            const void* arg)
     int smp_workers_spin()
+    unsigned long long smp_stat_jobs, smp_stat_quiet_jobs, smp_stat_wait_cycles
+    unsigned long long __rdtsc()
 
 
 cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil:
@@ -507,6 +512,35 @@ def _bench_pool(int n_threads, Py_ssize_t n_chunks, double chunk_us, Py_ssize_t 
         for i in range(iters):
             smp_parallel(n_threads, n_chunks, _busy_chunk, &ns)
     return time.perf_counter() - t0
+
+
+cdef extern from *:
+    int __atomic_fetch_add(int* p, int v, int order) nogil
+    int __ATOMIC_RELAXED
+
+
+cdef void _count_units(const void* arg, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    cdef int* counts = <int*>arg
+    cdef Py_ssize_t u
+    for u in range(u0, u1):
+        __atomic_fetch_add(&counts[u], 1, __ATOMIC_RELAXED)
+
+
+def _pool_range_counts(int n_threads, Py_ssize_t n_units, Py_ssize_t min_take):
+    """How many times a range job of the pool (smp_parallel_range) ran each unit (tests: once)."""
+    counts = np.zeros(max(n_units, 0), dtype=np.int32)
+    cdef int[::1] c = counts
+    with nogil:
+        smp_parallel_range(n_threads, n_units, min_take, _count_units, &c[0] if n_units > 0 else NULL)
+    return counts
+
+
+def _pool_counters():
+    """The thread pool's counters since the process started: jobs run with workers, jobs run
+    while the workers slept between jobs (contention seen), the TSC cycles the calling thread
+    waited for workers at the ends of jobs, and the TSC now (to turn cycles into seconds)."""
+    return {"jobs": smp_stat_jobs, "quiet_jobs": smp_stat_quiet_jobs,
+            "wait_cycles": smp_stat_wait_cycles, "tsc": __rdtsc()}
 
 
 def _bench_read(buf, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):

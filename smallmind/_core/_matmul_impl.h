@@ -353,40 +353,43 @@ static void smm_quantize_rows(int type, int isa, const float* x, ptrdiff_t n, pt
 
 typedef void (*smm_range_fn)(const smm_job*, ptrdiff_t, ptrdiff_t);
 
-/* A product split into chunks of `per_chunk` units (row groups or panels). */
+/* Smallest piece of a product a thread claims, in weight bytes (~1-2 us of streaming): the
+ * threads finish within about that of each other, and claim a 178 MB matrix in ~30 pieces. */
+#define SMM_MIN_TAKE_BYTES 16384
+
+/* A product split into blocks of `per_block` units (row groups or panels). */
 typedef struct {
     const smm_job* j;
     smm_range_fn range;
-    ptrdiff_t units, per_chunk;
-} smm_chunked;
+    ptrdiff_t units, per_block;
+} smm_blocked;
 
-static void smm_run_chunk(const void* arg, ptrdiff_t c)
+static void smm_run_blocks(const void* arg, ptrdiff_t b0, ptrdiff_t b1)
 {
-    const smm_chunked* ch = (const smm_chunked*)arg;
-    ptrdiff_t u0 = c * ch->per_chunk, u1 = u0 + ch->per_chunk;
-    ch->range(ch->j, u0, u1 < ch->units ? u1 : ch->units);
+    const smm_blocked* bl = (const smm_blocked*)arg;
+    ptrdiff_t u0 = b0 * bl->per_block, u1 = b1 * bl->per_block;
+    bl->range(bl->j, u0, u1 < bl->units ? u1 : bl->units);
 }
 
-/* range(j, 0, units) on nt threads, in chunks of a multiple of `align` units. Chunk borders
- * fall on the kernels' row tiles, so results do not depend on nt; for row groups align =
- * 16 rows also keeps threads off each other's cache lines of y when n = 1. */
-static void smm_run(const smm_job* j, int nt, ptrdiff_t units, ptrdiff_t align, smm_range_fn range)
+/* range(j, 0, units) on nt threads, in pieces of whole blocks of `align` units. Block borders
+ * fall on the kernels' row tiles, so results do not depend on nt or on who ran which piece;
+ * for row groups align = 16 rows also keeps threads off each other's cache lines of y when
+ * n = 1. unit_bytes > 0 (the weight bytes of a unit): the threads claim shrinking pieces
+ * (smp_parallel_range) down to SMM_MIN_TAKE_BYTES; 0: equal pieces, 8 per thread (the float
+ * GEMM's packing and panels). */
+static void smm_run(const smm_job* j, int nt, ptrdiff_t units, ptrdiff_t align, ptrdiff_t unit_bytes,
+                    smm_range_fn range)
 {
     if (nt <= 1 || units <= 1) {
         range(j, 0, units);
         return;
     }
-    smm_chunked ch;
-    ch.j = j;
-    ch.range = range;
-    ch.units = units;
-    ptrdiff_t want = (ptrdiff_t)nt * SMM_CHUNKS_PER_THREAD;
-    ptrdiff_t per = (units + want - 1) / want;
-    per = (per + align - 1) / align * align;
-    if (per < 1) per = 1;
-    while ((units + per - 1) / per > SMP_MAX_CHUNKS) per *= 2;
-    ch.per_chunk = per;
-    smp_parallel(nt, (units + per - 1) / per, smm_run_chunk, &ch);
+    smm_blocked bl = {j, range, units, align};
+    while ((units + bl.per_block - 1) / bl.per_block > SMP_MAX_CHUNKS) bl.per_block *= 2;
+    ptrdiff_t block_bytes = bl.per_block * unit_bytes;
+    smp_parallel_range(nt, (units + bl.per_block - 1) / bl.per_block,
+                       block_bytes > 0 ? (SMM_MIN_TAKE_BYTES + block_bytes - 1) / block_bytes : SMP_MAX_CHUNKS,
+                       smm_run_blocks, &bl);
 }
 
 /* Float weights: packed != 0 runs the packed GEMM, else the row-at-a-time kernel, whatever n
@@ -440,7 +443,7 @@ static void smm_matmul_kernel(int packed, int type, const uint8_t* w, ptrdiff_t 
         if (!packed) {
             ptrdiff_t groups = (rows + 3) / 4;
             if (nt > groups) nt = (int)groups;
-            smm_run(&j, nt, groups, 4, smm_float_small_range);
+            smm_run(&j, nt, groups, 4, 4 * row_bytes, smm_float_small_range);
         } else {
             const int NR = SMM_GEMM_NR(j.isa >= SMM_ISA_AVX512);
             ptrdiff_t panels = (rows + NR - 1) / NR;
@@ -449,15 +452,15 @@ static void smm_matmul_kernel(int packed, int type, const uint8_t* w, ptrdiff_t 
             for (ptrdiff_t t0 = 0; t0 < n; t0 += SMM_GEMM_MC) {
                 ptrdiff_t mc = n - t0 < SMM_GEMM_MC ? n - t0 : SMM_GEMM_MC;
                 j.gemm_t0 = t0;
-                smm_run(&j, nt, (mc + MR - 1) / MR, 1, smm_float_gemm_pack);
-                smm_run(&j, nt, panels, 1, smm_float_gemm_range);
+                smm_run(&j, nt, (mc + MR - 1) / MR, 1, 0, smm_float_gemm_pack);
+                smm_run(&j, nt, panels, 1, 0, smm_float_gemm_range);
             }
         }
     } else {
         smm_quantize_rows(type, j.isa, x, n, ldx, cols, j.scratch);
         ptrdiff_t groups = smm_units(type, rows);
         if (nt > groups) nt = (int)groups;
-        smm_run(&j, nt, groups, 16 / smm_unit_rows(type), smm_quant_range);
+        smm_run(&j, nt, groups, 16 / smm_unit_rows(type), smm_unit_rows(type) * row_bytes, smm_quant_range);
     }
     free(owned);
 }
@@ -492,19 +495,24 @@ typedef struct {
 
 typedef struct {
     smm_job jobs[SMM_MANY_MAX];
-    ptrdiff_t first_chunk[SMM_MANY_MAX + 1]; /* chunks of product i: [first_chunk[i], first_chunk[i+1]) */
-    ptrdiff_t per_chunk;                     /* row groups per chunk */
+    ptrdiff_t first_block[SMM_MANY_MAX + 1]; /* blocks of product i: [first_block[i], first_block[i+1]) */
+    ptrdiff_t per_block[SMM_MANY_MAX];       /* row groups per block of product i (16 rows or more) */
     int count;
 } smm_many_job;
 
-static void smm_many_chunk(const void* arg, ptrdiff_t c)
+/* Blocks [b0, b1) of the products laid end to end. */
+static void smm_many_range(const void* arg, ptrdiff_t b0, ptrdiff_t b1)
 {
     const smm_many_job* m = (const smm_many_job*)arg;
-    int i = 0;
-    while (c >= m->first_chunk[i + 1]) i++;
-    const smm_job* j = &m->jobs[i];
-    ptrdiff_t groups = smm_units(j->type, j->rows), g0 = (c - m->first_chunk[i]) * m->per_chunk;
-    smm_quant_range(j, g0, g0 + m->per_chunk < groups ? g0 + m->per_chunk : groups);
+    for (int i = 0; i < m->count && b0 < b1; i++) {
+        if (b0 >= m->first_block[i + 1]) continue;
+        const smm_job* j = &m->jobs[i];
+        ptrdiff_t end = b1 < m->first_block[i + 1] ? b1 : m->first_block[i + 1];
+        ptrdiff_t groups = smm_units(j->type, j->rows), g0 = (b0 - m->first_block[i]) * m->per_block[i];
+        ptrdiff_t g1 = (end - m->first_block[i]) * m->per_block[i];
+        smm_quant_range(j, g0, g1 < groups ? g1 : groups);
+        b0 = end;
+    }
 }
 
 /* scratch: at least the largest smm_scratch_bytes of the products (or NULL). */
@@ -520,7 +528,7 @@ static void smm_matmul_many(int count, const smm_target* t, ptrdiff_t cols, cons
                        n_threads, scratch);
         return;
     }
-    ptrdiff_t need = smm_scratch_bytes(t[0].type, t[0].rows, cols, n), elems = 0, groups = 0;
+    ptrdiff_t need = smm_scratch_bytes(t[0].type, t[0].rows, cols, n), elems = 0;
     void* owned = NULL;
     if (scratch == NULL) {
         owned = malloc((size_t)need);
@@ -552,30 +560,29 @@ static void smm_matmul_many(int count, const smm_target* t, ptrdiff_t cols, cons
         j->scratch = act;
         j->isa = isa;
         elems += t[i].rows * cols;
-        groups += smm_units(t[i].type, t[i].rows);
     }
     int nt = n_threads > 1 && elems >= SMM_MIN_PARALLEL_ELEMS ? n_threads : 1;
-    /* chunks as smm_run cuts them, over the row groups of all the products together */
-    ptrdiff_t want = (ptrdiff_t)nt * SMM_CHUNKS_PER_THREAD;
-    ptrdiff_t per = nt <= 1 ? groups : ((groups + want - 1) / want + 3) / 4 * 4;
-    while (groups / per + count > SMP_MAX_CHUNKS) per *= 2;
-    /* Each product's last chunk is short, so the count rarely divides evenly between the
-     * threads (SmolLM2's Q, K, V: 15 chunks of 8 groups, one thread doing 8); a smaller chunk
-     * (at most twice the chunks) that evens it out lets both threads finish together. */
-    for (ptrdiff_t p = per; nt > 1 && p >= 4; p -= 4) {
-        ptrdiff_t chunks = 0;
-        for (int i = 0; i < count; i++) chunks += (smm_units(t[i].type, t[i].rows) + p - 1) / p;
-        if (chunks > 2 * (groups / per + count) || chunks > SMP_MAX_CHUNKS) break;
-        if (chunks % nt == 0) {
-            per = p;
-            break;
+    /* blocks of 16 rows, as smm_run cuts each product, over all the products together */
+    ptrdiff_t scale = 1, blocks, bytes = 0;
+    for (;;) {
+        blocks = 0;
+        for (int i = 0; i < count; i++) {
+            m.per_block[i] = scale * 16 / smm_unit_rows(t[i].type);
+            blocks += (smm_units(t[i].type, t[i].rows) + m.per_block[i] - 1) / m.per_block[i];
         }
+        if (blocks <= SMP_MAX_CHUNKS) break;
+        scale *= 2;
     }
-    m.per_chunk = per;
-    m.first_chunk[0] = 0;
-    for (int i = 0; i < count; i++)
-        m.first_chunk[i + 1] = m.first_chunk[i] + (smm_units(t[i].type, t[i].rows) + per - 1) / per;
-    smp_parallel(nt, m.first_chunk[count], smm_many_chunk, &m);
+    m.first_block[0] = 0;
+    for (int i = 0; i < count; i++) {
+        ptrdiff_t units = smm_units(t[i].type, t[i].rows);
+        m.first_block[i + 1] = m.first_block[i] + (units + m.per_block[i] - 1) / m.per_block[i];
+        bytes += t[i].rows * t[i].row_bytes;
+    }
+    ptrdiff_t block_bytes = bytes / blocks > 0 ? bytes / blocks : 1;
+    if (nt > 1)
+        smp_parallel_range(nt, blocks, (SMM_MIN_TAKE_BYTES + block_bytes - 1) / block_bytes, smm_many_range, &m);
+    else smm_many_range(&m, 0, blocks);
     free(owned);
 }
 
