@@ -72,6 +72,19 @@ def model_paths() -> dict[str, Path]:
             "Gemma 3 270M Q4_K_M": CACHE / "gemma-3-270m-q4_k_m.gguf"}
 
 
+def present_models(names: str, rows: list[dict]) -> list[tuple[str, Path]]:
+    """(name, path) of each of the comma-listed models whose file is cached; a missing one
+    adds a "skipped" row to `rows` instead (benchmarks that measure our engine alone)."""
+    paths = model_paths()
+    present = []
+    for name in names.split(","):
+        if paths[name].exists():
+            present.append((name, paths[name]))
+        else:
+            rows.append({"model": name, "note": f"skipped: {paths[name]} is missing"})
+    return present
+
+
 def weight_bytes_per_token(path: Path) -> int:
     """Bytes of weights one decoded token reads: every matrix, except a token embedding that
     is only looked up (one row) because the model has a separate output matrix."""

@@ -49,7 +49,7 @@ import argparse
 import os
 
 from _report import machine_info, write_report
-from compare import DECODE_PROMPT, model_paths, read_bandwidths
+from compare import DECODE_PROMPT, present_models, read_bandwidths
 
 DEFAULT_MODELS = "SmolLM2-135M-Instruct Q4_1,Gemma 3 270M Q4_K_M"
 # Ops reported in their own column, in this order (any other non-matmul op goes to "other us").
@@ -142,13 +142,9 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     runs = 3 if args.quick else 5
     bandwidth = read_bandwidths(threads, args.quick)
-    paths = model_paths()
-    rows = []
-    for name in args.models.split(","):
-        if not paths[name].exists():
-            rows.append({"model": name, "note": f"skipped: {paths[name]} is missing"})
-            continue
-        engine = Engine.load(paths[name], n_ctx=512)
+    rows: list[dict] = []
+    for name, path in present_models(args.models, rows):
+        engine = Engine.load(path, n_ctx=512)
         model_rows = [budget(engine, t, runs, args.new_tokens) for t in threads]
         base = model_rows[0]
         for r in model_rows:

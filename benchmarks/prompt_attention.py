@@ -20,7 +20,7 @@ import argparse
 import os
 
 from _report import machine_info, write_report
-from compare import PROMPT_TEXT_FILE, model_paths
+from compare import PROMPT_TEXT_FILE, present_models
 
 DEFAULT_MODELS = "SmolLM2-135M-Instruct Q4_1,Gemma 3 270M Q4_K_M"
 
@@ -62,13 +62,9 @@ def main() -> None:
     runs = 2 if args.quick else 4
     lengths = [int(n) for n in args.tokens.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    paths = model_paths()
-    rows = []
-    for name in args.models.split(","):
-        if not paths[name].exists():
-            rows.append({"model": name, "note": f"skipped: {paths[name]} is missing"})
-            continue
-        engine = Engine.load(paths[name], n_ctx=max(lengths) + 8)
+    rows: list[dict] = []
+    for name, path in present_models(args.models, rows):
+        engine = Engine.load(path, n_ctx=max(lengths) + 8)
         for n in lengths:
             ids = prompt_ids(engine, n)
             rows += [{"model": name} | measure(engine, ids, t, runs) for t in threads]
