@@ -2,7 +2,7 @@
 """Causal attention over a KV cache, and rotary position embeddings (RoPE).
 
 ``attention`` is fused and tiled: a tile of consecutive query rows and the query heads
-that share a KV head (up to 16 query vectors) walks the cached keys in blocks; each
+that share a KV head (up to 32 query vectors) walks the cached keys in blocks; each
 block of K and V, read once, serves every vector of the tile while it is in L1 (the
 saving of grouped-query attention and of prompt processing alike). Per vector a block
 of scores goes to a small stack buffer, is exponentiated against a running maximum
