@@ -253,19 +253,22 @@ static inline ptrdiff_t att_first(ptrdiff_t p, ptrdiff_t window) {
     return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
 }
 
+/* All ones in the lanes of s[i, i + 8) that lie in [lo, hi): the lanes outside the range
+   of an edge vector may hold anything. */
+static inline __m256 att_lanes_in(ptrdiff_t i, ptrdiff_t lo, ptrdiff_t hi) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_castsi256_ps(_mm256_and_si256(
+        _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(lo - i - 1))),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi - i)), lane)));
+}
+
 /* max of s[lo, hi). */
 static float att_range_max(const float* s, ptrdiff_t lo, ptrdiff_t hi) {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256 vmax = ninf;
     for (ptrdiff_t i = lo & ~(ptrdiff_t)7; i < hi; i += 8) {
         __m256 x = _mm256_loadu_ps(s + i);
-        if (i < lo || i + 8 > hi) {  /* lanes outside the range may hold anything */
-            const __m256i in = _mm256_and_si256(
-                _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(lo - i - 1))),
-                _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi - i)), lane));
-            x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(in));
-        }
+        if (i < lo || i + 8 > hi) x = _mm256_blendv_ps(ninf, x, att_lanes_in(i, lo, hi));
         vmax = _mm256_max_ps(vmax, x);
     }
     return sm_hmax(vmax);
@@ -275,16 +278,10 @@ static float att_range_max(const float* s, ptrdiff_t lo, ptrdiff_t hi) {
    (s[0] is a key at a multiple of 8), so the sum is the same wherever the range starts. */
 static float att_exp_sum(float* s, ptrdiff_t lo, ptrdiff_t hi, float mx) {
     const __m256 vmx = _mm256_set1_ps(mx);
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256 vsum = _mm256_setzero_ps();
     for (ptrdiff_t i = lo & ~(ptrdiff_t)7; i < hi; i += 8) {
         __m256 e = sm_exp(_mm256_sub_ps(_mm256_loadu_ps(s + i), vmx));
-        if (i < lo || i + 8 > hi) {  /* lanes outside the range may hold anything: zero them */
-            const __m256i in = _mm256_and_si256(
-                _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(lo - i - 1))),
-                _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi - i)), lane));
-            e = _mm256_and_ps(e, _mm256_castsi256_ps(in));
-        }
+        if (i < lo || i + 8 > hi) e = _mm256_and_ps(e, att_lanes_in(i, lo, hi));
         _mm256_storeu_ps(s + i, e);
         vsum = _mm256_add_ps(vsum, e);
     }
