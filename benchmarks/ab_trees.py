@@ -69,13 +69,14 @@ def main() -> None:
         for name, path in models:
             for t in threads:
                 for label, tree in trees.items():
-                    runs.setdefault((name, t, label), []).append(run_child(tree, path, t))
+                    decode, prompt = run_child(tree, path, t)
+                    runs.setdefault((name, t, label), []).append((decode, prompt))
                     print(f"round {rnd + 1}: {name}, {t} thread(s), {label}: decode / prompt tok/s "
-                          f"{runs[(name, t, label)][-1][0]:.1f} / {runs[(name, t, label)][-1][1]:.0f}", flush=True)
+                          f"{decode:.1f} / {prompt:.0f}", flush=True)
     for name, _ in models:
         for t in threads:
-            base, new = runs[(name, t, "base")], runs[(name, t, "new")]
-            best = {label: (max(r[0] for r in rs), max(r[1] for r in rs)) for label, rs in (("base", base), ("new", new))}
+            # each tree's best decode and best prompt rate over the rounds
+            best = {label: tuple(map(max, zip(*runs[(name, t, label)], strict=True))) for label in trees}
             rows.append({"model": name, "threads": t,
                          "decode base": best["base"][0], "decode new": best["new"][0],
                          "decode ratio": best["new"][0] / best["base"][0],

@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _report import machine_info, write_report  # noqa: E402
+from compare import PROMPT_TEXT_FILE, PROMPT_TOKENS  # noqa: E402
 
 from smallmind._core import _matmul  # noqa: E402
 from smallmind.tensors import BLOCK_LAYOUT, GGMLType  # noqa: E402
@@ -61,8 +62,7 @@ def prompt_pair(path: str, threads: int, repeats: int) -> tuple[float, float]:
     from smallmind import Engine
 
     engine = Engine.load(path, n_threads=threads)
-    text = (pathlib.Path(__file__).resolve().parents[1] / "tests/fixtures/smollm2_reference_text.txt").read_text()
-    ids = engine.tokenizer.encode(text)[:256]
+    ids = engine.tokenizer.encode(PROMPT_TEXT_FILE.read_text(encoding="utf-8"))[:PROMPT_TOKENS]
     best = {False: 0.0, None: 0.0}
     old = _matmul._set_r8_panel(False)
     try:
