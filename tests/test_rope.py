@@ -153,3 +153,63 @@ def test_read_only_is_refused():
     x.flags.writeable = False
     with pytest.raises(ShapeError, match="read-only"):
         rope(x, 0.0, 1, 16, np.zeros(8, np.float32))
+
+
+# -- the layers' angle tables ---------------------------------------------------------------
+
+def _tiny_gemma3():
+    """A random Gemma 3 whose local and global layers alternate (two frequency tables)."""
+    from smallmind.models.config import ModelConfig
+    from smallmind.models.init import random_tensors
+    from smallmind.models.llama import Llama
+    config = ModelConfig(arch="gemma3", vocab_size=64, n_ctx=40, n_embd=32, n_layer=5, n_head=2,
+                         n_kv_head=1, head_dim=16, n_hidden=48, bias=False, rope_neox=True,
+                         rope_theta=1e6, rope_scale=8.0, rope_theta_local=1e4, sliding_window=6,
+                         sliding_window_pattern=2, embed_scale=32 ** 0.5, norm_eps=1e-6)
+    tensors = random_tensors(config, seed=5, std=0.2)
+    return Llama(config, tensors), tensors
+
+
+def test_one_table_per_frequency_table_matches_tables_rebuilt_at_every_switch():
+    """A workspace keeps a rotary angle table per frequency table (local and global layers);
+    with one table it recomputes the angles at every switch, as before. Both must give the
+    same logits bit for bit: prompt chunks (several rows), decode steps, and a batch."""
+    from smallmind.reference import gemma3_logits
+    model, tensors = _tiny_gemma3()
+    assert len({layer.inv_freq_array.tobytes() for layer in model.layers}) == 2
+    tokens = np.random.default_rng(2).integers(0, 64, size=24).tolist()
+
+    def run(slots: int) -> np.ndarray:
+        state = model.new_state(n_threads=1, max_tokens=4)  # a 7-token prompt runs in 2 calls
+        state.workspace.rope_slots = slots
+        out = [model.forward(state, tokens[:7]).logits.copy()]
+        out += [model.forward(state, [t]).logits.copy() for t in tokens[7:]]
+        state.close()
+        return np.stack(out)
+
+    def run_batch(slots: int) -> np.ndarray:
+        states = [model.new_state(n_threads=1) for _ in range(2)]
+        batch = model.new_batch(max_seqs=2, capacity=40)
+        batch.workspace.rope_slots = slots
+        model.forward(states[0], tokens[:3])
+        out = []
+        for i in range(8):  # the two sequences at different positions, each step
+            fwd = model.forward_batch(batch, [(states[0], [tokens[3 + i]]), (states[1], tokens[i:i + 2])])
+            out.append(fwd.logits.copy())
+        return np.stack(out)
+
+    cached = run(4)
+    np.testing.assert_array_equal(cached, run(1))
+    np.testing.assert_array_equal(run_batch(4), run_batch(1))
+    # and both are right: the float64 reference, which computes every angle afresh
+    ref = gemma3_logits(model.config, tensors, tokens)[6:]
+    np.testing.assert_allclose(cached, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_rope_slots_is_validated():
+    state = _tiny_gemma3()[0].new_state()
+    assert state.workspace.rope_slots == 4
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="rope_slots"):
+            state.workspace.rope_slots = bad
+    assert state.workspace.rope_slots == 4

@@ -30,6 +30,24 @@ cdef class Layer:
     cdef object _keep
 
 
+cdef enum:
+    ROPE_SLOTS = 4
+
+
+# cos, sin of the rotary angles of one frequency table ((max_tokens, head_dim/2) each), for
+# the positions of one segment from row 0 (rows > 0), or for every segment of call `call`
+# at its own rows (rows == 0, call >= 0).
+cdef struct RopeTable:
+    float* cs
+    float* sn
+    float* freq            # (head_dim/2,) a copy of the frequencies they were computed for
+    double pos0
+    Py_ssize_t rows
+    int n_rot
+    long long call
+    long long used         # Workspace.rope_uses at the last lookup that found it
+
+
 # Every buffer a forward pass touches, for up to ``max_tokens`` positions at once.
 cdef class Workspace:
     cdef float* x          # (max_tokens, n_embd) residual stream
@@ -46,14 +64,11 @@ cdef class Workspace:
     cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache
     cdef int* tokens       # (max_tokens,)
     cdef Segment* segs     # (max_segs,) the segments of the running call
-    cdef float* rope_cs    # (max_tokens, head_dim/2) cos, sin of the rotary angles last
-    cdef float* rope_sn    #   computed (rope_angles), reused while positions and
-    cdef float* rope_freq  #   frequencies (head_dim/2,) stay the same: across layers
-    cdef double rope_pos0
-    cdef Py_ssize_t rope_rows
-    cdef int rope_n_rot
+    cdef RopeTable rope[ROPE_SLOTS]  # rotary angle tables, one per frequency table in use,
+    cdef float* rope_buf             #   in this one allocation
+    cdef int rope_n_slots       # how many of them to use (1: one table, rebuilt whenever the
+    cdef long long rope_uses    #   frequencies change); rope_uses counts lookups (LRU order)
     cdef long long n_calls     # calls run (run_layers, run_batch) so far
-    cdef long long rope_call   # the call whose segments' angles fill the tables row by row
     cdef readonly Py_ssize_t max_tokens, n_embd, n_hidden, q_dim, kv_dim, ldqkv, vocab
     cdef readonly Py_ssize_t capacity, n_layer, max_segs
     cdef readonly int n_head, n_kv_head, head_dim

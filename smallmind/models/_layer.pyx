@@ -149,11 +149,11 @@ cdef class Workspace:
 
     def __cinit__(self):
         self.segs = NULL
-        self.rope_cs = NULL
+        self.rope_buf = NULL
 
     def __dealloc__(self):
         PyMem_Free(self.segs)
-        PyMem_Free(self.rope_cs)
+        PyMem_Free(self.rope_buf)
 
     def __init__(self, dict arrays, *, Py_ssize_t max_tokens, Py_ssize_t n_embd,
                  Py_ssize_t n_hidden, int n_head, int n_kv_head, int head_dim,
@@ -196,15 +196,21 @@ cdef class Workspace:
         # Rotary angle tables: every layer of a decode step turns q and k by the same
         # angles (one set per distinct frequency table), so they are computed once per
         # step, not twice per layer (the cos/sin in double cost more than the rotation).
-        cdef Py_ssize_t half = head_dim // 2
-        self.rope_cs = <float*> PyMem_Malloc((2 * max_tokens + 1) * half * sizeof(float))
-        if self.rope_cs == NULL and half > 0:
+        # One table per frequency table: Gemma 3's local and global layers alternate, and
+        # a single table was rebuilt at every switch (6 times a token, ~25 us).
+        cdef Py_ssize_t half = head_dim // 2, per_slot = (2 * max_tokens + 1) * half
+        cdef int i
+        self.rope_buf = <float*> PyMem_Malloc(ROPE_SLOTS * per_slot * sizeof(float))
+        if self.rope_buf == NULL and half > 0:
             raise MemoryError()
-        self.rope_sn = self.rope_cs + max_tokens * half
-        self.rope_freq = self.rope_sn + max_tokens * half
-        self.rope_rows = 0
+        for i in range(ROPE_SLOTS):
+            self.rope[i].cs = self.rope_buf + i * per_slot
+            self.rope[i].sn = self.rope[i].cs + max_tokens * half
+            self.rope[i].freq = self.rope[i].sn + max_tokens * half
+            self.rope[i].rows, self.rope[i].n_rot, self.rope[i].call, self.rope[i].used = 0, 0, -1, 0
+        self.rope_n_slots = ROPE_SLOTS
+        self.rope_uses = 0
         self.n_calls = 0
-        self.rope_call = -1
         mm = arrays["mm_scratch"]
         if mm.nbytes < mm_scratch_bytes:
             raise ShapeError("workspace buffer mm_scratch is too small")
@@ -214,6 +220,22 @@ cdef class Workspace:
             raise ShapeError("workspace buffer tokens: expected int32 of max_tokens")
         self.tokens = <int*> cnp.PyArray_DATA(tok)
         self.arrays = arrays
+
+    @property
+    def rope_slots(self) -> int:
+        """How many rotary angle tables the layers keep (one per frequency table in use, up
+        to 4); 1 recomputes the angles whenever the frequencies change from one layer to the
+        next (same values, more work: tests compare the two)."""
+        return self.rope_n_slots
+
+    @rope_slots.setter
+    def rope_slots(self, int n):
+        cdef int i
+        if n < 1 or n > ROPE_SLOTS:
+            raise ValueError(f"rope_slots must be in [1, {ROPE_SLOTS}], got {n}")
+        self.rope_n_slots = n
+        for i in range(ROPE_SLOTS):
+            self.rope[i].rows, self.rope[i].n_rot, self.rope[i].call = 0, 0, -1
 
     def set_tokens(self, tokens, Py_ssize_t start, Py_ssize_t n, Py_ssize_t row0=0):
         """Copy tokens[start:start+n] into rows row0... of the token buffer, checking each id once."""
@@ -294,19 +316,50 @@ cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil:
                        hd * sizeof(float))
 
 
-cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil:
+cdef RopeTable* _rope_table(Workspace ws, Layer L, const Segment* seg, long long call) noexcept nogil:
+    """The table of L's frequencies for segment `seg`'s positions (call < 0), or for every
+    segment of call `call` at its own rows; NULL if none holds them yet (the least recently
+    used table then sits in ws.rope[0], for the caller to fill)."""
     cdef size_t freq_bytes = (L.n_rot // 2) * sizeof(float)
+    cdef RopeTable* t
+    cdef RopeTable* oldest = &ws.rope[0]
+    cdef int i
+    ws.rope_uses += 1
+    for i in range(ws.rope_n_slots):
+        t = &ws.rope[i]
+        if (t.n_rot == L.n_rot and (t.call == call if call >= 0 else
+                                    t.call < 0 and t.rows == seg.n and t.pos0 == seg.pos0)
+                and memcmp(t.freq, L.inv_freq, freq_bytes) == 0):
+            t.used = ws.rope_uses
+            return t
+        if t.used < oldest.used:
+            oldest = t
+    if oldest != &ws.rope[0]:  # swap it to the front: the tables' buffers move with them
+        ws.rope[0], oldest[0] = oldest[0], ws.rope[0]
+    return NULL
+
+
+cdef RopeTable* _rope_fill(Workspace ws, Layer L, long long call) noexcept nogil:
+    """ws.rope[0] (see _rope_table), marked as holding L's frequencies; the caller computes
+    its angles."""
+    cdef RopeTable* t = &ws.rope[0]
+    memcpy(t.freq, L.inv_freq, (L.n_rot // 2) * sizeof(float))
+    t.n_rot, t.call, t.used = L.n_rot, call, ws.rope_uses
+    return t
+
+
+cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil:
+    cdef RopeTable* t
     if L.n_rot == 0:
         return
-    if not (ws.rope_rows == seg.n and ws.rope_pos0 == seg.pos0 and ws.rope_n_rot == L.n_rot
-            and memcmp(ws.rope_freq, L.inv_freq, freq_bytes) == 0):
-        rope_angles(ws.rope_cs, ws.rope_sn, seg.n, L.n_rot, seg.pos0, L.inv_freq)
-        memcpy(ws.rope_freq, L.inv_freq, freq_bytes)
-        ws.rope_rows, ws.rope_pos0, ws.rope_n_rot = seg.n, seg.pos0, L.n_rot
-        ws.rope_call = -1
+    t = _rope_table(ws, L, seg, -1)
+    if t == NULL:
+        t = _rope_fill(ws, L, -1)
+        rope_angles(t.cs, t.sn, seg.n, L.n_rot, seg.pos0, L.inv_freq)
+        t.rows, t.pos0 = seg.n, seg.pos0
     # k follows q in each row, so one pass turns the n_head query and n_kv_head key heads.
     rope_rotate(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, ws.n_head + ws.n_kv_head, ws.head_dim,
-                L.n_rot, ws.rope_cs, ws.rope_sn, L.neox)
+                L.n_rot, t.cs, t.sn, L.neox)
 
 
 cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -315,27 +368,25 @@ cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil:
     # a batched step's rope). Instead each row's angles go to the row's own place in the
     # tables, once per call; rows turn by the same angles as alone (rope_angles per position).
     cdef Py_ssize_t half = L.n_rot // 2
-    cdef size_t freq_bytes = half * sizeof(float)
     cdef const Segment* seg
+    cdef RopeTable* t
     cdef int i
     if c.n_segs == 1 or L.n_rot == 0:
         for i in range(c.n_segs):
             rope_segment(ws, L, &c.segs[i])
         return
-    if not (ws.rope_call == ws.n_calls and ws.rope_n_rot == L.n_rot
-            and memcmp(ws.rope_freq, L.inv_freq, freq_bytes) == 0):
+    t = _rope_table(ws, L, NULL, ws.n_calls)
+    if t == NULL:
+        t = _rope_fill(ws, L, ws.n_calls)
         for i in range(c.n_segs):
             seg = &c.segs[i]
-            rope_angles(ws.rope_cs + seg.row0 * half, ws.rope_sn + seg.row0 * half, seg.n, L.n_rot,
-                        seg.pos0, L.inv_freq)
-        memcpy(ws.rope_freq, L.inv_freq, freq_bytes)
-        ws.rope_n_rot = L.n_rot
-        ws.rope_call = ws.n_calls
-        ws.rope_rows = 0  # the tables no longer hold one segment's angles from row 0
+            rope_angles(t.cs + seg.row0 * half, t.sn + seg.row0 * half, seg.n, L.n_rot, seg.pos0,
+                        L.inv_freq)
+        t.rows = 0  # the table holds no one segment's angles from row 0
     for i in range(c.n_segs):
         seg = &c.segs[i]
         rope_rotate(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, ws.n_head + ws.n_kv_head, ws.head_dim,
-                    L.n_rot, ws.rope_cs + seg.row0 * half, ws.rope_sn + seg.row0 * half, L.neox)
+                    L.n_rot, t.cs + seg.row0 * half, t.sn + seg.row0 * half, L.neox)
 
 
 cdef extern from *:
