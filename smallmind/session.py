@@ -65,6 +65,7 @@ class Session:
         self._open_stream = -1       # epoch of a stream not yet finished
         self._dropped = 0            # tokens a slide discarded during the current call
         self._last_row = 0           # workspace row of the last forward's final position
+        self._peak = -1              # the last forward's Forward.peak (first index of its max logit)
 
     @property
     def capacity(self) -> int:
@@ -263,15 +264,17 @@ class Session:
             self._dropped += fwd.n_discarded
         ws = self._state.workspace
         self._last_row = (len(ids) - 1) % ws.max_tokens
+        self._peak = fwd.peak
         return fwd.logits
 
-    def _sample(self, sampler: Sampler, logits: np.ndarray, history: np.ndarray) -> int:
+    def _sample(self, sampler: Sampler, logits: np.ndarray, history: np.ndarray, peak: int) -> int:
         """``sampler.sample`` plus the cheap check for non-finite activations: the chosen
         token's logit must be finite and differ from its neighbour's (an RMSNorm over an
         overflowed hidden state makes every logit 0). Only a failed check, or NaN logits the
-        sampler refused, take the slow path that looks at everything and names the layer."""
+        sampler refused, take the slow path that looks at everything and names the layer.
+        ``peak``: the logits' Forward.peak, or -1 (not known, or the logits were changed)."""
         try:
-            token = sampler.sample(logits, history)
+            token = sampler._sample_at(logits, history, peak)
         except SamplingError:
             self._check_finite(logits)
             raise
@@ -326,13 +329,15 @@ class Session:
                 if n_hist != len(self.tokens):  # first step, or the cache slid: resync
                     n_hist = min(len(self.tokens), hist.shape[0] - 1)
                     hist[:n_hist] = self.tokens[len(self.tokens) - n_hist:]
+                peak = self._peak
                 if constraint is not None:
                     constraint.apply(logits)
+                    peak = -1
                 if profiler is None:
-                    token = self._sample(sampler, logits, hist[:n_hist])
+                    token = self._sample(sampler, logits, hist[:n_hist], peak)
                 else:
                     with profiler.span("sampling", tokens=1):
-                        token = self._sample(sampler, logits, hist[:n_hist])
+                        token = self._sample(sampler, logits, hist[:n_hist], peak)
                 if i == 0:
                     t_first = time.perf_counter_ns()
                 if token in stop_ids:  # under a constraint, only allowed once it is complete

@@ -49,5 +49,15 @@ cdef void get_row(const WeightView* w, Py_ssize_t row, float* out) noexcept nogi
 # be independent; n_chunks <= 65535 (more run on the calling thread).
 ctypedef void (*chunk_fn)(const void* arg, Py_ssize_t chunk) noexcept nogil
 cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil
+# Runs fn(arg, u0, u1) over ranges that together cover [0, n_units) once each, on the same
+# pool, claimed in shrinking pieces of at least min_take units (the products' own split, so
+# threads finish within about min_take of each other). n_units <= 65535.
+ctypedef void (*range_fn)(const void* arg, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil
+cdef void parallel_ranges(int n_threads, Py_ssize_t n_units, Py_ssize_t min_take, range_fn fn,
+                          const void* arg) noexcept nogil
+# Rows [r0, r1) of w as a weight of their own in *out, when its layout allows it (rows of
+# blocks, or the 8-row groups of a repacked weight) and r0 is a multiple of 16: a product with
+# it gives each of those rows bit for bit as the product with w does. Else False.
+cdef bint weight_rows(const WeightView* w, Py_ssize_t r0, Py_ssize_t r1, WeightView* out) noexcept nogil
 # whether the pool's workers spin between jobs (a small job is worth splitting only then)
 cdef bint pool_workers_spin() noexcept nogil

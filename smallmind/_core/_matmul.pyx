@@ -56,6 +56,7 @@ cdef extern from "_matmul_impl.h" nogil:
                        unsigned char* dst)
     int smm_family(int type)
     int SMM_FAMILY_FLOAT
+    int SMM_FAMILY_Q32
     int SMM_GEMM_MIN_N
     ctypedef struct smm_target:
         int type
@@ -104,6 +105,25 @@ cdef extern from "_threadpool.h" nogil:
 
 cdef void parallel_chunks(int n_threads, Py_ssize_t n_chunks, chunk_fn fn, const void* arg) noexcept nogil:
     smp_parallel(n_threads, n_chunks, fn, arg)
+
+
+cdef void parallel_ranges(int n_threads, Py_ssize_t n_units, Py_ssize_t min_take, range_fn fn,
+                          const void* arg) noexcept nogil:
+    smp_parallel_range(n_threads, n_units, min_take, fn, arg)
+
+
+cdef bint weight_rows(const WeightView* w, Py_ssize_t r0, Py_ssize_t r1, WeightView* out) noexcept nogil:
+    # Plain types are rows of row_bytes; a repacked (SMM_R8) one is groups of 8 rows of
+    # 8 * row_bytes, the rows past the last group plain after them, and a product's row tiles
+    # fall on 16-row borders (smm_run) either way. Any other layout flag: not known here.
+    cdef int plain = w.type & ~SMM_R8
+    if r0 < 0 or r1 > w.rows or r0 >= r1 or r0 % 16 or plain >= SMM_R8 \
+            or (w.type & SMM_R8 and smm_family(plain) != SMM_FAMILY_Q32):
+        return False
+    out[0] = w[0]
+    out.data = w.data + r0 * w.row_bytes
+    out.rows = r1 - r0
+    return True
 
 
 cdef bint pool_workers_spin() noexcept nogil:

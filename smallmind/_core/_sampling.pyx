@@ -286,6 +286,18 @@ cdef class SamplerCore:
         ``history`` (a list or integer array of the token ids so far) feeds the
         repetition/presence/frequency penalties and is ignored when none is set.
         """
+        return self._sample(logits, history, -1)
+
+    def _sample_at(self, cnp.ndarray logits not None, history, Py_ssize_t peak):
+        """sample(), told ``peak``: the first index of the largest of ``logits`` (no NaN
+        among them), as the model's head found it while computing them (``Forward.peak``),
+        or -1 when not known. The greedy choice then reads no logit but a few, and sampling
+        skips its pass for the maximum. It must be right: it is not checked."""
+        if peak < -1 or peak >= self.vocab_size:
+            raise ValueError(f"peak must be -1 or a token id below {self.vocab_size}, got {peak}")
+        return self._sample(logits, history, peak)
+
+    cdef Py_ssize_t _sample(self, cnp.ndarray logits, history, Py_ssize_t peak) except? -3:
         cdef const float* src
         cdef Py_ssize_t token
         if not self._configured:
@@ -301,7 +313,7 @@ cdef class SamplerCore:
         src = <const float*>cnp.PyArray_DATA(logits)
         if self._n_bias and self._temperature == 0 and not (self._penalize and history is not None):
             with nogil:
-                token = self._greedy_biased(src)
+                token = self._greedy_biased(src, peak)
             if token < 0:
                 self._raise_for(token, logits)
             return token
@@ -312,11 +324,12 @@ cdef class SamplerCore:
             if self._penalize and history is not None:
                 self._apply_history(history)
             src = self._work
+            peak = -1  # of the logits before bias and penalties
         if self.vocab_size >= _RELEASE_GIL_FROM:
             with nogil:
-                token = self._choose(src)
+                token = self._choose(src, peak)
         else:
-            token = self._choose(src)
+            token = self._choose(src, peak)
         if token < 0:
             self._raise_for(token, logits)
         return token
@@ -331,14 +344,27 @@ cdef class SamplerCore:
             i[0] += 1
         return v
 
-    cdef Py_ssize_t _greedy_biased(self, const float* x) noexcept nogil:
+    cdef Py_ssize_t _greedy_biased(self, const float* x, Py_ssize_t peak) noexcept nogil:
         """Greedy choice over x plus the logit bias, without the vocabulary-sized copy:
         the biased tokens split x into runs scanned as they are, and each biased token
         is one scalar sum (the same float additions, in the same order, as the copy's).
-        Then the first index holding the maximum, as _choose finds it in the copy."""
+        Then the first index holding the maximum, as _choose finds it in the copy.
+
+        Given x's peak (see _sample_at), no scan: an unbiased peak above every biased
+        token's value is the answer (no earlier token equals it: it is the first)."""
         cdef Py_ssize_t n = self.vocab_size, start = 0, i = 0, t, j
         cdef float best = -INFINITY, m, v
         cdef bint nan = False, run_nan = False
+        if peak >= 0:
+            m = x[peak]
+            while i < self._n_bias:
+                t = self._bias_tokens[self._bias_order[i]]
+                v = self._biased(x, &i)
+                if t == peak or not v < m:  # biased peak, a tie or more, or NaN: scan
+                    break
+            else:
+                return peak
+            i = 0
         while start < n:
             t = self._bias_tokens[self._bias_order[i]] if i < self._n_bias else n
             if t > start:
@@ -366,12 +392,18 @@ cdef class SamplerCore:
             start = t + 1
         return _NAN_LOGITS  # not reached: best is one of the values scanned
 
-    cdef Py_ssize_t _choose(self, const float* x) noexcept nogil:
+    cdef Py_ssize_t _choose(self, const float* x, Py_ssize_t peak) noexcept nogil:
         cdef Py_ssize_t n = self.vocab_size, count, i
         cdef bint has_nan = False
-        cdef float x_max = max_scan(x, n, &has_nan)
+        cdef float x_max
         cdef float lowest, keep_from
         cdef double total
+        if peak >= 0:  # x's largest, and no NaN (see _sample_at)
+            if self._temperature == 0:
+                return peak
+            x_max = x[peak]
+        else:
+            x_max = max_scan(x, n, &has_nan)
         if has_nan:
             return _NAN_LOGITS
         if x_max == -INFINITY:

@@ -48,6 +48,18 @@ cdef struct RopeTable:
     long long used         # Workspace.rope_uses at the last lookup that found it
 
 
+# The head's product for one position runs in units of HEAD_ROWS rows of logits (vocabulary
+# entries); each unit's largest logit and its first index are found right after the unit's
+# product, while its logits are in cache (lm_head), so the greedy choice needs no pass over
+# the logits.
+cdef enum:
+    HEAD_ROWS = 256
+
+cdef struct HeadPeak:
+    float value            # the largest logit of the unit; NaN when it holds a NaN
+    Py_ssize_t index       # the first index holding it; -1 when NaN or all -inf
+
+
 # Every buffer a forward pass touches, for up to ``max_tokens`` positions at once.
 cdef class Workspace:
     cdef float* x          # (max_tokens, n_embd) residual stream
@@ -59,6 +71,7 @@ cdef class Workspace:
     cdef float* h          # (max_tokens, n_hidden)
     cdef float* h2         # (max_tokens, n_hidden)
     cdef float* logits     # (vocab,) one row of logits
+    cdef HeadPeak* head_peaks  # (ceil(vocab / HEAD_ROWS),) see HEAD_ROWS
     cdef char* mm_scratch
     cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim); NULL in a batch's
     cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache

@@ -36,11 +36,15 @@ PACKED_MIN_ROWS = _layer.packed_min_rows_count()
 
 class Forward(NamedTuple):
     """What :meth:`DecoderModel.forward` did: the last position's logits (a view of the
-    workspace, valid until the next call) and the shifts of a sliding cache (oldest first;
-    empty unless the window slid), so the caller can drop the discarded tokens too."""
+    workspace, valid until the next call), the shifts of a sliding cache (oldest first;
+    empty unless the window slid), so the caller can drop the discarded tokens too, and
+    ``peak``: the first index of the largest logit, found while the head computed them (so
+    a greedy choice needs no pass over them), or -1 when not known (a NaN, all -inf, or a
+    head weight whose layout is not cut into units)."""
 
     logits: np.ndarray
     shifts: tuple[Shift, ...] = ()
+    peak: int = -1
 
     @property
     def n_discarded(self) -> int:
@@ -280,8 +284,8 @@ class DecoderModel:
             if all_logits is not None:
                 self._head(ws, 0, n, nt, all_logits[done:done + n])
             done += n
-        self._head(ws, n - 1, 1, nt, None, profiler)
-        return Forward(ws.arrays["logits"], shifts)
+        peak = self._head(ws, n - 1, 1, nt, None, profiler)
+        return Forward(ws.arrays["logits"], shifts, peak)
 
     def forward_batch(self, batch: BatchState, seqs: Sequence[tuple[State, Sequence[int]]], *,
                       packed: Sequence[bool] | None = None,
@@ -351,14 +355,14 @@ class DecoderModel:
     def _embed(self, ws: _layer.Workspace, n: int, pos0: int, row0: int = 0) -> None:
         _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, self.config.embed_scale, row0)
 
-    def _head(self, ws, row0, n_rows, nt, out, profiler=None, rows=None) -> None:
+    def _head(self, ws, row0, n_rows, nt, out, profiler=None, rows=None) -> int:
+        """The logits (see _layer.lm_head); returns the peak of a single row, else -1."""
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,
                 self.final_rmsnorm, self.config.final_logit_softcap, out, rows)
         if profiler is None:
-            _layer.lm_head(*args)
-        else:
-            with profiler.span("lm_head"):
-                _layer.lm_head(*args)
+            return _layer.lm_head(*args)
+        with profiler.span("lm_head"):
+            return _layer.lm_head(*args)
 
     def _run_profiled(self, ws, n, pos0, nt, profiler) -> None:
         """Embed and the layers, each step timed from outside by ``run_layers``."""
