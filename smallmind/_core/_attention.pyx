@@ -158,7 +158,12 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     # load (SmolLM2 decode: 6 tasks of 2 and 1 heads, not 9 of 1). A head's result does
     # not depend on the split.
     units = job.n_tiles * n_kv_head
-    if units < 4 * lanes:
+    if units < lanes and (job.group * units) % lanes == 0 and job.group % (job.group * units // lanes) == 0:
+        # The heads share out evenly with whole sets inside one group (Gemma 3 decode: 4 query
+        # heads on 1 KV head, 2 lanes): one task per lane, each reading K and V once for all
+        # its heads (as 1-head tasks, each lane read them once per head).
+        job.sub = <int>(job.group * units // lanes)
+    elif units < 4 * lanes:
         job.sub = max(1, <int>(job.group * units // (2 * lanes)))
     job.subs_per_group = (job.group + job.sub - 1) // job.sub
     job.n_tasks = units * job.subs_per_group
