@@ -302,6 +302,7 @@ class Session:
         state.n_threads = n_threads  # this call only: every call sets its own
         tok = engine.tokenizer
         sampler = Sampler(params, engine.config.vocab_size)
+        sampler._set_threads(n_threads)  # a large vocabulary's weights on the forward's threads
         stop_ids = tok.stop_ids() if tok is not None else frozenset()
         ctx = profile_ctx() if profile else None
         profiler = ctx.__enter__() if ctx is not None else current_profiler()

@@ -134,3 +134,19 @@ def test_greedy_with_bias_told_the_peak(bias, want):
     sampler = Sampler(SamplingParams(temperature=0.0, logit_bias=bias), 8)
     assert sampler.sample(x) == want
     assert sampler._sample_at(x, None, 2) == want
+
+
+@pytest.mark.parametrize("min_p", [None, 0.05])
+def test_weights_on_threads_draw_the_same_tokens(min_p):
+    """The unfiltered distribution of a large vocabulary is weighed on the pool's threads
+    (_set_threads); block sums and their total, hence every draw, are the serial ones."""
+    x = np.random.default_rng(9).normal(0, 3, size=262_144).astype(np.float32)
+    x[[5, 200_000]] = -math.inf
+    params = SamplingParams(temperature=0.8, min_p=min_p, seed=11)
+    serial, threaded = Sampler(params, x.size), Sampler(params, x.size)
+    threaded._set_threads(2)
+    draws = [serial.sample(x) for _ in range(40)]
+    assert draws == [threaded.sample(x) for _ in range(40)]
+    assert len(set(draws)) > 1
+    with pytest.raises(ValueError, match="n_threads"):
+        threaded._set_threads(0)

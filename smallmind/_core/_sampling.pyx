@@ -22,6 +22,7 @@ from smallmind._core._select cimport (TOP_K_HEAP_MAX, TOP_P_BUCKETS, Candidate, 
                                       keep_at_least, max_scan, top_k_select, top_p_candidates,
                                       top_p_select)
 from smallmind._core._simd cimport _mm256_loadu_ps, _mm256_storeu_ps, sm_exp, sm_exp_ss
+from smallmind._core._matmul cimport parallel_chunks
 
 cimport numpy as cnp
 
@@ -52,6 +53,47 @@ cdef extern from "_sampling.h" nogil:
 cdef double plain_weights(const float* x, float* block_sums, Py_ssize_t n,
                           float x_max, float inv_temp, float keep_from) noexcept nogil:
     return sm_plain_weights(x, block_sums, n, x_max, inv_temp, keep_from)
+
+
+# The block sums of a large vocabulary on several threads of the matmul pool: each chunk of
+# blocks is summed as in one pass (blocks start at the same tokens), and the total adds the
+# block sums in order, as sm_plain_weights does, so the draw is the same bit for bit.
+cdef struct _WeightsJob:
+    const float* x
+    float* block_sums
+    Py_ssize_t n
+    Py_ssize_t chunk_blocks
+    float x_max, inv_temp, keep_from
+
+
+cdef enum:
+    _SPLIT_WEIGHTS_FROM = 32768   # tokens from which the weights are split over threads
+    _WEIGHT_CHUNKS_PER_THREAD = 4
+
+
+cdef void _weights_chunk(const void* arg, Py_ssize_t c) noexcept nogil:
+    cdef const _WeightsJob* job = <const _WeightsJob*>arg
+    cdef Py_ssize_t start = c * job.chunk_blocks * SAMPLE_BLOCK
+    cdef Py_ssize_t end = min(start + job.chunk_blocks * SAMPLE_BLOCK, job.n)
+    sm_plain_weights(job.x + start, job.block_sums + c * job.chunk_blocks, end - start, job.x_max,
+                     job.inv_temp, job.keep_from)
+
+
+cdef double plain_weights_threads(const float* x, float* block_sums, Py_ssize_t n, float x_max,
+                                  float inv_temp, float keep_from, int n_threads) noexcept nogil:
+    cdef _WeightsJob job
+    cdef Py_ssize_t b, n_blocks = (n + SAMPLE_BLOCK - 1) // SAMPLE_BLOCK, n_chunks
+    cdef double total = 0.0
+    if n_threads <= 1 or n < _SPLIT_WEIGHTS_FROM:
+        return sm_plain_weights(x, block_sums, n, x_max, inv_temp, keep_from)
+    n_chunks = n_threads * _WEIGHT_CHUNKS_PER_THREAD
+    job.x, job.block_sums, job.n = x, block_sums, n
+    job.chunk_blocks = (n_blocks + n_chunks - 1) // n_chunks
+    job.x_max, job.inv_temp, job.keep_from = x_max, inv_temp, keep_from
+    parallel_chunks(n_threads, (n_blocks + job.chunk_blocks - 1) // job.chunk_blocks, _weights_chunk, &job)
+    for b in range(n_blocks):
+        total += block_sums[b]
+    return total
 
 
 cdef Py_ssize_t pick_plain(const float* x, const float* block_sums, Py_ssize_t n,
@@ -201,6 +243,7 @@ cdef class SamplerCore:
     cdef int32_t* _counts
     cdef int64_t* _hist
     cdef Py_ssize_t _hist_cap
+    cdef int _n_threads               # threads of the unfiltered weights (see _set_threads)
 
     # No __cinit__ needed: Cython allocates the object with every C field 0 / NULL, so
     # __dealloc__ is safe whether or not _configure ran (or got as far as each buffer).
@@ -280,6 +323,13 @@ cdef class SamplerCore:
         self.rng = rng
         self._configured = True
 
+    def _set_threads(self, int n_threads):
+        """Threads (of the matmul pool) the unfiltered distribution's weights are computed
+        on, for a large vocabulary: the draw is the same for any count."""
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        self._n_threads = n_threads
+
     def sample(self, cnp.ndarray logits not None, history=None):
         """Draw one token id from ``logits`` (float32, shape ``(vocab_size,)``).
 
@@ -299,7 +349,7 @@ cdef class SamplerCore:
 
     cdef Py_ssize_t _sample(self, cnp.ndarray logits, history, Py_ssize_t peak) except? -3:
         cdef const float* src
-        cdef Py_ssize_t token
+        cdef Py_ssize_t token, i
         if not self._configured:
             raise RuntimeError("Sampler was not configured (call Sampler(params, vocab_size))")
         if (cnp.PyArray_TYPE(logits) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(logits) != 1
@@ -323,8 +373,13 @@ cdef class SamplerCore:
                 self._work[self._bias_tokens[i]] += self._bias_values[i]
             if self._penalize and history is not None:
                 self._apply_history(history)
+                peak = -1  # of the logits before the penalties
             src = self._work
-            peak = -1  # of the logits before bias and penalties
+            # still the peak if no biased token reaches it
+            for i in range(self._n_bias if peak >= 0 else 0):
+                if self._bias_tokens[i] == peak or not src[self._bias_tokens[i]] < src[peak]:
+                    peak = -1
+                    break
         if self.vocab_size >= _RELEASE_GIL_FROM:
             with nogil:
                 token = self._choose(src, peak)
@@ -412,7 +467,8 @@ cdef class SamplerCore:
             return first_index_of(x, n, x_max)  # greedy; no random number is drawn
         if self._top_k == 0 and self._top_p >= 1.0:
             keep_from = x_max + self._log_min_p
-            total = plain_weights(x, self._block_sums, n, x_max, self._inv_temp, keep_from)
+            total = plain_weights_threads(x, self._block_sums, n, x_max, self._inv_temp, keep_from,
+                                          self._n_threads)
             return pick_plain(x, self._block_sums, n, x_max, self._inv_temp, keep_from,
                               self._uniform() * total)
 
