@@ -22,7 +22,7 @@ from smallmind.models.llama import Llama
 from smallmind.sampling import Sampler, SamplingParams
 from smallmind.tensors import GGMLType, TensorData
 
-VOCAB = 1000  # three whole units of the head's product and a short one
+VOCAB = 1000  # units of HEAD_ROWS rows of the head's product, the last one short
 TOKENS = [3, 17, 42, 5]
 
 

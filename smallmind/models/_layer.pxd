@@ -49,15 +49,16 @@ cdef struct RopeTable:
 
 
 # The head's product for one position runs in units of HEAD_ROWS rows of logits (vocabulary
-# entries); each unit's largest logit and its first index are found right after the unit's
-# product, while its logits are in cache (lm_head), so the greedy choice needs no pass over
-# the logits.
+# entries), claimed by the threads in ranges and computed in pieces of a few units; each
+# piece's largest logit and its first index are found right after the piece's product, while
+# its logits are in cache (lm_head), so the greedy choice needs no pass over the logits.
 cdef enum:
-    HEAD_ROWS = 256
+    HEAD_ROWS = 64
 
-cdef struct HeadPeak:
-    float value            # the largest logit of the unit; NaN when it holds a NaN
+cdef struct HeadPeak:      # of the piece that starts at this unit
+    float value            # the largest logit of the piece; NaN when it holds a NaN
     Py_ssize_t index       # the first index holding it; -1 when NaN or all -inf
+    Py_ssize_t next        # the unit after the piece
 
 
 # Every buffer a forward pass touches, for up to ``max_tokens`` positions at once.
@@ -71,7 +72,7 @@ cdef class Workspace:
     cdef float* h          # (max_tokens, n_hidden)
     cdef float* h2         # (max_tokens, n_hidden)
     cdef float* logits     # (vocab,) one row of logits
-    cdef HeadPeak* head_peaks  # (ceil(vocab / HEAD_ROWS),) see HEAD_ROWS
+    cdef HeadPeak* head_peaks  # (ceil(vocab / HEAD_ROWS),) see HEAD_ROWS; entries at piece starts
     cdef char* mm_scratch
     cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim); NULL in a batch's
     cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache

@@ -686,14 +686,14 @@ cdef struct _HeadJob:
 
 cdef enum:
     _HEAD_SCRATCH = 16384  # bytes of quantised activations on a lane's stack (n_embd <= ~14k)
-    _HEAD_PIECE = 4        # units per product call: fewer calls while the claims are large
+    _HEAD_PIECE = 64       # units per product call: fewer calls while the claims are large
 
 
 cdef void _head_range(const void* arg, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
     cdef const _HeadJob* job = <const _HeadJob*>arg
     cdef char scratch[_HEAD_SCRATCH]
     cdef WeightView part
-    cdef Py_ssize_t u, p1, r0, r1, rows = job.w.rows
+    cdef Py_ssize_t p1, r0, r1, rows = job.w.rows
     cdef bint nan
     cdef float m
     while u0 < u1:
@@ -704,31 +704,30 @@ cdef void _head_range(const void* arg, Py_ssize_t u0, Py_ssize_t u1) noexcept no
         matmul_split(&part, job.x, 1, 0, job.w.cols, job.y + r0, rows, NULL, False, 1, scratch)
         if job.softcap > 0.0:
             _softcap(job.y + r0, r1 - r0, job.softcap)
-        for u in range(u0, p1):
-            r0, r1 = u * HEAD_ROWS, min((u + 1) * HEAD_ROWS, rows)
-            nan = False
-            m = max_scan(job.y + r0, r1 - r0, &nan)
-            job.peaks[u].value = NAN if nan else m
-            job.peaks[u].index = -1 if nan or m == -INFINITY else r0 + first_index_of(job.y + r0, r1 - r0, m)
+        nan = False
+        m = max_scan(job.y + r0, r1 - r0, &nan)
+        job.peaks[u0].value = NAN if nan else m
+        job.peaks[u0].index = -1 if nan or m == -INFINITY else r0 + first_index_of(job.y + r0, r1 - r0, m)
+        job.peaks[u0].next = p1
         u0 = p1
 
 
 cdef Py_ssize_t _head_peak(const WeightView* w, Workspace ws, float* y, int n_threads,
                            float softcap) noexcept nogil:
-    """y = W xb[0] (soft-capped) unit by unit; returns the first index of the largest y, or -1
+    """y = W xb[0] (soft-capped) piece by piece; returns the first index of the largest y, or -1
     when y holds a NaN or only -inf (the sampler then looks at every logit, and says why)."""
     cdef _HeadJob job
     cdef Py_ssize_t u, n_units = (w.rows + HEAD_ROWS - 1) // HEAD_ROWS, best = -1
     cdef float top = -INFINITY
     job.w, job.x, job.y, job.softcap, job.peaks = w, ws.xb, y, softcap, ws.head_peaks
     parallel_ranges(n_threads, n_units, 1, _head_range, &job)
-    for u in range(n_units):
-        if ws.head_peaks[u].index < 0:
-            if ws.head_peaks[u].value != ws.head_peaks[u].value:
-                return -1  # a NaN
-            continue       # all -inf
-        if ws.head_peaks[u].value > top:  # strictly: the first unit holding the largest
-            top, best = ws.head_peaks[u].value, ws.head_peaks[u].index
+    u = 0
+    while u < n_units:  # the pieces in order
+        if ws.head_peaks[u].index < 0 and ws.head_peaks[u].value != ws.head_peaks[u].value:
+            return -1  # a NaN
+        if ws.head_peaks[u].index >= 0 and ws.head_peaks[u].value > top:
+            top, best = ws.head_peaks[u].value, ws.head_peaks[u].index  # strictly: the first
+        u = ws.head_peaks[u].next
     return best
 
 
