@@ -123,6 +123,57 @@ cdef void _run_lane(const void* arg, Py_ssize_t lane) noexcept nogil:
                      min(job.sub, (h0 // job.group + 1) * job.group - h0))
 
 
+# Decode with lanes sharing a KV head (Gemma 3: 4 query heads on 1 KV head) has every lane
+# read all of the head's K and V, so one core's bandwidth streams the cache from memory.
+# From this many bytes of K and V, the lanes first read disjoint slices of them (a job of
+# its own), so the memory streams on every core, and the heads then find them in the caches
+# (their own or a neighbour's). Only loads: the arithmetic is untouched.
+cdef enum:
+    _SHARED_READ_MIN_BYTES = 1 << 16
+
+
+ctypedef struct _TouchJob:
+    const float* k
+    const float* v
+    Py_ssize_t head_stride
+    int n_kv_head
+    Py_ssize_t first        # floats from the start of a head's rows: the window's first key
+    Py_ssize_t count        # floats of each head's K (and V) rows to read
+    Py_ssize_t n_chunks
+    float sink              # a sum of the loads, so that they are not optimised away
+
+
+cdef void _touch_chunk(const void* arg, Py_ssize_t c) noexcept nogil:
+    cdef _TouchJob* job = <_TouchJob*>arg
+    cdef Py_ssize_t per = (job.count + job.n_chunks - 1) // job.n_chunks
+    cdef Py_ssize_t a = job.first + c * per, b = min(a + per, job.first + job.count), i
+    cdef int h
+    cdef float acc = 0.0
+    cdef const float* k
+    cdef const float* v
+    for h in range(job.n_kv_head):
+        k = job.k + h * job.head_stride
+        v = job.v + h * job.head_stride
+        i = a
+        while i < b:  # one load per 64-byte line
+            acc += k[i] + v[i]
+            i += 16
+    job.sink += acc  # racy on purpose: the value is never used
+
+
+cdef void _read_shared_kv(const float* k, const float* v, Py_ssize_t head_stride, Py_ssize_t pos0,
+                          int n_kv_head, int head_dim, Py_ssize_t window, int lanes) noexcept nogil:
+    cdef _TouchJob job
+    cdef Py_ssize_t first_key = 0 if window <= 0 else max(<Py_ssize_t>0, pos0 - window + 1)
+    job.k, job.v, job.head_stride, job.n_kv_head = k, v, head_stride, n_kv_head
+    job.first = first_key * head_dim
+    job.count = (pos0 - first_key) * head_dim  # the cached keys; the new one is in cache
+    job.n_chunks = lanes
+    job.sink = 0.0
+    if 2 * job.count * n_kv_head * <Py_ssize_t>sizeof(float) >= _SHARED_READ_MIN_BYTES:
+        parallel_chunks(lanes, lanes, _touch_chunk, &job)
+
+
 cdef bint attention_single_threaded(Py_ssize_t n_q, Py_ssize_t pos0, int n_head,
                                     int head_dim) noexcept nogil:
     return <double>n_q * (pos0 + n_q) * n_head * head_dim < _MIN_THREADED_WORK
@@ -169,6 +220,8 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     job.n_tasks = units * job.subs_per_group
     job.next_task = 0
     lanes = min(lanes, job.n_tasks)
+    if n_q == 1 and job.sub < job.group and pool_workers_spin():
+        _read_shared_kv(k, v, head_stride, pos0, n_kv_head, head_dim, window, <int>lanes)
     parallel_chunks(<int>lanes, lanes, _run_lane, &job)
 
 
