@@ -220,7 +220,7 @@ cdef void attention(const float* q, Py_ssize_t n_q, Py_ssize_t ldq,
     job.n_tasks = units * job.subs_per_group
     job.next_task = 0
     lanes = min(lanes, job.n_tasks)
-    if n_q == 1 and job.sub < job.group and pool_workers_spin():
+    if n_q == 1 and units < lanes and job.sub < job.group and pool_workers_spin():
         _read_shared_kv(k, v, head_stride, pos0, n_kv_head, head_dim, window, <int>lanes)
     parallel_chunks(<int>lanes, lanes, _run_lane, &job)
 
