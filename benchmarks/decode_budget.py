@@ -11,9 +11,12 @@ prompt (end-of-text banned, so every run decodes the same count), best of N runs
 * ``decode us``: Engine.generate's decode time per token, unprofiled (what compare.py
   reports as tok/s);
 * the same generation under ``smallmind.profile(track_alloc=False)`` (the best of N runs
-  by the ops' total): every op's time per token. ``matmul us`` is the matrix products of the layers and the head (their steps end in
-  ``_matmul``, and ``lm_head``, which includes its final norm); the other ops each get a
-  column (attention, rope, kv_store, norms, activation, sampling ...);
+  by the ops' total): every op's time per token. ``matmul us`` is the matrix products of the
+  layers and the head (their steps end in ``_matmul``, and ``lm_head``, which includes its
+  final norm and the search for the largest logit that spares greedy sampling its passes);
+  ``head us`` is lm_head alone (a large vocabulary's output matrix is most of the bytes a
+  token reads); the other ops each get a column (attention, rope, kv_store, norms,
+  activation, sampling ...);
 * ``rest us``: the unprofiled decode time less every timed op, i.e. what no op covers: the
   Python of the decode loop and of ``forward``, and the gaps between layers. The profile's
   ``python.forward`` and ``profiler`` rows are left out: the first is that same Python, the
@@ -27,7 +30,7 @@ decode time over that bandwidth ratio (the token if everything scaled as the mem
 ``excess us`` the decode time beyond it: serial work (attention at short contexts, norms,
 sampling, Python), the pool's jobs, and imbalance at their ends.
 
-``wait us``: per token, the time the calling thread waited at the ends of pool jobs for a
+``jobs``: pool jobs per token (run with workers). ``wait us``: per token, the time the calling thread waited at the ends of pool jobs for a
 worker to finish the work it had claimed (imbalance, or a worker descheduled), in the
 unprofiled run; ``quiet %``: the share of that run's pool jobs during which the workers slept
 between jobs instead of spinning, having seen contention (each such job wakes them through
@@ -117,12 +120,14 @@ def budget(engine, threads: int, runs: int, n_new: int) -> dict:
         if not per_op or sum(ops.values()) < sum(per_op.values()):
             per_op = ops
     row = {"threads": threads, "decode us": decode_us, "pool job us": pool_job_us(threads),
-           "matmul us": sum(us for op, us in per_op.items() if _is_matmul(op))}
+           "matmul us": sum(us for op, us in per_op.items() if _is_matmul(op)),
+           "head us": per_op.get("lm_head", 0.0)}
     for op in OWN_COLUMNS:
         row[f"{op} us"] = per_op.get(op, 0.0)
     row["other us"] = sum(us for op, us in per_op.items()
                           if not _is_matmul(op) and op not in OWN_COLUMNS)
     row["rest us"] = max(decode_us - sum(per_op.values()), 0.0)
+    row["jobs"] = pool["jobs"] / n_new
     row["wait us"] = pool["wait_cycles"] / hz / n_new * 1e6
     row["quiet %"] = 100 * pool["quiet_jobs"] / max(pool["jobs"], 1)
     row["matmul %"] = 100 * row["matmul us"] / decode_us
@@ -154,9 +159,10 @@ def main() -> None:
             r["ideal us"] = base["decode us"] / r["read GB/s ratio"]
             r["excess us"] = r["decode us"] - r["ideal us"]
         rows += model_rows
-    columns = ["model", "threads", "decode us", "matmul us", "matmul %",
+    columns = ["model", "threads", "decode us", "matmul us", "matmul %", "head us",
                *(f"{op} us" for op in OWN_COLUMNS), "other us", "rest us", "speedup vs first",
-               "read GB/s ratio", "ideal us", "excess us", "wait us", "quiet %", "pool job us", "load"]
+               "read GB/s ratio", "ideal us", "excess us", "jobs", "wait us", "quiet %", "pool job us",
+               "load"]
     meta = machine_info() | {"read_GBps": bandwidth, "new_tokens": args.new_tokens, "runs": runs}
     write_report("decode_budget", rows, columns, meta, args.json)
 
