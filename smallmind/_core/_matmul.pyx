@@ -56,7 +56,6 @@ cdef extern from "_matmul_impl.h" nogil:
                        unsigned char* dst)
     int smm_family(int type)
     int SMM_FAMILY_FLOAT
-    int SMM_FAMILY_Q32
     int SMM_GEMM_MIN_N
     ctypedef struct smm_target:
         int type
@@ -113,16 +112,12 @@ cdef void parallel_ranges(int n_threads, Py_ssize_t n_units, Py_ssize_t min_take
 
 
 cdef bint weight_rows(const WeightView* w, Py_ssize_t r0, Py_ssize_t r1, WeightView* out) noexcept nogil:
-    # Plain types are rows of row_bytes; a repacked (SMM_R8) one is groups of 8 rows of
-    # 8 * row_bytes, the rows past the last group plain after them, and a product's row tiles
-    # fall on 16-row borders (smm_run) either way. Any other layout flag: not known here.
-    cdef int plain = w.type & ~SMM_R8
+    cdef int plain = w.type & ~SMM_R8  # rows of row_bytes, or the 8-row groups of smm_r8_repack
     if r0 < 0 or r1 > w.rows or r0 >= r1 or r0 % 16 or plain >= SMM_R8 \
-            or (w.type & SMM_R8 and smm_family(plain) != SMM_FAMILY_Q32):
+            or (plain != w.type and not smm_r8_supported(plain)):
         return False
     out[0] = w[0]
-    out.data = w.data + r0 * w.row_bytes
-    out.rows = r1 - r0
+    out.data, out.rows = w.data + r0 * w.row_bytes, r1 - r0
     return True
 
 

@@ -130,6 +130,12 @@ cdef class Steps:
 cdef Steps steps_table(const Step* fns, Py_ssize_t n, str names)
 
 
+# Validated pointers into float32 arrays: a vector of n (None -> NULL), a writable buffer of
+# at least n elements.
+cdef const float* _vec(object arr, str name, Py_ssize_t n) except? NULL
+cdef float* _buf(object arr, str name, Py_ssize_t n) except NULL
+
+
 # Steps every architecture shares.
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil

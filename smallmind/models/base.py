@@ -22,7 +22,7 @@ from .._core._pool import BufferPool, default_pool
 from ..errors import ModelFormatError, ShapeError
 from ..kv_cache import KVCache, Shift
 from ..tensors import GGMLType, TensorData
-from . import _layer
+from . import _head, _layer
 from .config import ModelConfig
 from .spec import TensorSpec, global_specs, layer_specs
 
@@ -356,13 +356,13 @@ class DecoderModel:
         _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, self.config.embed_scale, row0)
 
     def _head(self, ws, row0, n_rows, nt, out, profiler=None, rows=None) -> int:
-        """The logits (see _layer.lm_head); returns the peak of a single row, else -1."""
+        """The logits (see _head.lm_head); returns the peak of a single row, else -1."""
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,
                 self.final_rmsnorm, self.config.final_logit_softcap, out, rows)
         if profiler is None:
-            return _layer.lm_head(*args)
+            return _head.lm_head(*args)
         with profiler.span("lm_head"):
-            return _layer.lm_head(*args)
+            return _head.lm_head(*args)
 
     def _run_profiled(self, ws, n, pos0, nt, profiler) -> None:
         """Embed and the layers, each step timed from outside by ``run_layers``."""
