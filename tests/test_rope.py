@@ -198,9 +198,9 @@ def test_one_table_per_frequency_table_matches_tables_rebuilt_at_every_switch():
             out.append(fwd.logits.copy())
         return np.stack(out)
 
-    cached = run(4)
+    cached = run(2)
     np.testing.assert_array_equal(cached, run(1))
-    np.testing.assert_array_equal(run_batch(4), run_batch(1))
+    np.testing.assert_array_equal(run_batch(2), run_batch(1))
     # and both are right: the float64 reference, which computes every angle afresh
     ref = gemma3_logits(model.config, tensors, tokens)[6:]
     np.testing.assert_allclose(cached, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -208,8 +208,35 @@ def test_one_table_per_frequency_table_matches_tables_rebuilt_at_every_switch():
 
 def test_rope_slots_is_validated():
     state = _tiny_gemma3()[0].new_state()
-    assert state.workspace.rope_slots == 4
-    for bad in (0, 5):
+    assert state.workspace.rope_slots == 2
+    for bad in (0, 3):
         with pytest.raises(ValueError, match="rope_slots"):
             state.workspace.rope_slots = bad
-    assert state.workspace.rope_slots == 4
+    assert state.workspace.rope_slots == 2
+
+
+def test_more_frequency_tables_than_tables_share_them():
+    """Three frequency tables over two angle tables: the least recently used is recomputed,
+    and every layer still turns by its own frequencies (as with one table, rebuilt at each
+    switch)."""
+    from smallmind.models.gemma3 import Gemma3
+    from smallmind.models.llama import rope_inv_freq
+
+    class ThreeThetas(Gemma3):
+        def _layer_options(self, i: int) -> dict:
+            # A B A C A: a table found again after another was made, one evicted by a third
+            return super()._layer_options(i) | {"inv_freq": rope_inv_freq(16, (1e2, 1e4, 1e2, 1e6, 1e2)[i])}
+
+    model, tensors = _tiny_gemma3()
+    model = ThreeThetas(model.config, tensors)
+    assert len({layer.inv_freq_array.tobytes() for layer in model.layers}) == 3
+    tokens = np.random.default_rng(3).integers(0, 64, size=12).tolist()
+
+    def run(slots: int) -> np.ndarray:
+        state = model.new_state(n_threads=1, max_tokens=4)
+        state.workspace.rope_slots = slots
+        out = [model.forward(state, tokens[:5]).logits.copy()]
+        out += [model.forward(state, [t]).logits.copy() for t in tokens[5:]]
+        return np.stack(out)
+
+    np.testing.assert_array_equal(run(2), run(1))

@@ -31,7 +31,7 @@ cdef class Layer:
 
 
 cdef enum:
-    ROPE_SLOTS = 4
+    ROPE_SLOTS = 2
 
 
 # cos, sin of the rotary angles of one frequency table ((max_tokens, head_dim/2) each), for

@@ -228,9 +228,10 @@ cdef class Workspace:
 
     @property
     def rope_slots(self) -> int:
-        """How many rotary angle tables the layers keep (one per frequency table in use, up
-        to 4); 1 recomputes the angles whenever the frequencies change from one layer to the
-        next (same values, more work: tests compare the two)."""
+        """How many rotary angle tables the layers keep, one per frequency table in use (at
+        most ROPE_SLOTS = 2: Gemma 3's local and global tables; more share them, least recently
+        used first); 1 recomputes the angles whenever the frequencies change from one layer to
+        the next (same values, more work: tests compare the two)."""
         return self.rope_n_slots
 
     @rope_slots.setter
