@@ -49,9 +49,9 @@ cdef struct RopeTable:
 
 
 # The head's product for one position runs in units of HEAD_ROWS rows of logits (vocabulary
-# entries), claimed by the threads in ranges and computed in pieces of a few units; each
+# entries), claimed by the threads in ranges and computed in pieces of up to 64 units; each
 # piece's largest logit and its first index are found right after the piece's product, while
-# its logits are in cache (lm_head), so the greedy choice needs no pass over the logits.
+# its logits are in cache (_head.lm_head), so greedy sampling needs no pass over the logits.
 cdef enum:
     HEAD_ROWS = 64
 
