@@ -209,6 +209,17 @@ static void smm_r8_panel_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_
 static void smm_r8_groups(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
     const int type = j->type & ~SMM_R8;
+    if (smm_rk_supported(type)) { /* K-quants: the same tiles for every n (_matmul_rk.h) */
+        for (ptrdiff_t r = r0; r < r1; r += 8) {
+            for (ptrdiff_t t = 0; t < j->n; t += 4) {
+                const int C = (int)(j->n - t < 4 ? j->n - t : 4);
+                __m256 out[4];
+                smm_rk_tile_any(type, C, j->w + r * j->row_bytes, j->cols / 256, act + t * astride, astride, j->cols, out);
+                smm_r8_store(j, out, C, r, t);
+            }
+        }
+        return;
+    }
     if (smm_r8_use_panel(type, j->n)) {
         smm_r8_panel_rows(j, type, r0, r1, act, astride);
         return;

@@ -1,0 +1,362 @@
+/*
+ * Row-interleaved ("repacked at load") layouts of the K-quants Q4_K, Q5_K and Q6_K and their
+ * AVX2 kernels: the K-quant counterpart of _matmul_r8.h (same idea as ik_llama.cpp's _R4/_R8
+ * K types; our own layout and code).
+ *
+ * The plain K-quant kernels (_matmul_avx2.h) decoded each block's packed 6-bit scales and
+ * mins per row (a third of a Q4_K block's instructions, some of them scalar, with
+ * general-purpose -> vector moves), shuffled a scale per sub-block, and spent a maddubs and
+ * a madd per 32 codes and row: compute-bound at 12-18 GB/s on Zen 3, against 30 for the
+ * repacked Q4_1. Here 8 consecutive rows are rewritten, once when the Weight is built, so
+ * that block b of the 8 rows is one "group block" of exactly 8 plain blocks' bytes:
+ *
+ *   Q4_K (1152 B)  f16 d[8] | f16 dmin[8] | LO[64] | HI[32] | codes[1024]
+ *   Q5_K (1408 B)  f16 d[8] | f16 dmin[8] | LO[64] | HI[32] | QH[256] | codes[1024]
+ *   Q6_K (1680 B)  f16 d[8] | i8 scales[128] | QH[512] | QL[1024]
+ *
+ * Codes: 32-byte vectors of 4 bytes per row (row r in 32-bit lane r). Q4_K/Q5_K vector
+ * (p, k) (p = 0..3, k = 0..7) holds bytes 32p+4k..+3 of each row's qs: its low nibbles are
+ * elements 4k..4k+3 of sub-block 2p, its high nibbles those of sub-block 2p+1. Q5_K's QH
+ * vector k holds bytes 4k..4k+3 of each row's qh (bit s: the fifth bit of sub-block s).
+ * Q6_K's QL vector (g, k) (g = 0..3) holds in its low nibbles the low 4 bits of elements
+ * 64g+4k..+3, in its high nibbles those of 64g+32+4k..+3; QH vector (g, j) (j = 0..3) the
+ * high 2 bits of, in bit pairs 0-1, 2-3, 4-5, 6-7, elements 64g+4j+i, 64g+32+4j+i,
+ * 64g+16+4j+i, 64g+48+4j+i (byte i of the row's lane).
+ *
+ * Scales: the sub-block scales (and mins) of a pair of sub-blocks (2t, 2t+1) of the 8 rows
+ * are 16 values in "pair order", value i = row i/2, sub-block 2t + i%2: widened to int16
+ * (one vpmovzxbw / vpmovsxbw), lane r is (scale of 2t, scale of 2t+1) of row r. That is
+ * what madd needs against the activation's sums of the two sub-blocks (a 32-bit broadcast)
+ * for the mins (Q4_K/Q5_K) and the code offset (Q6_K), and one in-lane byte shuffle gives
+ * either sub-block's scale in both halves of every lane, for the madd that applies it to
+ * the code products. Q6_K stores those 8 x 16 int8 scales as they are; Q4_K/Q5_K's 6-bit
+ * scales and mins keep their 96 bytes per 8 rows: LO piece p (16 bytes) holds the low 4
+ * bits of the scales of pair p (low nibbles) and of its mins (high nibbles), HI piece h the
+ * high 2 bits of the scales of pair 2h, its mins, the scales of pair 2h+1 and its mins, in
+ * bit pairs 0-1, 2-3, 4-5, 6-7. Decoding a pair's scales or mins is then 4 vector ops for 8
+ * rows, and a group takes exactly the bytes of the 8 plain rows, so the 8-row framework of
+ * _matmul_r8.h (groups at (r & ~7) * row_bytes, rows past the last group plain) is reused.
+ *
+ * Per group block, chunk (4 codes) and activation row: one broadcast of the activation's 4
+ * codes, one maddubs against 8 rows, one int16 add; per sub-block one madd with its scales
+ * (4-bit codes: pair sums <= 2*15*127, 8 chunks 30480; 5-bit: 4 chunks 31496; 6-bit: 2
+ * chunks 32004, all < 32767, so no sum saturates and the integer dot is exact in any
+ * order). The row sums are in separate lanes: a block ends with one conversion and one FMA
+ * for 8 rows, and Q4_K/Q5_K's mins are an exact integer madd against the activation's sums
+ * per 32 (bsp) converted once, combined with the block's code term before the running sum
+ * (as _matmul_r8.h does for Q4_1). The kernel is the same for every n (tiles of 8 rows x C
+ * <= 4 activation rows, the same float steps per (row, activation row) whatever C is), so
+ * a row's result does not depend on n or the thread count.
+ *
+ * AVX2 only, run on every ISA: the AVX-512 kernels (_matmul_k512.h) read the plain layout
+ * and never see a repacked weight (smm_quant_rows sends SMM_R8 types here first).
+ */
+#ifndef SMALLMIND_MATMUL_RK_H
+#define SMALLMIND_MATMUL_RK_H
+
+#include "_matmul_avx2.h"
+
+static inline int smm_rk_supported(int type) { return type == SMM_Q4_K || type == SMM_Q5_K || type == SMM_Q6_K; }
+
+/* Byte offsets in a group block. */
+#define SMM_RK_LO 32
+#define SMM_RK_HI 96
+#define SMM_RK_Q5H 128
+#define SMM_RK_Q6SC 16
+#define SMM_RK_Q6H 144
+static inline int smm_rk_codes(int type) { return type == SMM_Q4_K ? 128 : type == SMM_Q5_K ? 384 : 656; }
+
+/* Row and sub-block of value i (0..15) of pair t in pair order. */
+#define SMM_RK_ROW(i) ((i) / 2)
+#define SMM_RK_SUB(t, i) (2 * (t) + (i) % 2)
+
+/* The 6-bit scales (mins = 0) or mins (1) of row r's 8 sub-blocks, to or from the packed
+ * LO/HI bytes of a Q4_K/Q5_K group block. */
+static void smm_rk_scales6(uint8_t* gb, int r, int mins, uint8_t v[8], int to_plain)
+{
+    for (int t = 0; t < 4; t++)
+        for (int i = 2 * r; i < 2 * r + 2; i++) {
+            uint8_t* lo = gb + SMM_RK_LO + 16 * t + i;
+            uint8_t* hi = gb + SMM_RK_HI + 16 * (t / 2) + i;
+            const int lshift = 4 * mins, hshift = 4 * (t % 2) + 2 * mins;
+            if (to_plain) {
+                v[SMM_RK_SUB(t, i)] = (uint8_t)(((*lo >> lshift) & 15) | (((*hi >> hshift) & 3) << 4));
+            } else {
+                *lo = (uint8_t)((*lo & ~(15 << lshift)) | ((v[SMM_RK_SUB(t, i)] & 15) << lshift));
+                *hi = (uint8_t)((*hi & ~(3 << hshift)) | ((v[SMM_RK_SUB(t, i)] >> 4) << hshift));
+            }
+        }
+}
+
+/* Q6_K: the 256 6-bit codes of a plain block (element order) to q, or q into the block. */
+static void smm_q6_codes(uint8_t* blk, uint8_t q[256], int to_plain)
+{
+    for (int e = 0; e < 256; e++) {
+        const int h = e / 128, j = e % 128 / 32, l = e % 32;
+        uint8_t* ql = blk + 64 * h + l + 32 * (j & 1);
+        uint8_t* qh = blk + 128 + 32 * h + l;
+        const int ls = 4 * (j >> 1), hs = 2 * j;
+        if (to_plain) {
+            *ql = (uint8_t)((*ql & ~(15 << ls)) | ((q[e] & 15) << ls));
+            *qh = (uint8_t)((*qh & ~(3 << hs)) | ((q[e] >> 4) << hs));
+        } else {
+            q[e] = (uint8_t)(((*ql >> ls) & 15) | (((*qh >> hs) & 3) << 4));
+        }
+    }
+}
+
+/* Q6_K: the codes of row r from (to_plain = 0) or into q, in the packed QL/QH of a group block. */
+static void smm_rk_q6_codes(uint8_t* gb, int r, uint8_t q[256], int to_plain)
+{
+    for (int g = 0; g < 4; g++)
+        for (int k = 0; k < 8; k++)
+            for (int i = 0; i < 4; i++) {
+                uint8_t* ql = gb + smm_rk_codes(SMM_Q6_K) + 32 * (8 * g + k) + 4 * r + i;
+                uint8_t* qh = gb + SMM_RK_Q6H + 32 * (4 * g + k % 4) + 4 * r + i;
+                const int e0 = 64 * g + 4 * k + i, e1 = e0 + 32, hs = 4 * (k / 4);
+                if (to_plain) {
+                    q[e0] = (uint8_t)((*ql & 15) | (((*qh >> hs) & 3) << 4));
+                    q[e1] = (uint8_t)((*ql >> 4) | (((*qh >> (hs + 2)) & 3) << 4));
+                } else {
+                    *ql = (uint8_t)((q[e0] & 15) | ((q[e1] & 15) << 4));
+                    *qh = (uint8_t)((*qh & ~(15 << hs)) | (((q[e0] >> 4) | ((q[e1] >> 4) << 2)) << hs));
+                }
+            }
+}
+
+/* Moves block b of row r (0..7) between the plain layout (`plain`, one block) and the group
+ * block `gb`: to_plain = 0 repacks, 1 restores. */
+static void smm_rk_move_block(int type, uint8_t* gb, uint8_t* plain, int r, int to_plain)
+{
+#define SMM_RK_MOVE(packed, flat, len) (to_plain ? memcpy((flat), (packed), (len)) : memcpy((packed), (flat), (len)))
+    if (to_plain) memset(plain, 0, (size_t)smm_block_bytes(type));
+    if (type == SMM_Q6_K) {
+        uint8_t q[256];
+        SMM_RK_MOVE(gb + 2 * r, plain + 208, 2);
+        for (int t = 0; t < 8; t++)
+            for (int s = 0; s < 2; s++) SMM_RK_MOVE(gb + SMM_RK_Q6SC + 16 * t + 2 * r + s, plain + 192 + 2 * t + s, 1);
+        if (!to_plain) smm_q6_codes(plain, q, 0);
+        smm_rk_q6_codes(gb, r, q, to_plain);
+        if (to_plain) smm_q6_codes(plain, q, 1);
+        return;
+    }
+    SMM_RK_MOVE(gb + 2 * r, plain, 2);
+    SMM_RK_MOVE(gb + 16 + 2 * r, plain + 2, 2);
+    uint8_t sc[8], mn[8];
+    if (to_plain) {
+        smm_rk_scales6(gb, r, 0, sc, 1);
+        smm_rk_scales6(gb, r, 1, mn, 1);
+        uint8_t* p = plain + 4; /* the inverse of smm_k_scale_min */
+        for (int j = 0; j < 4; j++) {
+            p[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
+            p[j + 4] = (uint8_t)((mn[j] & 63) | ((mn[j + 4] >> 4) << 6));
+            p[j + 8] = (uint8_t)((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+        }
+    } else {
+        for (int j = 0; j < 8; j++) {
+            int s, m;
+            smm_k_scale_min(plain + 4, j, &s, &m);
+            sc[j] = (uint8_t)s;
+            mn[j] = (uint8_t)m;
+        }
+        smm_rk_scales6(gb, r, 0, sc, 0);
+        smm_rk_scales6(gb, r, 1, mn, 0);
+    }
+    const int qs = type == SMM_Q5_K ? 48 : 16;
+    if (type == SMM_Q5_K)
+        for (int k = 0; k < 8; k++) SMM_RK_MOVE(gb + SMM_RK_Q5H + 32 * k + 4 * r, plain + 16 + 4 * k, 4);
+    for (int v = 0; v < 32; v++) SMM_RK_MOVE(gb + smm_rk_codes(type) + 32 * v + 4 * r, plain + qs + 4 * v, 4);
+#undef SMM_RK_MOVE
+}
+
+/* ------------------------------------------------------------------------------------
+ * Kernel
+ * ---------------------------------------------------------------------------------- */
+
+/* The activation's 4 codes at element e of block b in every 32-bit lane. */
+SMM_INLINE __m256i smm_rk_x(const smm_actk* a, ptrdiff_t b, int e)
+{
+    return _mm256_set1_epi32((int)smm_ld32((const uint8_t*)a->q + 256 * b + e));
+}
+
+/* Two int16 sums of the activation at consecutive indices (a sub-block pair's) in every lane. */
+SMM_INLINE __m256i smm_rk_pair(const int16_t* s) { return _mm256_set1_epi32((int)smm_ld32((const uint8_t*)s)); }
+
+/* Q4_K/Q5_K: the int16 scales (mins = 0) or mins (1) of pair t in pair order. */
+SMM_INLINE __m256i smm_rk_pair6(const uint8_t* gb, const int t, const int mins)
+{
+    const __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(gb + SMM_RK_LO + 16 * t)));
+    const __m256i hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(gb + SMM_RK_HI + 16 * (t / 2))));
+    const int hs = 4 * (t % 2) + 2 * mins; /* the bit pair at hs, moved to bits 4-5 */
+    const __m256i h = hs < 4 ? _mm256_slli_epi16(hi, 4 - hs) : hs > 4 ? _mm256_srli_epi16(hi, hs - 4) : hi;
+    const __m256i l = mins ? _mm256_srli_epi16(lo, 4) : _mm256_and_si256(lo, _mm256_set1_epi16(15));
+    return _mm256_or_si256(l, _mm256_and_si256(h, _mm256_set1_epi16(0x30)));
+}
+
+/* Sub-block (2t + odd)'s scale of each row in both int16 halves of its lane, from pair order. */
+SMM_INLINE __m256i smm_rk_scale(__m256i pair, const int odd)
+{
+    const __m256i even = _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
+                                          0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
+    return _mm256_shuffle_epi8(pair, odd ? _mm256_add_epi8(even, _mm256_set1_epi8(2)) : even);
+}
+
+/* Q4_K/Q5_K codes of vector (p, k), sub-block 2p + hi, as bytes for maddubs. */
+SMM_INLINE __m256i smm_rk_q45(const int type, const uint8_t* gb, const int p, const int k, const int hi)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i*)(gb + smm_rk_codes(type) + 32 * (8 * p + k)));
+    v = _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, m4);
+    if (type == SMM_Q5_K) { /* bit s = 2p + hi of the qh bytes -> bit 4 */
+        const int s = 2 * p + hi;
+        __m256i h = _mm256_loadu_si256((const __m256i*)(gb + SMM_RK_Q5H + 32 * k));
+        h = s < 4 ? _mm256_slli_epi16(h, 4 - s) : s > 4 ? _mm256_srli_epi16(h, s - 4) : h;
+        v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+    }
+    return v;
+}
+
+/* Q6_K codes of QL vector (g, k), high nibbles (elements 64g+32+4k..) when hi, as bytes. */
+SMM_INLINE __m256i smm_rk_q6(const uint8_t* gb, const int g, const int k, const int hi)
+{
+    __m256i v = _mm256_loadu_si256((const __m256i*)(gb + smm_rk_codes(SMM_Q6_K) + 32 * (8 * g + k)));
+    v = _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+    __m256i h = _mm256_loadu_si256((const __m256i*)(gb + SMM_RK_Q6H + 32 * (4 * g + k % 4)));
+    const int hs = 4 * (k / 4) + 2 * hi; /* the bit pair at hs -> bits 4-5 */
+    h = hs < 4 ? _mm256_slli_epi16(h, 4 - hs) : hs > 4 ? _mm256_srli_epi16(h, hs - 4) : h;
+    return _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x30)));
+}
+
+/*
+ * Group g (8 repacked rows, nb blocks) x C activation rows: out[c] = the 8 rows' dot
+ * products with activation row c, lane r = row r.
+ */
+SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdiff_t nb, const uint8_t* act,
+                            ptrdiff_t astride, ptrdiff_t cols, __m256 out[4])
+{
+    const int gbb = 8 * smm_block_bytes(type), has_min = type != SMM_Q6_K;
+    smm_actk a[4];
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; c++) {
+        a[c] = smm_actk_at(act + c * astride, cols);
+        acc[c] = _mm256_setzero_ps();
+    }
+    for (ptrdiff_t b = 0; b < nb; b++) {
+        const uint8_t* gb = g + b * gbb;
+        /* two group blocks ahead (2.3-3.4 KB): see smm_r8_tile on why the stream needs it */
+        for (int o = 0; o < gbb; o += 64) _mm_prefetch((const char*)(gb + 2 * gbb + o), _MM_HINT_T0);
+        __m256i isum[4], s16[4];
+        if (type == SMM_Q6_K) {
+            /* 16 sub-blocks of 16: two chunks per int16 sum, a madd with the sub-block's scales
+             * per two chunks; pair t of scales serves sub-blocks 2t, 2t+1, whose codes are
+             * the low (t even) or high nibbles of QL vectors (t / 2, 0-3) and (t / 2, 4-7) */
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) isum[c] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) {
+                const __m256i pair = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(gb + SMM_RK_Q6SC + 16 * t)));
+#pragma GCC unroll 4
+                for (int c = 0; c < C; c++) { /* the codes' offset of 32: -32 sum(scale * bsum) */
+                    const __m256i off = _mm256_madd_epi16(pair, smm_rk_pair(a[c].bsum + 16 * b + 2 * t));
+                    isum[c] = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(off, 5));
+                }
+#pragma GCC unroll 2
+                for (int odd = 0; odd < 2; odd++) {
+                    const __m256i sc = smm_rk_scale(pair, odd);
+#pragma GCC unroll 2
+                    for (int half = 0; half < 2; half++) {
+#pragma GCC unroll 2
+                        for (int kk = 0; kk < 2; kk++) {
+                            const int k = 4 * odd + 2 * half + kk, e = 64 * (t / 2) + 32 * (t % 2) + 4 * k;
+                            const __m256i q = smm_rk_q6(gb, t / 2, k, t % 2);
+#pragma GCC unroll 4
+                            for (int c = 0; c < C; c++) {
+                                const __m256i p = _mm256_maddubs_epi16(q, smm_rk_x(&a[c], b, e));
+                                s16[c] = kk ? _mm256_add_epi16(s16[c], p) : p;
+                                SMM_PIN(s16[c]);
+                            }
+                        }
+#pragma GCC unroll 4
+                        for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+                    }
+                }
+            }
+        } else {
+            /* pair p: sub-blocks 2p (low nibbles) and 2p + 1 (high), 8 chunks each; 5-bit
+             * codes in two int16 sums of 4 chunks */
+            const int per = type == SMM_Q5_K ? 4 : 8;
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) isum[c] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int p = 0; p < 4; p++) {
+                const __m256i pair = smm_rk_pair6(gb, p, 0);
+#pragma GCC unroll 2
+                for (int hi = 0; hi < 2; hi++) {
+                    const __m256i sc = smm_rk_scale(pair, hi);
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; k++) {
+                        const __m256i q = smm_rk_q45(type, gb, p, k, hi);
+#pragma GCC unroll 4
+                        for (int c = 0; c < C; c++) {
+                            const __m256i prod = _mm256_maddubs_epi16(q, smm_rk_x(&a[c], b, 32 * (2 * p + hi) + 4 * k));
+                            s16[c] = k % per ? _mm256_add_epi16(s16[c], prod) : prod;
+                            SMM_PIN(s16[c]);
+                            if (k % per == per - 1) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+                        }
+                    }
+                }
+            }
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)gb));
+        if (has_min) {
+            /* mins: sum over the pairs of madd(mins, the activation's sums per 32), exact */
+            const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(gb + 16)));
+            __m256i msum[4];
+#pragma GCC unroll 4
+            for (int p = 0; p < 4; p++) {
+                const __m256i mins = smm_rk_pair6(gb, p, 1);
+#pragma GCC unroll 4
+                for (int c = 0; c < C; c++) {
+                    const __m256i m = _mm256_madd_epi16(mins, smm_rk_pair(a[c].bsp + 8 * b + 2 * p));
+                    msum[c] = p ? _mm256_add_epi32(msum[c], m) : m;
+                }
+            }
+            /* the block's two terms mostly cancel: combined before the running sum (as Q4_1) */
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) {
+                const __m256 dx = _mm256_broadcast_ss(a[c].d + b);
+                const __m256 blockv = _mm256_fmsub_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, dx),
+                                                      _mm256_mul_ps(_mm256_cvtepi32_ps(msum[c]), _mm256_mul_ps(dmin, dx)));
+                acc[c] = _mm256_add_ps(acc[c], blockv);
+            }
+        } else {
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++)
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, _mm256_broadcast_ss(a[c].d + b)), acc[c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < C; c++) out[c] = acc[c];
+}
+
+/* One group x C activation rows for a run-time K type and C (1..4). */
+static void smm_rk_tile_any(int type, int C, const uint8_t* g, ptrdiff_t nb, const uint8_t* act, ptrdiff_t astride,
+                            ptrdiff_t cols, __m256 out[4])
+{
+#define SMM_RK_CASES(T)                                                  \
+    switch (C) {                                                         \
+    case 4: smm_rk_tile(T, 4, g, nb, act, astride, cols, out); break;   \
+    case 3: smm_rk_tile(T, 3, g, nb, act, astride, cols, out); break;   \
+    case 2: smm_rk_tile(T, 2, g, nb, act, astride, cols, out); break;   \
+    default: smm_rk_tile(T, 1, g, nb, act, astride, cols, out); break;  \
+    }
+    switch (type) {
+    case SMM_Q4_K: SMM_RK_CASES(SMM_Q4_K) break;
+    case SMM_Q5_K: SMM_RK_CASES(SMM_Q5_K) break;
+    default: SMM_RK_CASES(SMM_Q6_K) break;
+    }
+#undef SMM_RK_CASES
+}
+
+#endif
