@@ -170,7 +170,9 @@ static void smm_rk_move_block(int type, uint8_t* gb, uint8_t* plain, int r, int 
 }
 
 /* ------------------------------------------------------------------------------------
- * Kernel
+ * Kernel. The running integer sums are pinned (SMM_PIN, _matmul_avx2.h) after every add:
+ * unpinned, GCC reassociated a block's 32 madd results into a tree, spilled them (30 ymm
+ * stores and reloads per Q6_K block) and the kernel ran at half its op count's rate.
  * ---------------------------------------------------------------------------------- */
 
 /* The activation's 4 codes at element e of block b in every 32-bit lane. */
@@ -260,6 +262,7 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdi
                 for (int c = 0; c < C; c++) { /* the codes' offset of 32: -32 sum(scale * bsum) */
                     const __m256i off = _mm256_madd_epi16(pair, smm_rk_pair(a[c].bsum + 16 * b + 2 * t));
                     isum[c] = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(off, 5));
+                    SMM_PIN(isum[c]);
                 }
 #pragma GCC unroll 2
                 for (int odd = 0; odd < 2; odd++) {
@@ -278,7 +281,10 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdi
                             }
                         }
 #pragma GCC unroll 4
-                        for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+                        for (int c = 0; c < C; c++) {
+                            isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+                            SMM_PIN(isum[c]);
+                        }
                     }
                 }
             }
@@ -302,7 +308,10 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdi
                             const __m256i prod = _mm256_maddubs_epi16(q, smm_rk_x(&a[c], b, 32 * (2 * p + hi) + 4 * k));
                             s16[c] = k % per ? _mm256_add_epi16(s16[c], prod) : prod;
                             SMM_PIN(s16[c]);
-                            if (k % per == per - 1) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+                            if (k % per == per - 1) {
+                                isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+                                SMM_PIN(isum[c]);
+                            }
                         }
                     }
                 }
@@ -320,6 +329,7 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdi
                 for (int c = 0; c < C; c++) {
                     const __m256i m = _mm256_madd_epi16(mins, smm_rk_pair(a[c].bsp + 8 * b + 2 * p));
                     msum[c] = p ? _mm256_add_epi32(msum[c], m) : m;
+                    SMM_PIN(msum[c]);
                 }
             }
             /* the block's two terms mostly cancel: combined before the running sum (as Q4_1) */
