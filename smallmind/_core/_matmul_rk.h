@@ -229,28 +229,39 @@ SMM_INLINE __m256i smm_rk_q6(const uint8_t* gb, const int g, const int k, const 
     return _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x30)));
 }
 
-/*
- * Group g (8 repacked rows, nb blocks) x C activation rows: out[c] = the 8 rows' dot
- * products with activation row c, lane r = row r.
- */
+/* The 64 code vectors of a group block in the order the tile consumes them, as bytes for
+ * maddubs: Q4_K/Q5_K i = 16p + 8hi + k (vector (p, k), sub-block 2p + hi), Q6_K i = 8t + k
+ * (QL vector (t / 2, k), high nibbles when t is odd). */
+SMM_INLINE __m256i smm_rk_code(const int type, const uint8_t* gb, const int i)
+{
+    if (type == SMM_Q6_K) return smm_rk_q6(gb, i / 16, i % 8, i / 8 % 2);
+    return smm_rk_q45(type, gb, i / 16, i % 8, i / 8 % 2);
+}
+
 #define SMM_RK_PREFETCH 6
-SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdiff_t nb, const uint8_t* act,
-                            ptrdiff_t astride, ptrdiff_t cols, __m256 out[4])
+
+/*
+ * Group g (8 repacked rows) x C activation rows over blocks [b0, b0 + nbk): acc[c] (lane r =
+ * row r) carries the running sums of activation row c in and out. P: the codes come from
+ * `panel` (64 vectors per block from b0, smm_rk_code's order and values) instead of being
+ * unpacked here; the operations on them are the same.
+ */
+SMM_INLINE void smm_rk_tile(const int type, const int C, const int P, const __m256i* panel, const uint8_t* g,
+                            ptrdiff_t b0, ptrdiff_t nbk, const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
+                            __m256 acc[4])
 {
     const int gbb = 8 * smm_block_bytes(type), has_min = type != SMM_Q6_K;
     smm_actk a[4];
-    __m256 acc[4];
 #pragma GCC unroll 4
-    for (int c = 0; c < C; c++) {
-        a[c] = smm_actk_at(act + c * astride, cols);
-        acc[c] = _mm256_setzero_ps();
-    }
-    for (ptrdiff_t b = 0; b < nb; b++) {
+    for (int c = 0; c < C; c++) a[c] = smm_actk_at(act + c * astride, cols);
+    for (ptrdiff_t b = b0; b < b0 + nbk; b++) {
         const uint8_t* gb = g + b * gbb;
+        const __m256i* pb = panel + 64 * (b - b0);
         /* 6 group blocks ahead (7-10 KB), into L2: see smm_r8_tile on why the stream needs a
          * software prefetch. Into L1 at 2 blocks, Q4_K streamed 64 MB at 15.6 GB/s where
          * the read loop did 21 (1 thread, Zen 3); into L2 at 4-6 blocks, 19.3-19.6 */
-        for (int o = 0; o < gbb; o += 64) _mm_prefetch((const char*)(gb + SMM_RK_PREFETCH * gbb + o), _MM_HINT_T1);
+        if (!P)
+            for (int o = 0; o < gbb; o += 64) _mm_prefetch((const char*)(gb + SMM_RK_PREFETCH * gbb + o), _MM_HINT_T1);
         __m256i isum[4], s16[4];
         if (type == SMM_Q6_K) {
             /* 16 sub-blocks of 16: two chunks per int16 sum, a madd with the sub-block's scales
@@ -275,7 +286,7 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdi
 #pragma GCC unroll 2
                         for (int kk = 0; kk < 2; kk++) {
                             const int k = 4 * odd + 2 * half + kk, e = 64 * (t / 2) + 32 * (t % 2) + 4 * k;
-                            const __m256i q = smm_rk_q6(gb, t / 2, k, t % 2);
+                            const __m256i q = P ? pb[8 * t + k] : smm_rk_code(type, gb, 8 * t + k);
 #pragma GCC unroll 4
                             for (int c = 0; c < C; c++) {
                                 const __m256i p = _mm256_maddubs_epi16(q, smm_rk_x(&a[c], b, e));
@@ -305,7 +316,7 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdi
                     const __m256i sc = smm_rk_scale(pair, hi);
 #pragma GCC unroll 8
                     for (int k = 0; k < 8; k++) {
-                        const __m256i q = smm_rk_q45(type, gb, p, k, hi);
+                        const __m256i q = P ? pb[16 * p + 8 * hi + k] : smm_rk_code(type, gb, 16 * p + 8 * hi + k);
 #pragma GCC unroll 4
                         for (int c = 0; c < C; c++) {
                             const __m256i prod = _mm256_maddubs_epi16(q, smm_rk_x(&a[c], b, 32 * (2 * p + hi) + 4 * k));
@@ -349,27 +360,44 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const uint8_t* g, ptrdi
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, _mm256_broadcast_ss(a[c].d + b)), acc[c]);
         }
     }
-#pragma GCC unroll 4
-    for (int c = 0; c < C; c++) out[c] = acc[c];
 }
 
-/* One group x C activation rows for a run-time K type and C (1..4). */
-static void smm_rk_tile_any(int type, int C, const uint8_t* g, ptrdiff_t nb, const uint8_t* act, ptrdiff_t astride,
-                            ptrdiff_t cols, __m256 out[4])
+/* One group x C activation rows (1..4) for a run-time K type, blocks [b0, b0 + nbk), codes
+ * from `panel` when not NULL. */
+static void smm_rk_tile_any(int type, int C, const __m256i* panel, const uint8_t* g, ptrdiff_t b0, ptrdiff_t nbk,
+                            const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols, __m256 acc[4])
 {
-#define SMM_RK_CASES(T)                                                  \
-    switch (C) {                                                         \
-    case 4: smm_rk_tile(T, 4, g, nb, act, astride, cols, out); break;   \
-    case 3: smm_rk_tile(T, 3, g, nb, act, astride, cols, out); break;   \
-    case 2: smm_rk_tile(T, 2, g, nb, act, astride, cols, out); break;   \
-    default: smm_rk_tile(T, 1, g, nb, act, astride, cols, out); break;  \
+#define SMM_RK_C(T, P)                                                                        \
+    switch (C) {                                                                              \
+    case 4: smm_rk_tile(T, 4, P, panel, g, b0, nbk, act, astride, cols, acc); break;         \
+    case 3: smm_rk_tile(T, 3, P, panel, g, b0, nbk, act, astride, cols, acc); break;         \
+    case 2: smm_rk_tile(T, 2, P, panel, g, b0, nbk, act, astride, cols, acc); break;         \
+    default: smm_rk_tile(T, 1, P, panel, g, b0, nbk, act, astride, cols, acc); break;        \
     }
+#define SMM_RK_CASES(T)            \
+    if (panel) SMM_RK_C(T, 1)      \
+    else SMM_RK_C(T, 0)
     switch (type) {
     case SMM_Q4_K: SMM_RK_CASES(SMM_Q4_K) break;
     case SMM_Q5_K: SMM_RK_CASES(SMM_Q5_K) break;
     default: SMM_RK_CASES(SMM_Q6_K) break;
     }
 #undef SMM_RK_CASES
+#undef SMM_RK_C
+}
+
+/* Blocks [b0, b0 + nbk) of group g unpacked into panel (64 code vectors per block). */
+static void smm_rk_unpack(int type, const uint8_t* g, ptrdiff_t b0, ptrdiff_t nbk, __m256i* panel)
+{
+    const int gbb = 8 * smm_block_bytes(type);
+    for (ptrdiff_t b = 0; b < nbk; b++) {
+        const uint8_t* gb = g + (b0 + b) * gbb;
+        switch (type) {
+        case SMM_Q4_K: for (int i = 0; i < 64; i++) panel[64 * b + i] = smm_rk_code(SMM_Q4_K, gb, i); break;
+        case SMM_Q5_K: for (int i = 0; i < 64; i++) panel[64 * b + i] = smm_rk_code(SMM_Q5_K, gb, i); break;
+        default: for (int i = 0; i < 64; i++) panel[64 * b + i] = smm_rk_code(SMM_Q6_K, gb, i); break;
+        }
+    }
 }
 
 #endif
