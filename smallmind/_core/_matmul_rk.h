@@ -88,40 +88,37 @@ static void smm_rk_scales6(uint8_t* gb, int r, int mins, uint8_t v[8], int to_pl
         }
 }
 
-/* Q6_K: the 256 6-bit codes of a plain block (element order) to q, or q into the block. */
-static void smm_q6_codes(uint8_t* blk, uint8_t q[256], int to_plain)
+/* Q6_K: the codes of row r between a plain block and the QL/QH of a group block. Plain
+ * element 128h + 32j + l has its low 4 bits in nibble j / 2 of ql[64h + 32(j % 2) + l] and its
+ * high 2 in bits 2j of qh[32h + l]; so for g = 2h + u, QL vector (g, l / 4) byte l % 4 holds
+ * nibble u of ql[64h + l] and of ql[64h + 32 + l], and QH vector (g, l / 4) (l < 16) nibble u
+ * of qh[32h + l] and of qh[32h + 16 + l]: whole bytes and nibbles, no per-element work. */
+static void smm_rk_q6_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
 {
-    for (int e = 0; e < 256; e++) {
-        const int h = e / 128, j = e % 128 / 32, l = e % 32;
-        uint8_t* ql = blk + 64 * h + l + 32 * (j & 1);
-        uint8_t* qh = blk + 128 + 32 * h + l;
-        const int ls = 4 * (j >> 1), hs = 2 * j;
-        if (to_plain) {
-            *ql = (uint8_t)((*ql & ~(15 << ls)) | ((q[e] & 15) << ls));
-            *qh = (uint8_t)((*qh & ~(3 << hs)) | ((q[e] >> 4) << hs));
-        } else {
-            q[e] = (uint8_t)(((*ql >> ls) & 15) | (((*qh >> hs) & 3) << 4));
-        }
-    }
-}
-
-/* Q6_K: the codes of row r from (to_plain = 0) or into q, in the packed QL/QH of a group block. */
-static void smm_rk_q6_codes(uint8_t* gb, int r, uint8_t q[256], int to_plain)
-{
-    for (int g = 0; g < 4; g++)
-        for (int k = 0; k < 8; k++)
-            for (int i = 0; i < 4; i++) {
-                uint8_t* ql = gb + smm_rk_codes(SMM_Q6_K) + 32 * (8 * g + k) + 4 * r + i;
-                uint8_t* qh = gb + SMM_RK_Q6H + 32 * (4 * g + k % 4) + 4 * r + i;
-                const int e0 = 64 * g + 4 * k + i, e1 = e0 + 32, hs = 4 * (k / 4);
-                if (to_plain) {
-                    q[e0] = (uint8_t)((*ql & 15) | (((*qh >> hs) & 3) << 4));
-                    q[e1] = (uint8_t)((*ql >> 4) | (((*qh >> (hs + 2)) & 3) << 4));
-                } else {
-                    *ql = (uint8_t)((q[e0] & 15) | ((q[e1] & 15) << 4));
-                    *qh = (uint8_t)((*qh & ~(15 << hs)) | (((q[e0] >> 4) | ((q[e1] >> 4) << 2)) << hs));
-                }
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            uint8_t* ql0 = gb + smm_rk_codes(SMM_Q6_K) + 32 * (8 * (2 * h) + l / 4) + 4 * r + l % 4;
+            uint8_t* ql1 = ql0 + 32 * 8; /* g = 2h + 1 */
+            uint8_t* lo = plain + 64 * h + l;
+            if (to_plain) {
+                lo[0] = (uint8_t)((*ql0 & 15) | (*ql1 << 4));
+                lo[32] = (uint8_t)((*ql0 >> 4) | (*ql1 & 0xF0));
+            } else {
+                *ql0 = (uint8_t)((lo[0] & 15) | (lo[32] << 4));
+                *ql1 = (uint8_t)((lo[0] >> 4) | (lo[32] & 0xF0));
             }
+            if (l >= 16) continue;
+            uint8_t* qh0 = gb + SMM_RK_Q6H + 32 * (4 * (2 * h) + l / 4) + 4 * r + l % 4;
+            uint8_t* qh1 = qh0 + 32 * 4;
+            uint8_t* hi = plain + 128 + 32 * h + l;
+            if (to_plain) {
+                hi[0] = (uint8_t)((*qh0 & 15) | (*qh1 << 4));
+                hi[16] = (uint8_t)((*qh0 >> 4) | (*qh1 & 0xF0));
+            } else {
+                *qh0 = (uint8_t)((hi[0] & 15) | (hi[16] << 4));
+                *qh1 = (uint8_t)((hi[0] >> 4) | (hi[16] & 0xF0));
+            }
+        }
 }
 
 /* Moves block b of row r (0..7) between the plain layout (`plain`, one block) and the group
@@ -129,15 +126,10 @@ static void smm_rk_q6_codes(uint8_t* gb, int r, uint8_t q[256], int to_plain)
 static void smm_rk_move_block(int type, uint8_t* gb, uint8_t* plain, int r, int to_plain)
 {
 #define SMM_RK_MOVE(packed, flat, len) (to_plain ? memcpy((flat), (packed), (len)) : memcpy((packed), (flat), (len)))
-    if (to_plain) memset(plain, 0, (size_t)smm_block_bytes(type));
     if (type == SMM_Q6_K) {
-        uint8_t q[256];
         SMM_RK_MOVE(gb + 2 * r, plain + 208, 2);
-        for (int t = 0; t < 8; t++)
-            for (int s = 0; s < 2; s++) SMM_RK_MOVE(gb + SMM_RK_Q6SC + 16 * t + 2 * r + s, plain + 192 + 2 * t + s, 1);
-        if (!to_plain) smm_q6_codes(plain, q, 0);
-        smm_rk_q6_codes(gb, r, q, to_plain);
-        if (to_plain) smm_q6_codes(plain, q, 1);
+        for (int t = 0; t < 8; t++) SMM_RK_MOVE(gb + SMM_RK_Q6SC + 16 * t + 2 * r, plain + 192 + 2 * t, 2);
+        smm_rk_q6_move(gb, r, plain, to_plain);
         return;
     }
     SMM_RK_MOVE(gb + 2 * r, plain, 2);
