@@ -239,7 +239,8 @@ static void smm_rk_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_t r1, 
                 const int C = (int)(n - t < 4 ? n - t : 4);
                 __m256 acc[4];
                 for (int c = 0; c < C; c++) acc[c] = b0 ? part[t + c] : _mm256_setzero_ps();
-                smm_rk_tile_any(type, C, use_panel ? panel : NULL, g, b0, nbk, act + t * astride, astride, j->cols, acc);
+                const uint8_t* a = act + t * astride;
+                smm_rk_tile_any(type, C, use_panel ? panel : NULL, g, b0, nbk, a, astride, j->cols, acc);
                 if (b0 + nbk == nb) smm_r8_store(j, acc, C, r, t);
                 else
                     for (int c = 0; c < C; c++) part[t + c] = acc[c];

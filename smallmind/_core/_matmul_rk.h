@@ -45,7 +45,8 @@
  * for 8 rows, and Q4_K/Q5_K's mins are an exact integer madd against the activation's sums
  * per 32 (bsp) converted once, combined with the block's code term before the running sum
  * (as _matmul_r8.h does for Q4_1). The kernel is the same for every n (tiles of 8 rows x C
- * <= 4 activation rows, the same float steps per (row, activation row) whatever C is), so
+ * <= 4 activation rows, the same float steps per (row, activation row) whatever C is;
+ * prompts may take the codes ready-made from a panel, smm_rk_rows in _matmul_r8panel.h), so
  * a row's result does not depend on n or the thread count.
  *
  * AVX2 only, run on every ISA: the AVX-512 kernels (_matmul_k512.h) read the plain layout
@@ -342,14 +343,16 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const int P, const __m2
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) {
                 const __m256 dx = _mm256_broadcast_ss(a[c].d + b);
-                const __m256 blockv = _mm256_fmsub_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, dx),
-                                                      _mm256_mul_ps(_mm256_cvtepi32_ps(msum[c]), _mm256_mul_ps(dmin, dx)));
+                const __m256 mterm = _mm256_mul_ps(_mm256_cvtepi32_ps(msum[c]), _mm256_mul_ps(dmin, dx));
+                const __m256 blockv = _mm256_fmsub_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, dx), mterm);
                 acc[c] = _mm256_add_ps(acc[c], blockv);
             }
         } else {
 #pragma GCC unroll 4
-            for (int c = 0; c < C; c++)
-                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, _mm256_broadcast_ss(a[c].d + b)), acc[c]);
+            for (int c = 0; c < C; c++) {
+                const __m256 s = _mm256_mul_ps(d, _mm256_broadcast_ss(a[c].d + b));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), s, acc[c]);
+            }
         }
     }
 }
