@@ -12,16 +12,17 @@
  *
  *   Q4_K (1152 B)  f16 d[8] | f16 dmin[8] | LO[64] | HI[32] | codes[1024]
  *   Q5_K (1408 B)  f16 d[8] | f16 dmin[8] | LO[64] | HI[32] | QH[256] | codes[1024]
- *   Q6_K (1680 B)  f16 d[8] | i8 scales[128] | QH[512] | QL[1024]
+ *   Q6_K (1680 B)  f16 d[8] | i8 scales[128] | codes[1536]
  *
  * Codes: 32-byte vectors of 4 bytes per row (row r in 32-bit lane r). Q4_K/Q5_K vector
  * (p, k) (p = 0..3, k = 0..7) holds bytes 32p+4k..+3 of each row's qs: its low nibbles are
  * elements 4k..4k+3 of sub-block 2p, its high nibbles those of sub-block 2p+1. Q5_K's QH
  * vector k holds bytes 4k..4k+3 of each row's qh (bit s: the fifth bit of sub-block s).
- * Q6_K's QL vector (g, k) (g = 0..3) holds in its low nibbles the low 4 bits of elements
- * 64g+4k..+3, in its high nibbles those of 64g+32+4k..+3; QH vector (g, j) (j = 0..3) the
- * high 2 bits of, in bit pairs 0-1, 2-3, 4-5, 6-7, elements 64g+4j+i, 64g+32+4j+i,
- * 64g+16+4j+i, 64g+48+4j+i (byte i of the row's lane).
+ * Q6_K's 6-bit codes are in 16 triplets of vectors X | Y | Z (96 bytes) for 4 code vectors
+ * A, B, C, D: X = A | C >> 4 << 6, Y = B | D >> 4 << 6, Z = (C & 15) | D << 4, bytewise, so
+ * that A and B take one and, C and D four or five operations (2.75 per vector; a split into
+ * 4-bit and 2-bit planes took 4.25). Code vector i (triplet i / 4, i % 4 = A..D) holds
+ * elements 64(i/16) + 32(i/8 % 2) + 4(i % 8) + b (byte b of the row's lane).
  *
  * Scales: the sub-block scales (and mins) of a pair of sub-blocks (2t, 2t+1) of the 8 rows
  * are 16 values in "pair order", value i = row i/2, sub-block 2t + i%2: widened to int16
@@ -64,8 +65,9 @@ static inline int smm_rk_supported(int type) { return type == SMM_Q4_K || type =
 #define SMM_RK_HI 96
 #define SMM_RK_Q5H 128
 #define SMM_RK_Q6SC 16
-#define SMM_RK_Q6H 144
-static inline int smm_rk_codes(int type) { return type == SMM_Q4_K ? 128 : type == SMM_Q5_K ? 384 : 656; }
+static inline int smm_rk_codes(int type) { return type == SMM_Q4_K ? 128 : type == SMM_Q5_K ? 384 : 144; }
+/* Q6_K: the element (0..255) that byte b of a row's lane of code vector i holds. */
+#define SMM_RK_Q6E(i, b) (64 * ((i) / 16) + 32 * ((i) / 8 % 2) + 4 * ((i) % 8) + (b))
 
 /* Row and sub-block of value i (0..15) of pair t in pair order. */
 #define SMM_RK_ROW(i) ((i) / 2)
@@ -89,37 +91,49 @@ static void smm_rk_scales6(uint8_t* gb, int r, int mins, uint8_t v[8], int to_pl
         }
 }
 
-/* Q6_K: the codes of row r between a plain block and the QL/QH of a group block. Plain
- * element 128h + 32j + l has its low 4 bits in nibble j / 2 of ql[64h + 32(j % 2) + l] and its
- * high 2 in bits 2j of qh[32h + l]; so for g = 2h + u, QL vector (g, l / 4) byte l % 4 holds
- * nibble u of ql[64h + l] and of ql[64h + 32 + l], and QH vector (g, l / 4) (l < 16) nibble u
- * of qh[32h + l] and of qh[32h + 16 + l]: whole bytes and nibbles, no per-element work. */
-static void smm_rk_q6_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
+/* Q6_K: a plain block's 256 6-bit codes (element order) to q (to_plain = 0) or from q. Element
+ * 128h + 32j + l has its low 4 bits in nibble j / 2 of ql[64h + 32(j % 2) + l] and its high 2
+ * in bits 2j of qh[32h + l]. */
+static void smm_q6_plain_codes(uint8_t* blk, uint8_t q[256], int to_plain)
 {
     for (int h = 0; h < 2; h++)
         for (int l = 0; l < 32; l++) {
-            uint8_t* ql0 = gb + smm_rk_codes(SMM_Q6_K) + 32 * (8 * (2 * h) + l / 4) + 4 * r + l % 4;
-            uint8_t* ql1 = ql0 + 32 * 8; /* g = 2h + 1 */
-            uint8_t* lo = plain + 64 * h + l;
+            uint8_t *ql0 = blk + 64 * h + l, *ql1 = ql0 + 32, *qh = blk + 128 + 32 * h + l, *e = q + 128 * h + l;
             if (to_plain) {
-                lo[0] = (uint8_t)((*ql0 & 15) | (*ql1 << 4));
-                lo[32] = (uint8_t)((*ql0 >> 4) | (*ql1 & 0xF0));
+                *ql0 = (uint8_t)((e[0] & 15) | (e[64] & 15) << 4);
+                *ql1 = (uint8_t)((e[32] & 15) | (e[96] & 15) << 4);
+                *qh = (uint8_t)((e[0] >> 4) | (e[32] >> 4) << 2 | (e[64] >> 4) << 4 | (e[96] >> 4) << 6);
             } else {
-                *ql0 = (uint8_t)((lo[0] & 15) | (lo[32] << 4));
-                *ql1 = (uint8_t)((lo[0] >> 4) | (lo[32] & 0xF0));
-            }
-            if (l >= 16) continue;
-            uint8_t* qh0 = gb + SMM_RK_Q6H + 32 * (4 * (2 * h) + l / 4) + 4 * r + l % 4;
-            uint8_t* qh1 = qh0 + 32 * 4;
-            uint8_t* hi = plain + 128 + 32 * h + l;
-            if (to_plain) {
-                hi[0] = (uint8_t)((*qh0 & 15) | (*qh1 << 4));
-                hi[16] = (uint8_t)((*qh0 >> 4) | (*qh1 & 0xF0));
-            } else {
-                *qh0 = (uint8_t)((hi[0] & 15) | (hi[16] << 4));
-                *qh1 = (uint8_t)((hi[0] >> 4) | (hi[16] & 0xF0));
+                e[0] = (uint8_t)((*ql0 & 15) | (*qh & 3) << 4);
+                e[32] = (uint8_t)((*ql1 & 15) | (*qh >> 2 & 3) << 4);
+                e[64] = (uint8_t)((*ql0 >> 4) | (*qh >> 4 & 3) << 4);
+                e[96] = (uint8_t)((*ql1 >> 4) | (*qh >> 6) << 4);
             }
         }
+}
+
+/* Q6_K: the codes of row r between a plain block and the triplets of a group block. */
+static void smm_rk_q6_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
+{
+    uint8_t q[256];
+    if (!to_plain) smm_q6_plain_codes(plain, q, 0);
+    for (int j = 0; j < 16; j++)
+        for (int b = 0; b < 4; b++) {
+            uint8_t *x = gb + smm_rk_codes(SMM_Q6_K) + 96 * j + 4 * r + b, *y = x + 32, *z = x + 64;
+            uint8_t *qa = q + SMM_RK_Q6E(4 * j, b), *qb = q + SMM_RK_Q6E(4 * j + 1, b);
+            uint8_t *qc = q + SMM_RK_Q6E(4 * j + 2, b), *qd = q + SMM_RK_Q6E(4 * j + 3, b);
+            if (to_plain) {
+                *qa = *x & 63;
+                *qb = *y & 63;
+                *qc = (uint8_t)((*z & 15) | (*x >> 6) << 4);
+                *qd = (uint8_t)((*z >> 4) | (*y >> 6) << 4);
+            } else {
+                *x = (uint8_t)(*qa | (*qc >> 4) << 6);
+                *y = (uint8_t)(*qb | (*qd >> 4) << 6);
+                *z = (uint8_t)((*qc & 15) | (*qd & 15) << 4);
+            }
+        }
+    if (to_plain) smm_q6_plain_codes(plain, q, 1);
 }
 
 /* Moves block b of row r (0..7) between the plain layout (`plain`, one block) and the group
@@ -211,23 +225,24 @@ SMM_INLINE __m256i smm_rk_q45(const int type, const uint8_t* gb, const int p, co
     return v;
 }
 
-/* Q6_K codes of QL vector (g, k), high nibbles (elements 64g+32+4k..) when hi, as bytes. */
-SMM_INLINE __m256i smm_rk_q6(const uint8_t* gb, const int g, const int k, const int hi)
+/* Q6_K code vector i as bytes: A and B (i % 4 = 0, 1) are the low 6 bits of X and Y, C and D
+ * (2, 3) the nibbles of Z with the high 2 bits of X and Y (see the layout above). */
+SMM_INLINE __m256i smm_rk_q6(const uint8_t* gb, const int i)
 {
-    __m256i v = _mm256_loadu_si256((const __m256i*)(gb + smm_rk_codes(SMM_Q6_K) + 32 * (8 * g + k)));
-    v = _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
-    __m256i h = _mm256_loadu_si256((const __m256i*)(gb + SMM_RK_Q6H + 32 * (4 * g + k % 4)));
-    const int hs = 4 * (k / 4) + 2 * hi; /* the bit pair at hs -> bits 4-5 */
-    h = hs < 4 ? _mm256_slli_epi16(h, 4 - hs) : hs > 4 ? _mm256_srli_epi16(h, hs - 4) : h;
-    return _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x30)));
+    const uint8_t* t = gb + smm_rk_codes(SMM_Q6_K) + 96 * (i / 4);
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(t + 32 * (i % 2)));
+    if (i % 4 < 2) return _mm256_and_si256(x, _mm256_set1_epi8(0x3F));
+    __m256i z = _mm256_loadu_si256((const __m256i*)(t + 64));
+    z = _mm256_and_si256(i % 2 ? _mm256_srli_epi16(z, 4) : z, _mm256_set1_epi8(0x0F));
+    return _mm256_or_si256(z, _mm256_and_si256(_mm256_srli_epi16(x, 2), _mm256_set1_epi8(0x30)));
 }
 
 /* The 64 code vectors of a group block in the order the tile consumes them, as bytes for
  * maddubs: Q4_K/Q5_K i = 16p + 8hi + k (vector (p, k), sub-block 2p + hi), Q6_K i = 8t + k
- * (QL vector (t / 2, k), high nibbles when t is odd). */
+ * (elements 32t + 4k.., sub-block 2t + k / 4). */
 SMM_INLINE __m256i smm_rk_code(const int type, const uint8_t* gb, const int i)
 {
-    if (type == SMM_Q6_K) return smm_rk_q6(gb, i / 16, i % 8, i / 8 % 2);
+    if (type == SMM_Q6_K) return smm_rk_q6(gb, i);
     return smm_rk_q45(type, gb, i / 16, i % 8, i / 8 % 2);
 }
 
@@ -259,7 +274,7 @@ SMM_INLINE void smm_rk_tile(const int type, const int C, const int P, const __m2
         if (type == SMM_Q6_K) {
             /* 16 sub-blocks of 16: two chunks per int16 sum, a madd with the sub-block's scales
              * per two chunks; pair t of scales serves sub-blocks 2t, 2t+1, whose codes are
-             * the low (t even) or high nibbles of QL vectors (t / 2, 0-3) and (t / 2, 4-7) */
+             * code vectors 8t..8t+3 and 8t+4..8t+7 */
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) isum[c] = _mm256_setzero_si256();
 #pragma GCC unroll 8
