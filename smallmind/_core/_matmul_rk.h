@@ -11,13 +11,17 @@
  * that block b of the 8 rows is one "group block" of exactly 8 plain blocks' bytes:
  *
  *   Q4_K (1152 B)  f16 d[8] | f16 dmin[8] | LO[64] | HI[32] | codes[1024]
- *   Q5_K (1408 B)  f16 d[8] | f16 dmin[8] | LO[64] | HI[32] | QH[256] | codes[1024]
+ *   Q5_K (1408 B)  f16 d[8] | f16 dmin[8] | LO[64] | HI[32] | codes[1280]
  *   Q6_K (1680 B)  f16 d[8] | i8 scales[128] | codes[1536]
  *
- * Codes: 32-byte vectors of 4 bytes per row (row r in 32-bit lane r). Q4_K/Q5_K vector
- * (p, k) (p = 0..3, k = 0..7) holds bytes 32p+4k..+3 of each row's qs: its low nibbles are
- * elements 4k..4k+3 of sub-block 2p, its high nibbles those of sub-block 2p+1. Q5_K's QH
- * vector k holds bytes 4k..4k+3 of each row's qh (bit s: the fifth bit of sub-block s).
+ * Codes: 32-byte vectors of 4 bytes per row (row r in 32-bit lane r). Q4_K vector (p, k)
+ * (p = 0..3, k = 0..7) holds bytes 32p+4k..+3 of each row's qs: its low nibbles are
+ * elements 4k..4k+3 of sub-block 2p, its high nibbles those of sub-block 2p+1. Q5_K's
+ * 5-bit codes are in 8 octets of vectors P0..P4 (160 bytes) for the 8 code vectors A..H of
+ * sub-block o (code vector 8o + m holds its elements 4m..4m+3): bytewise, P0..P4 = A..E |
+ * (F & 7, F >> 3, G & 7, G >> 3, H & 7) << 5, and bit 7 of P1 and P3 = bits 3 and 4 of H, so
+ * that A-E take one and, F and G five operations, H eight (2.9 per vector; the 4-bit codes
+ * with a plane of fifth bits took 4.4).
  * Q6_K's 6-bit codes are in 16 triplets of vectors X | Y | Z (96 bytes) for 4 code vectors
  * A, B, C, D: X = A | C >> 4 << 6, Y = B | D >> 4 << 6, Z = (C & 15) | D << 4, bytewise, so
  * that A and B take one and, C and D four or five operations (2.75 per vector; a split into
@@ -63,9 +67,8 @@ static inline int smm_rk_supported(int type) { return type == SMM_Q4_K || type =
 /* Byte offsets in a group block. */
 #define SMM_RK_LO 32
 #define SMM_RK_HI 96
-#define SMM_RK_Q5H 128
 #define SMM_RK_Q6SC 16
-static inline int smm_rk_codes(int type) { return type == SMM_Q4_K ? 128 : type == SMM_Q5_K ? 384 : 144; }
+static inline int smm_rk_codes(int type) { return type == SMM_Q6_K ? 144 : 128; }
 /* Q6_K: the element (0..255) that byte b of a row's lane of code vector i holds. */
 #define SMM_RK_Q6E(i, b) (64 * ((i) / 16) + 32 * ((i) / 8 % 2) + 4 * ((i) % 8) + (b))
 
@@ -136,6 +139,49 @@ static void smm_rk_q6_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
     if (to_plain) smm_q6_plain_codes(plain, q, 1);
 }
 
+/* Q5_K: a plain block's 256 5-bit codes (element order) to q (to_plain = 0) or from q. Element
+ * 32s + l has its low 4 bits in nibble s % 2 of qs[32(s / 2) + l], its fifth in bit s of qh[l]. */
+static void smm_q5_plain_codes(uint8_t* blk, uint8_t q[256], int to_plain)
+{
+    uint8_t *qh = blk + 16, *qs = blk + 48;
+    if (to_plain) memset(qh, 0, 32);
+    for (int s = 0; s < 8; s++)
+        for (int l = 0; l < 32; l++) {
+            uint8_t* b = qs + 32 * (s / 2) + l;
+            if (to_plain) {
+                *b = (uint8_t)(s % 2 ? (*b & 15) | (q[32 * s + l] & 15) << 4 : q[32 * s + l] & 15);
+                qh[l] |= (uint8_t)((q[32 * s + l] >> 4) << s);
+            } else {
+                q[32 * s + l] = (uint8_t)((*b >> 4 * (s % 2) & 15) | (qh[l] >> s & 1) << 4);
+            }
+        }
+}
+
+/* Q5_K: the codes of row r between a plain block and the octets of a group block. */
+static void smm_rk_q5_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
+{
+    uint8_t q[256];
+    if (!to_plain) smm_q5_plain_codes(plain, q, 0);
+    for (int o = 0; o < 8; o++)
+        for (int b = 0; b < 4; b++) {
+            uint8_t* p = gb + smm_rk_codes(SMM_Q5_K) + 160 * o + 4 * r + b; /* P_j = p[32 j] */
+            uint8_t* c = q + 32 * o + b;                                    /* member m = c[4 m] */
+            if (to_plain) {
+                for (int m = 0; m < 5; m++) c[4 * m] = p[32 * m] & 31;
+                c[20] = (uint8_t)((p[0] >> 5) | (p[32] >> 5 & 3) << 3);
+                c[24] = (uint8_t)((p[64] >> 5) | (p[96] >> 5 & 3) << 3);
+                c[28] = (uint8_t)((p[128] >> 5) | (p[32] >> 7) << 3 | (p[96] >> 7) << 4);
+            } else {
+                p[0] = (uint8_t)(c[0] | (c[20] & 7) << 5);
+                p[32] = (uint8_t)(c[4] | (c[20] >> 3) << 5 | (c[28] >> 3 & 1) << 7);
+                p[64] = (uint8_t)(c[8] | (c[24] & 7) << 5);
+                p[96] = (uint8_t)(c[12] | (c[24] >> 3) << 5 | (c[28] >> 4) << 7);
+                p[128] = (uint8_t)(c[16] | (c[28] & 7) << 5);
+            }
+        }
+    if (to_plain) smm_q5_plain_codes(plain, q, 1);
+}
+
 /* Moves block b of row r (0..7) between the plain layout (`plain`, one block) and the group
  * block `gb`: to_plain = 0 repacks, 1 restores. */
 static void smm_rk_move_block(int type, uint8_t* gb, uint8_t* plain, int r, int to_plain)
@@ -169,10 +215,9 @@ static void smm_rk_move_block(int type, uint8_t* gb, uint8_t* plain, int r, int 
         smm_rk_scales6(gb, r, 0, sc, 0);
         smm_rk_scales6(gb, r, 1, mn, 0);
     }
-    const int qs = type == SMM_Q5_K ? 48 : 16;
-    if (type == SMM_Q5_K)
-        for (int k = 0; k < 8; k++) SMM_RK_MOVE(gb + SMM_RK_Q5H + 32 * k + 4 * r, plain + 16 + 4 * k, 4);
-    for (int v = 0; v < 32; v++) SMM_RK_MOVE(gb + smm_rk_codes(type) + 32 * v + 4 * r, plain + qs + 4 * v, 4);
+    if (type == SMM_Q5_K) smm_rk_q5_move(gb, r, plain, to_plain);
+    else
+        for (int v = 0; v < 32; v++) SMM_RK_MOVE(gb + smm_rk_codes(type) + 32 * v + 4 * r, plain + 16 + 4 * v, 4);
 #undef SMM_RK_MOVE
 }
 
@@ -210,19 +255,27 @@ SMM_INLINE __m256i smm_rk_scale(__m256i pair, const int odd)
     return _mm256_shuffle_epi8(pair, odd ? _mm256_add_epi8(even, _mm256_set1_epi8(2)) : even);
 }
 
-/* Q4_K/Q5_K codes of vector (p, k), sub-block 2p + hi, as bytes for maddubs. */
-SMM_INLINE __m256i smm_rk_q45(const int type, const uint8_t* gb, const int p, const int k, const int hi)
+/* Q4_K codes of vector (p, k), sub-block 2p + hi, as bytes for maddubs. */
+SMM_INLINE __m256i smm_rk_q4(const uint8_t* gb, const int p, const int k, const int hi)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256i v = _mm256_loadu_si256((const __m256i*)(gb + smm_rk_codes(type) + 32 * (8 * p + k)));
-    v = _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, m4);
-    if (type == SMM_Q5_K) { /* bit s = 2p + hi of the qh bytes -> bit 4 */
-        const int s = 2 * p + hi;
-        __m256i h = _mm256_loadu_si256((const __m256i*)(gb + SMM_RK_Q5H + 32 * k));
-        h = s < 4 ? _mm256_slli_epi16(h, 4 - s) : s > 4 ? _mm256_srli_epi16(h, s - 4) : h;
-        v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
-    }
-    return v;
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(gb + smm_rk_codes(SMM_Q4_K) + 32 * (8 * p + k)));
+    return _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+}
+
+/* Q5_K code vector i (octet i / 8, member m = i % 8) as bytes: A-E (m < 5) are the low 5 bits
+ * of P0-P4, F, G and H gathered from their top 3 bits (see the layout above). */
+SMM_INLINE __m256i smm_rk_q5(const uint8_t* gb, const int i)
+{
+    const uint8_t* o = gb + smm_rk_codes(SMM_Q5_K) + 160 * (i / 8);
+    const int m = i % 8;
+#define SMM_RK_P(j) _mm256_loadu_si256((const __m256i*)(o + 32 * (j)))
+#define SMM_RK_BITS(v, shift, mask) _mm256_and_si256(_mm256_srli_epi16(v, shift), _mm256_set1_epi8(mask))
+    if (m < 5) return _mm256_and_si256(SMM_RK_P(m), _mm256_set1_epi8(0x1F));
+    if (m < 7) return _mm256_or_si256(SMM_RK_BITS(SMM_RK_P(2 * m - 10), 5, 0x07), SMM_RK_BITS(SMM_RK_P(2 * m - 9), 2, 0x18));
+    return _mm256_or_si256(SMM_RK_BITS(SMM_RK_P(4), 5, 0x07),
+                           _mm256_or_si256(SMM_RK_BITS(SMM_RK_P(1), 4, 0x08), SMM_RK_BITS(SMM_RK_P(3), 3, 0x10)));
+#undef SMM_RK_BITS
+#undef SMM_RK_P
 }
 
 /* Q6_K code vector i as bytes: A and B (i % 4 = 0, 1) are the low 6 bits of X and Y, C and D
@@ -243,7 +296,8 @@ SMM_INLINE __m256i smm_rk_q6(const uint8_t* gb, const int i)
 SMM_INLINE __m256i smm_rk_code(const int type, const uint8_t* gb, const int i)
 {
     if (type == SMM_Q6_K) return smm_rk_q6(gb, i);
-    return smm_rk_q45(type, gb, i / 16, i % 8, i / 8 % 2);
+    if (type == SMM_Q5_K) return smm_rk_q5(gb, i);
+    return smm_rk_q4(gb, i / 16, i % 8, i / 8 % 2);
 }
 
 #define SMM_RK_PREFETCH 6
