@@ -207,22 +207,22 @@ static void smm_r8_panel_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_
 
 #define SMM_RKP_KB 8     /* blocks per K-quant panel slice: 8 x 2 KB of unpacked codes */
 
-/* Panels for K-quants (smm_r8_panel_mode -1): Q5_K from 8 activation rows, Q6_K from 12,
- * Q4_K never (its nibbles unpack in 1.5 operations per vector: the tiles were as fast as
- * panels at n = 64 and 10-15% faster at n = 8-16; Q5_K's panels were 1.4x its tiles at n =
- * 64, Q6_K's 1.45x, and both were within noise of the tiles at n = 8-16; 640 x 2048, Zen 3). */
+/* Panels for K-quants (smm_r8_panel_mode -1): Q5_K from 12 activation rows, Q6_K from 32,
+ * Q4_K never. Measured on Zen 3, 640 x 2048, tile time / panel time: Q4_K 0.84-0.99 at n =
+ * 8-64 (its nibbles unpack in 1.5 operations per vector), Q5_K 0.96 at n = 8, 1.2 at 16 and
+ * 64, Q6_K 0.84 at 8, 0.98 at 16, 1.04 at 64 (their codes unpack in 2.75-2.9 operations). */
 static inline int smm_rk_use_panel(int type, ptrdiff_t n)
 {
     if (smm_r8_panel_mode >= 0) return smm_r8_panel_mode;
-    return type == SMM_Q5_K ? n >= 8 : type == SMM_Q6_K ? n >= 12 : 0;
+    return type == SMM_Q5_K ? n >= 12 : type == SMM_Q6_K ? n >= 32 : 0;
 }
 
 /* K-quant groups [r0, r1) (_matmul_rk.h; n <= SMM_ACT_CHUNK): tiles of 8 rows x 4 activation
- * rows that unpack the codes themselves, or for prompts (smm_rk_use_panel) the codes of each group unpacked once
- * per slice of SMM_RKP_KB blocks into a panel that every activation row reads (5-bit and
- * 6-bit codes take 3-5 operations per vector to unpack, as many as their products). The
- * running sums cross slices in `part`, stored and reloaded unchanged, and the panel holds the
- * very vectors the tile forms, so every output is bit for bit the tiles' and the n = 1 kernel's. */
+ * rows that unpack the codes themselves, or for prompts (smm_rk_use_panel) the codes of each
+ * group unpacked once per slice of SMM_RKP_KB blocks into a panel that every activation row
+ * reads. The running sums cross slices in `part`, stored and reloaded unchanged, and the
+ * panel holds the very vectors the tile forms, so every output is bit for bit the tiles'
+ * and the n = 1 kernel's. */
 static void smm_rk_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
     const ptrdiff_t nb = j->cols / 256, n = j->n;
