@@ -207,14 +207,16 @@ static void smm_r8_panel_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_
 
 #define SMM_RKP_KB 8     /* blocks per K-quant panel slice: 8 x 2 KB of unpacked codes */
 
-/* Panels for K-quants (smm_r8_panel_mode -1): Q5_K from 12 activation rows, Q6_K from 32,
- * Q4_K never. Measured on Zen 3, 640 x 2048, tile time / panel time: Q4_K 0.84-0.99 at n =
- * 8-64 (its nibbles unpack in 1.5 operations per vector), Q5_K 0.96 at n = 8, 1.2 at 16 and
- * 64, Q6_K 0.84 at 8, 0.98 at 16, 1.04 at 64 (their codes unpack in 2.75-2.9 operations). */
+/* Panels for K-quants (smm_r8_panel_mode -1): Q5_K from 12 activation rows, Q4_K and Q6_K
+ * from 32. Measured on Zen 3 (loaded; medians of paired runs, thread CPU time), Gemma 3
+ * 270M's K-quant matrices (640 x 1024, 640 x 2048), plain-layout time over repacked time
+ * with tiles / with panels: Q4_K n = 16 1.33 / 1.27, 48 1.02 / 1.12, 128 0.96 / 1.33; Q6_K
+ * n = 16 1.23 / 1.09, 48 0.90 / 0.94, 128 0.89 / 1.11. Q5_K (640 x 2048, tile time over
+ * panel time): 0.96 at n = 8, 1.2 at 16 and 64. */
 static inline int smm_rk_use_panel(int type, ptrdiff_t n)
 {
     if (smm_r8_panel_mode >= 0) return smm_r8_panel_mode;
-    return type == SMM_Q5_K ? n >= 12 : type == SMM_Q6_K ? n >= 32 : 0;
+    return n >= (type == SMM_Q5_K ? 12 : 32);
 }
 
 /* K-quant groups [r0, r1) (_matmul_rk.h; n <= SMM_ACT_CHUNK): tiles of 8 rows x 4 activation
