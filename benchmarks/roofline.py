@@ -13,7 +13,7 @@ its ceiling is the rate at which one core (or all cores) can read memory. In one
 * for every weight type we load, y = W x (n = 1) on a matrix of ``--mb`` MB (default 64,
   twice a 32 MB L3, so the weights stream from DRAM as in real decoding), for each
   instruction-set path this CPU has (AVX2 always, AVX-512 when present) and each thread
-  count (with ``--plain``, the 32-element block types also in their plain layout, beside
+  count (with ``--plain``, the repacked types (32-element blocks, K-quants) also in their plain layout, beside
   the row-interleaved one that Weight repacks them into at load); reported as GB/s of weight bytes and as % of the read bandwidth measured in the
   same process right before that row (so a machine shared with other work skews both
   figures alike). ``--cols`` takes several widths: the float kernels' streams are one row
@@ -42,7 +42,7 @@ from smallmind._core import _matmul
 from smallmind.tensors import GGMLType
 
 K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
-REPACKED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")  # row-interleaved at load unless repack=False
+REPACKED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")  # row-interleaved at load unless repack=False
 READ_MB = 256
 ISA_LEVELS = {"avx2": 1, "avx512": 2}
 
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=64.0, help="weight bytes per matrix, in MB (> the LLC)")
     ap.add_argument("--cols", default="1536", help="columns, a comma list (multiples of 256 for K-quants)")
     ap.add_argument("--plain", action="store_true",
-                    help="also the plain layout of the types repacked at load (Q4_0 ... Q8_0)")
+                    help="also the plain layout of the types repacked at load (Q4_0 ... Q8_0, Q4_K, Q5_K, Q6_K)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     min_time, repeats = (0.05, 3) if args.quick else (0.2, 7)

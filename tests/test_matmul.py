@@ -400,7 +400,7 @@ def test_isa_env_forces_avx2_for_every_type():
     assert child.returncode == 0, child.stderr
     level, paths = child.stdout.split(" ", 1)
     assert level == "1"
-    assert "avx512" not in paths and "'Q4_1': 'avx2-r8'" in paths and "'Q4_K': 'avx2'" in paths
+    assert "avx512" not in paths and "'Q4_1': 'avx2-r8'" in paths and "'Q4_K': 'avx2-r8'" in paths
 
 
 def test_isa_env_avx512_runs_or_is_refused():
@@ -424,7 +424,7 @@ def test_kernel_paths_name_every_weight_type():
     assert paths["active"] == {1: "avx2", 2: "avx512"}[_matmul._isa()]
     expected = {t.name for t in _matmul.SUPPORTED_TYPES} - {"Q8_K"}
     assert set(paths["types"]) == expected
-    repacked = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"} if _matmul._repack_default() else set()
+    repacked = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"} if _matmul._repack_default() else set()
     for name, path in paths["types"].items():
         # the repacked types run their AVX2 kernels on every ISA (Weight repacks by default)
         expected_path = "avx2-r8" if name in repacked else paths["active"]

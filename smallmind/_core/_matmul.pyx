@@ -266,11 +266,12 @@ cdef class Weight:
     ``data`` holds the raw storage: float32 ``(rows, cols)`` for F32, float16/uint16 for
     F16, uint16 for BF16, or uint8 blocks (flat, or ``(rows, row_bytes)``) for quantised
     types; uint8 bytes are accepted for every type. It must be C-contiguous and may be
-    read-only; it is referenced, never copied, except that Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
-    weights of 8 rows or more are repacked (``repack=True``): groups of 8 rows
+    read-only; it is referenced, never copied, except that Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+    Q5_K and Q6_K weights of 8 rows or more are repacked (``repack=True``): groups of 8 rows
     are rewritten into a row-interleaved copy of the same size that the fastest kernels
-    read (_matmul_r8.h). ``data`` is then that copy, and when the original is a read-only
-    file map its pages are released after the one pass that reads them. ``repack=None``
+    read (_matmul_r8.h, K-quants _matmul_rk.h). ``data`` is then that copy, and when the
+    original is a read-only file map its pages are released after the one pass that reads
+    them. ``repack=None``
     (the default) repacks unless SMALLMIND_REPACK=0 (see _repack_default): the repacked
     kernels are AVX2 ones, used on every CPU.
     """

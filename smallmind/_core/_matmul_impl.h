@@ -12,7 +12,7 @@
  *       products over tiles of weight rows x activation rows (4x1 for decoding, 4x4
  *       or 2x4 for prompts); AVX-512 kernels in _matmul_q512.h / _matmul_k512.h, AVX2
  *       ones in _matmul_avx2.h; weights repacked into 8-row groups in _matmul_r8.h
- *       (decoding, batch steps) and _matmul_r8panel.h (prompts).
+ *       (K-quants _matmul_rk.h; decoding, batch steps) and _matmul_r8panel.h (prompts).
  * Threads split the weight rows into chunks handed out by the pool in _threadpool.h, where
  * the calling thread takes chunks too and never waits for a worker that has not started
  * (OpenMP's end-of-region barrier did, which ruined 2 threads on a busy 2-core machine).
@@ -292,7 +292,10 @@ static void smm_r8_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint
     }
 }
 
-/* Rows [r0, r1) of W against all activation rows of job j. */
+/* Rows [r0, r1) of W against all activation rows of job j. Repacked weights (SMM_R8, every
+ * ISA) go to their AVX2 kernels before anything else: the AVX-512 kernels read the plain
+ * layout only, and smm_q_range_avx512 switches on the whole type, flag included, so no
+ * repacked type could match one of its cases anyway. */
 static void smm_quant_rows(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
     if (j->type & SMM_R8) smm_r8_rows(j, r0, r1, act, astride);

@@ -44,11 +44,14 @@
 #define SMALLMIND_MATMUL_R8_H
 
 #include "_matmul_avx2.h"
+#include "_matmul_rk.h"
 
-/* Types with a repacked layout (plain GGML type ids). */
+/* Types with a repacked layout (plain GGML type ids): the 32-element block types here, the
+ * K-quants in _matmul_rk.h. */
 static inline int smm_r8_supported(int type)
 {
-    return type == SMM_Q4_0 || type == SMM_Q4_1 || type == SMM_Q5_0 || type == SMM_Q5_1 || type == SMM_Q8_0;
+    return type == SMM_Q4_0 || type == SMM_Q4_1 || type == SMM_Q5_0 || type == SMM_Q5_1 || type == SMM_Q8_0 ||
+           smm_rk_supported(type);
 }
 
 static inline int smm_r8_has_min(int type) { return type == SMM_Q4_1 || type == SMM_Q5_1; }
@@ -76,6 +79,10 @@ static inline uint32_t smm_r8_qh_regroup(uint32_t qh, int inverse)
  * repacked block `rb` of its group: to_plain = 0 repacks, 1 restores. */
 static void smm_r8_move_block(int type, uint8_t* rb, uint8_t* plain, int r, int to_plain)
 {
+    if (smm_rk_supported(type)) {
+        smm_rk_move_block(type, rb, plain, r, to_plain);
+        return;
+    }
 #define SMM_R8_MOVE(packed, flat, len) \
     (to_plain ? memcpy((flat), (packed), (len)) : memcpy((packed), (flat), (len)))
     SMM_R8_MOVE(rb + 2 * r, plain, 2);
@@ -115,12 +122,12 @@ static void smm_r8_get_row(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t
         smm_dequant_row(type, w + row * row_bytes, cols, out);
         return;
     }
-    const int bb = smm_block_bytes(type);
+    const int bb = smm_block_bytes(type), be = smm_block_elems(type);
     const uint8_t* group = w + (row & ~(ptrdiff_t)7) * row_bytes;
-    uint8_t plain[128]; /* one plain block (34 bytes at most); sized for every type the compiler sees */
-    for (ptrdiff_t b = 0; b < cols / 32; b++) {
+    uint8_t plain[256]; /* one plain block (210 bytes at most) */
+    for (ptrdiff_t b = 0; b < cols / be; b++) {
         smm_r8_move_block(type, (uint8_t*)group + b * 8 * bb, plain, (int)(row & 7), 1);
-        smm_dequant_row(type, plain, 32, out + 32 * b);
+        smm_dequant_row(type, plain, be, out + be * b);
     }
 }
 

@@ -28,7 +28,7 @@
 
 /* -1: panels from 8 activation rows for 5-bit codes, 12 for 4-bit ones (cheaper to unpack:
  * at n = 8 their panels were 5-10% slower than the tiles, at 12 level, measured on Zen 3);
- * 1: always, 0: never (tests, benchmarks). */
+ * 1: always, 0: never (tests, benchmarks). K-quants: smm_rk_use_panel. */
 static int smm_r8_panel_mode = -1;
 
 /* One block of a group, unpacked: q[j] = chunk j's codes (lane r = row r), as the tile
@@ -205,10 +205,60 @@ static void smm_r8_panel_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_
     }
 }
 
+#define SMM_RKP_KB 8     /* blocks per K-quant panel slice: 8 x 2 KB of unpacked codes */
+
+/* Panels for K-quants (smm_r8_panel_mode -1): Q5_K from 12 activation rows, Q4_K and Q6_K
+ * from 32. Measured on Zen 3 (loaded; medians of paired runs, thread CPU time), Gemma 3
+ * 270M's K-quant matrices (640 x 1024, 640 x 2048), plain-layout time over repacked time
+ * with tiles / with panels: Q4_K n = 16 1.33 / 1.27, 48 1.02 / 1.12, 128 0.96 / 1.33; Q6_K
+ * n = 16 1.23 / 1.09, 48 0.90 / 0.94, 128 0.89 / 1.11. Q5_K (640 x 2048, tile time over
+ * panel time): 0.96 at n = 8, 1.2 at 16 and 64. */
+static inline int smm_rk_use_panel(int type, ptrdiff_t n)
+{
+    if (smm_r8_panel_mode >= 0) return smm_r8_panel_mode;
+    return n >= (type == SMM_Q5_K ? 12 : 32);
+}
+
+/* K-quant groups [r0, r1) (_matmul_rk.h; n <= SMM_ACT_CHUNK): tiles of 8 rows x 4 activation
+ * rows that unpack the codes themselves, or for prompts (smm_rk_use_panel) the codes of each
+ * group unpacked once per slice of SMM_RKP_KB blocks into a panel that every activation row
+ * reads. The running sums cross slices in `part`, stored and reloaded unchanged, and the
+ * panel holds the very vectors the tile forms, so every output is bit for bit the tiles'
+ * and the n = 1 kernel's. */
+static void smm_rk_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
+{
+    const ptrdiff_t nb = j->cols / 256, n = j->n;
+    const int use_panel = smm_rk_use_panel(type, n);
+    const ptrdiff_t slices = use_panel ? (nb + SMM_RKP_KB - 1) / SMM_RKP_KB : 1, per = (nb + slices - 1) / slices;
+    __m256i panel[64 * SMM_RKP_KB];
+    __m256 part[SMM_ACT_CHUNK];
+    for (ptrdiff_t r = r0; r < r1; r += 8) {
+        const uint8_t* g = j->w + r * j->row_bytes;
+        for (ptrdiff_t b0 = 0; b0 < nb; b0 += per) {
+            const ptrdiff_t nbk = nb - b0 < per ? nb - b0 : per;
+            if (use_panel) smm_rk_unpack(type, g, b0, nbk, panel);
+            for (ptrdiff_t t = 0; t < n; t += 4) {
+                const int C = (int)(n - t < 4 ? n - t : 4);
+                __m256 acc[4];
+                for (int c = 0; c < C; c++) acc[c] = b0 ? part[t + c] : _mm256_setzero_ps();
+                const uint8_t* a = act + t * astride;
+                smm_rk_tile_any(type, C, use_panel ? panel : NULL, g, b0, nbk, a, astride, j->cols, acc);
+                if (b0 + nbk == nb) smm_r8_store(j, acc, C, r, t);
+                else
+                    for (int c = 0; c < C; c++) part[t + c] = acc[c];
+            }
+        }
+    }
+}
+
 /* Groups [r0, r1) of a repacked W (whole groups of 8 rows) against all activation rows. */
 static void smm_r8_groups(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const uint8_t* act, ptrdiff_t astride)
 {
     const int type = j->type & ~SMM_R8;
+    if (smm_rk_supported(type)) {
+        smm_rk_rows(j, type, r0, r1, act, astride);
+        return;
+    }
     if (smm_r8_use_panel(type, j->n)) {
         smm_r8_panel_rows(j, type, r0, r1, act, astride);
         return;
