@@ -54,3 +54,14 @@ def cached_model(name: str) -> Path:
     if not path.exists():
         _missing(path, "run `python tools/fetch_models.py` to download it")
     return path
+
+
+@pytest.fixture
+def r8_panel():
+    """Sets the prompt path of repacked products (_matmul._set_r8_panel: True, False or None for
+    by size) for the test, then restores it."""
+    from smallmind._core import _matmul
+
+    old = _matmul._set_r8_panel(None)
+    yield _matmul._set_r8_panel
+    _matmul._set_r8_panel(old)

@@ -61,6 +61,25 @@ def test_peak_is_the_first_index_of_the_largest_logit(kind, softcap, n_threads):
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K"])
+def test_peak_over_a_repacked_k_quant_head(name, n_threads):
+    """K-quant heads are repacked into 8-row groups too (_matmul_rk.h): cut into units, their
+    logits are still one whole product's, bit for bit, and the peak np.argmax."""
+    from test_quant import random_blocks
+
+    config = ModelConfig(arch="llama", vocab_size=VOCAB, n_ctx=16, n_embd=256, n_layer=1, n_head=2,
+                         n_hidden=64, bias=False)
+    tensors = random_tensors(config, seed=1, std=0.3)
+    raw = random_blocks(name, VOCAB, np.random.default_rng(6), special=0.0)
+    tensors["output.weight"] = TensorData("output.weight", GGMLType[name], (VOCAB, 256), raw.reshape(-1))
+    model = Llama(config, tensors)
+    assert model.output.repacked
+    fwd, xb = _run(model, n_threads)
+    np.testing.assert_array_equal(fwd.logits, model.output.matmul(xb))
+    assert fwd.peak == int(np.argmax(fwd.logits))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
 def test_no_peak_when_a_logit_is_nan(n_threads):
     w = np.random.default_rng(5).normal(0, 0.5, size=(VOCAB, 64)).astype(np.float32)
     w[700, 3] = np.nan

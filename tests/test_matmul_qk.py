@@ -105,18 +105,10 @@ def test_repacked_rows_do_not_depend_on_n_or_threads(name):
     check_product(name, w32, mag, x, alone)
 
 
-@pytest.fixture
-def panel_mode():
-    """Sets the prompt path of repacked products (_set_r8_panel) for the test, then restores it."""
-    old = _matmul._set_r8_panel(None)
-    yield _matmul._set_r8_panel
-    _matmul._set_r8_panel(old)
-
-
 @settings(suppress_health_check=FIXTURE_OK)
 @given(name=st.sampled_from(K_QUANTS), rows=st.integers(8, 30), blocks=st.sampled_from([1, 3, 8, 9, 17]),
        n=st.integers(1, 20), seed=st.integers(0, 2 ** 32 - 1))
-def test_repacked_panels_match_tiles_bit_for_bit(panel_mode, name, rows, blocks, n, seed):
+def test_repacked_panels_match_tiles_bit_for_bit(r8_panel, name, rows, blocks, n, seed):
     """Repacked prompts through panels of unpacked codes (slices of 8 blocks, running sums
     carried across slices) forced on, off and by size: every output bit for bit the n = 1
     kernel's, with a bias and accumulating, on 1 and 2 threads."""
@@ -128,7 +120,7 @@ def test_repacked_panels_match_tiles_bit_for_bit(panel_mode, name, rows, blocks,
     base = rng.standard_normal((n, rows)).astype(np.float32)
     alone = np.stack([w.matmul(x[i], bias=bias) for i in range(n)])
     for mode in (True, False, None):
-        panel_mode(mode)
+        r8_panel(mode)
         for threads in (1, 2):
             np.testing.assert_array_equal(w.matmul(x, bias=bias, n_threads=threads), alone, err_msg=f"{mode}")
         acc = base.copy()

@@ -37,14 +37,6 @@ def test_repacked_matches_reference(isa, name, rows, blocks, n, seed):  # noqa: 
     np.testing.assert_array_equal(w.get_row(rows - 1), w32[rows - 1])  # a tail row when rows % 8
 
 
-@pytest.fixture
-def r8_panel():
-    """Sets the prompt path of repacked products (_set_r8_panel) for the test, then restores it."""
-    old = _matmul._set_r8_panel(None)
-    yield _matmul._set_r8_panel
-    _matmul._set_r8_panel(old)
-
-
 @settings(suppress_health_check=FIXTURE_OK)
 @given(name=st.sampled_from(R8_TYPES), rows=st.integers(8, 80), blocks=st.sampled_from([1, 2, 3, 31, 32, 33, 48, 70]),
        n=st.integers(1, 40), seed=st.integers(0, 2 ** 32 - 1))

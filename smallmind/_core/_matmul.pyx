@@ -211,12 +211,11 @@ _REPACK_ENABLED = os.environ.get("SMALLMIND_REPACK", "1") != "0"
 
 
 def _repack_default():
-    """Whether Weight(..., repack=None) repacks the 32-element block types: unless
-    SMALLMIND_REPACK=0, on every CPU. The repacked kernels are AVX2 (256-bit, no cross-lane
-    shuffles), and they are the ones measured at the read bandwidth (benchmarks/roofline.py);
-    AVX-512 CPUs run them too, rather than the plain layout's VNNI kernels, which streamed
-    at a third of the bandwidth on a Zen 4 (shared/perf, issue #7) and were compute-bound
-    even in L2 there (Q4_1 15.6 GB/s at one thread)."""
+    """Whether Weight(..., repack=None) repacks (the 32-element block types and the K-quants):
+    unless SMALLMIND_REPACK=0, on every CPU. The repacked kernels are AVX2 (256-bit, no
+    cross-lane shuffles), the ones measured at the read bandwidth (benchmarks/roofline.py);
+    AVX-512 CPUs run them too, rather than the plain layout's kernels, which streamed at a
+    third of the bandwidth on a Zen 4 (shared/perf, issue #7), compute-bound even in L2."""
     return _REPACK_ENABLED
 
 
@@ -271,9 +270,7 @@ cdef class Weight:
     are rewritten into a row-interleaved copy of the same size that the fastest kernels
     read (_matmul_r8.h, K-quants _matmul_rk.h). ``data`` is then that copy, and when the
     original is a read-only file map its pages are released after the one pass that reads
-    them. ``repack=None``
-    (the default) repacks unless SMALLMIND_REPACK=0 (see _repack_default): the repacked
-    kernels are AVX2 ones, used on every CPU.
+    them. ``repack=None`` (the default) repacks unless SMALLMIND_REPACK=0 (_repack_default).
     """
 
     def __cinit__(self, int type, shape, data, *, repack=None):
@@ -458,10 +455,8 @@ def kernel_paths():
     for t in SUPPORTED_TYPES:
         if t == GGMLType.Q8_K:  # an activation format, never a model weight
             continue
-        # every type has both AVX2 and AVX-512 kernels (_matmul_avx2.h, _matmul_avx512.h,
-        # _matmul_q512.h, _matmul_k512.h); the AVX-512 ones run when the switch allows them.
-        # Weights loaded now with the default repack=None take the row-interleaved layout
-        # and its AVX2 kernels (_matmul_r8.h) when _repack_default() says so.
+        # every type has AVX2 and AVX-512 kernels; weights loaded now (repack=None) take the
+        # row-interleaved layout and its AVX2 kernels (_matmul_r8.h) when _repack_default().
         if smm_r8_supported(int(t)) and _repack_default():
             types[t.name] = "avx2-r8"
         elif smm_block_elems(int(t)) == 1:  # float matrices over 1 MiB stream on AVX2 (_matmul_impl.h)
@@ -472,11 +467,8 @@ def kernel_paths():
 
 
 def _set_isa(int level):
-    """Use at most `level` (1 = AVX2, 2 = AVX-512); returns the level now active.
-
-    For tests and benchmarks, to exercise the AVX2 kernels on an AVX-512 machine. Not
-    thread-safe against concurrent matmuls.
-    """
+    """Use at most `level` (1 = AVX2, 2 = AVX-512); returns the level now active. For tests
+    and benchmarks (the AVX2 kernels on an AVX-512 machine); not thread-safe against matmuls."""
     return smm_set_isa(level)
 
 
