@@ -5,7 +5,8 @@ at load (the default, _matmul_rk.h): 8-row interleaved groups, one tile kernel f
 rows past the last group plain. Either way a row must come out bit for bit as a one-row
 product computes it, on any thread count (what batching and the prompt/decode split rely on),
 within test_matmul's tolerances of the float64 reference, bias and accumulation included, and
-the repacked storage must give back every row of the plain one.
+the repacked storage must give back every row of the plain one (repacked K-quants against the
+reference and through forced panels: test_matmul_r8.py).
 """
 from __future__ import annotations
 
@@ -43,23 +44,6 @@ def test_prompt_rows_equal_one_row_products(isa, name, rows, blocks, n, threads,
         np.testing.assert_array_equal(y[i], one[0], err_msg=f"{name}, row {i} of {n}")
 
 
-@settings(suppress_health_check=FIXTURE_OK)
-@given(name=st.sampled_from(K_QUANTS), rows=st.integers(8, 43), blocks=st.sampled_from([1, 2, 3, 6, 9]),
-       n=st.integers(1, 13), seed=st.integers(0, 2 ** 32 - 1))
-def test_repacked_matches_reference(isa, name, rows, blocks, n, seed):  # noqa: F811
-    """Repacked weights (every n: tiles of 8 rows x 1-4 activation rows; the rows past the last
-    group plain) against the reference; each row as a product of its own, on 1 and 2 threads."""
-    rng = np.random.default_rng(seed)
-    cols = 256 * blocks
-    w, w32, mag = make_weight(name, rows, cols, rng)
-    assert w.repacked and w.type == int(GGMLType[name])
-    x = random_activations(n, cols, rng)
-    y = w.matmul(x)
-    check_product(name, w32, mag, x, y)
-    np.testing.assert_array_equal(y, w.matmul(x, n_threads=2))
-    for i in range(n):
-        np.testing.assert_array_equal(y[i], w.matmul(x[i]), err_msg=f"{name}, row {i} of {n}")
-    np.testing.assert_array_equal(w.dequantize(), w32)
     np.testing.assert_array_equal(w.get_row(rows - 1), w32[rows - 1])  # a tail row when rows % 8
 
 
@@ -103,27 +87,3 @@ def test_repacked_rows_do_not_depend_on_n_or_threads(name):
         for threads in (1, 2):
             np.testing.assert_array_equal(w.matmul(x[:n], n_threads=threads), alone[:n], err_msg=f"n={n}")
     check_product(name, w32, mag, x, alone)
-
-
-@settings(suppress_health_check=FIXTURE_OK)
-@given(name=st.sampled_from(K_QUANTS), rows=st.integers(8, 30), blocks=st.sampled_from([1, 3, 8, 9, 17]),
-       n=st.integers(1, 20), seed=st.integers(0, 2 ** 32 - 1))
-def test_repacked_panels_match_tiles_bit_for_bit(r8_panel, name, rows, blocks, n, seed):
-    """Repacked prompts through panels of unpacked codes (slices of 8 blocks, running sums
-    carried across slices) forced on, off and by size: every output bit for bit the n = 1
-    kernel's, with a bias and accumulating, on 1 and 2 threads."""
-    rng = np.random.default_rng(seed)
-    cols = 256 * blocks
-    w, w32, mag = make_weight(name, rows, cols, rng)
-    x = random_activations(n, cols, rng)
-    bias = rng.standard_normal(rows).astype(np.float32)
-    base = rng.standard_normal((n, rows)).astype(np.float32)
-    alone = np.stack([w.matmul(x[i], bias=bias) for i in range(n)])
-    for mode in (True, False, None):
-        r8_panel(mode)
-        for threads in (1, 2):
-            np.testing.assert_array_equal(w.matmul(x, bias=bias, n_threads=threads), alone, err_msg=f"{mode}")
-        acc = base.copy()
-        w.matmul(x, out=acc, bias=bias, accumulate=True)
-        np.testing.assert_array_equal(acc, base + alone)
-    check_product(name, w32, mag, x, alone, bias=bias)

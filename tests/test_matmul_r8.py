@@ -1,5 +1,6 @@
 """Weights of the 32-element block types repacked at load into 8-row interleaved groups
-(_matmul_r8.h): products against the NumPy dequantised reference (tolerances of
+(_matmul_r8.h; the K-quants' layout, _matmul_rk.h, in the reference and panel tests here and
+in test_matmul_qk.py): products against the NumPy dequantised reference (tolerances of
 test_matmul.py), rows past the last whole group kept plain, results that do not depend on n,
 the thread count or the layout's neighbours, and every other use of a Weight (get_row,
 dequantize, fused products, sizes) on the repacked storage."""
@@ -21,16 +22,19 @@ FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 
 @settings(suppress_health_check=FIXTURE_OK)
-@given(name=st.sampled_from(R8_TYPES), rows=st.integers(8, 43), blocks=st.sampled_from([1, 2, 3, 8, 9, 18, 48]),
-       n=st.integers(1, 17), seed=st.integers(0, 2 ** 32 - 1))
+@given(name=st.sampled_from(R8_TYPES + ["Q4_K", "Q5_K", "Q6_K"]), rows=st.integers(8, 43),
+       blocks=st.sampled_from([1, 2, 3, 8, 9, 18, 48]), n=st.integers(1, 17), seed=st.integers(0, 2 ** 32 - 1))
 def test_repacked_matches_reference(isa, name, rows, blocks, n, seed):  # noqa: F811  (the isa fixture)
+    """Repacked weights (the K-quants: _matmul_rk.h), rows past the last group plain, against
+    the reference; each row as a product of its own, on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
-    cols = 32 * blocks
+    cols = BLOCK_LAYOUT[GGMLType[name]][0] * blocks
     w, w32, mag = make_weight(name, rows, cols, rng)
     assert w.repacked and w.type == int(GGMLType[name])
     x = random_activations(n, cols, rng)
     y = w.matmul(x)
     check_product(name, w32, mag, x, y)
+    np.testing.assert_array_equal(y, w.matmul(x, n_threads=2))
     for i in range(n):  # a row's result never depends on the other rows of the call
         np.testing.assert_array_equal(y[i], w.matmul(x[i]), err_msg=f"row {i} of {n}")
     np.testing.assert_array_equal(w.dequantize(), w32)
@@ -38,15 +42,17 @@ def test_repacked_matches_reference(isa, name, rows, blocks, n, seed):  # noqa: 
 
 
 @settings(suppress_health_check=FIXTURE_OK)
-@given(name=st.sampled_from(R8_TYPES), rows=st.integers(8, 80), blocks=st.sampled_from([1, 2, 3, 31, 32, 33, 48, 70]),
-       n=st.integers(1, 40), seed=st.integers(0, 2 ** 32 - 1))
+@given(name=st.sampled_from(R8_TYPES + ["Q4_K", "Q5_K", "Q6_K"]), rows=st.integers(8, 80),
+       blocks=st.sampled_from([1, 2, 3, 9, 17, 31, 32, 33, 48, 70]), n=st.integers(1, 40),
+       seed=st.integers(0, 2 ** 32 - 1))
 def test_panels_match_tiles_and_single_rows_bit_for_bit(r8_panel, name, rows, blocks, n, seed):
-    """Prompts multiply through unpacked panels of two groups, in slices of at most 32 blocks
-    (_matmul_r8panel.h): forced on for every n (the odd groups, the n % 4 rows, rows past the
-    last group, 1 to 3 slices), each output is bit for bit the 8 x 4 tiles' and the n = 1
-    kernel's, with a bias and accumulating into y too, on 1 and 2 threads."""
+    """Prompts multiply through unpacked panels (_matmul_r8panel.h: two groups in slices of at
+    most 32 blocks; K-quants one group in slices of 8, the running sums carried across them):
+    forced on for every n (the odd groups, the n % 4 rows, rows past the last group, several
+    slices), each output is bit for bit the 8 x 4 tiles' and the n = 1 kernel's, with a bias and
+    accumulating into y too, on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
-    cols = 32 * blocks
+    cols = BLOCK_LAYOUT[GGMLType[name]][0] * blocks
     w, w32, mag = make_weight(name, rows, cols, rng)
     x = random_activations(n, cols, rng)
     bias = rng.standard_normal(rows).astype(np.float32)
