@@ -83,10 +83,8 @@ static void smm_r8_move_block(int type, uint8_t* rb, uint8_t* plain, int r, int 
         smm_rk_move_block(type, rb, plain, r, to_plain);
         return;
     }
-#define SMM_R8_MOVE(packed, flat, len) \
-    (to_plain ? memcpy((flat), (packed), (len)) : memcpy((packed), (flat), (len)))
-    SMM_R8_MOVE(rb + 2 * r, plain, 2);
-    if (smm_r8_has_min(type)) SMM_R8_MOVE(rb + 16 + 2 * r, plain + 2, 2);
+    smm_move_bytes(rb + 2 * r, plain, 2, to_plain);
+    if (smm_r8_has_min(type)) smm_move_bytes(rb + 16 + 2 * r, plain + 2, 2, to_plain);
     if (smm_r8_five(type)) {
         uint8_t* qh = rb + smm_r8_qs(type) - 32 + 4 * r;
         uint32_t v;
@@ -95,8 +93,8 @@ static void smm_r8_move_block(int type, uint8_t* rb, uint8_t* plain, int r, int 
         memcpy(to_plain ? plain + smm_plain_qh(type) : qh, &v, 4);
     }
     const int chunks = type == SMM_Q8_0 ? 8 : 4;
-    for (int k = 0; k < chunks; k++) SMM_R8_MOVE(rb + smm_r8_qs(type) + 32 * k + 4 * r, plain + smm_plain_qs(type) + 4 * k, 4);
-#undef SMM_R8_MOVE
+    for (int k = 0; k < chunks; k++)
+        smm_move_bytes(rb + smm_r8_qs(type) + 32 * k + 4 * r, plain + smm_plain_qs(type) + 4 * k, 4, to_plain);
 }
 
 /* Repacks rows [0, rows / 8 * 8) of a plain weight `src` into `dst` (same size); the tail

@@ -64,6 +64,14 @@
 
 static inline int smm_rk_supported(int type) { return type == SMM_Q4_K || type == SMM_Q5_K || type == SMM_Q6_K; }
 
+/* len bytes between a repacked group block (`packed`) and a plain block (`flat`): to_plain = 0
+ * repacks, 1 restores (the moves of smm_rk_move_block and smm_r8_move_block). */
+static inline void smm_move_bytes(uint8_t* packed, uint8_t* flat, size_t len, int to_plain)
+{
+    if (to_plain) memcpy(flat, packed, len);
+    else memcpy(packed, flat, len);
+}
+
 /* Byte offsets in a group block. */
 #define SMM_RK_LO 32
 #define SMM_RK_HI 96
@@ -186,15 +194,14 @@ static void smm_rk_q5_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
  * block `gb`: to_plain = 0 repacks, 1 restores. */
 static void smm_rk_move_block(int type, uint8_t* gb, uint8_t* plain, int r, int to_plain)
 {
-#define SMM_RK_MOVE(packed, flat, len) (to_plain ? memcpy((flat), (packed), (len)) : memcpy((packed), (flat), (len)))
     if (type == SMM_Q6_K) {
-        SMM_RK_MOVE(gb + 2 * r, plain + 208, 2);
-        for (int t = 0; t < 8; t++) SMM_RK_MOVE(gb + SMM_RK_Q6SC + 16 * t + 2 * r, plain + 192 + 2 * t, 2);
+        smm_move_bytes(gb + 2 * r, plain + 208, 2, to_plain);
+        for (int t = 0; t < 8; t++) smm_move_bytes(gb + SMM_RK_Q6SC + 16 * t + 2 * r, plain + 192 + 2 * t, 2, to_plain);
         smm_rk_q6_move(gb, r, plain, to_plain);
         return;
     }
-    SMM_RK_MOVE(gb + 2 * r, plain, 2);
-    SMM_RK_MOVE(gb + 16 + 2 * r, plain + 2, 2);
+    smm_move_bytes(gb + 2 * r, plain, 2, to_plain);
+    smm_move_bytes(gb + 16 + 2 * r, plain + 2, 2, to_plain);
     uint8_t sc[8], mn[8];
     if (to_plain) {
         smm_rk_scales6(gb, r, 0, sc, 1);
@@ -217,8 +224,8 @@ static void smm_rk_move_block(int type, uint8_t* gb, uint8_t* plain, int r, int 
     }
     if (type == SMM_Q5_K) smm_rk_q5_move(gb, r, plain, to_plain);
     else
-        for (int v = 0; v < 32; v++) SMM_RK_MOVE(gb + smm_rk_codes(type) + 32 * v + 4 * r, plain + 16 + 4 * v, 4);
-#undef SMM_RK_MOVE
+        for (int v = 0; v < 32; v++)
+            smm_move_bytes(gb + smm_rk_codes(type) + 32 * v + 4 * r, plain + 16 + 4 * v, 4, to_plain);
 }
 
 /* ------------------------------------------------------------------------------------
