@@ -42,7 +42,7 @@ from smallmind._core import _matmul
 from smallmind.tensors import GGMLType
 
 K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
-REPACKED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")  # row-interleaved at load unless repack=False
+REPACKED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", *K_QUANTS)  # row-interleaved at load unless repack=False
 READ_MB = 256
 ISA_LEVELS = {"avx2": 1, "avx512": 2}
 

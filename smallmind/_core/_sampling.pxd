@@ -25,12 +25,13 @@ ctypedef fused token_t:
 #   w[i] = x[i] >= keep_from ? exp((x[i] - x_max) * inv_temp) : 0
 # (keep_from = -inf keeps everything; min-p passes x_max + log(min_p)).
 # plain_weights stores only block_sums[b] = sum of w over block b of SAMPLE_BLOCK tokens
-# (ceil(n / SAMPLE_BLOCK) entries) and returns the total; pick_plain, given the same
+# (ceil(n / SAMPLE_BLOCK) entries) and returns the total, the same bits on any n_threads
+# (threads of the matmul pool, used for a large vocabulary); pick_plain, given the same
 # arguments and a target (a uniform draw in [0, 1) times the total), returns the token
 # whose cumulative weight first exceeds it, recomputing the weights of one block only.
 # A zero-weight token is never returned.
 cdef double plain_weights(const float* x, float* block_sums, Py_ssize_t n,
-                          float x_max, float inv_temp, float keep_from) noexcept nogil
+                          float x_max, float inv_temp, float keep_from, int n_threads) noexcept nogil
 cdef Py_ssize_t pick_plain(const float* x, const float* block_sums, Py_ssize_t n,
                            float x_max, float inv_temp, float keep_from,
                            double target) noexcept nogil

@@ -50,11 +50,6 @@ cdef extern from "_sampling.h" nogil:
 # The unfiltered distribution
 
 
-cdef double plain_weights(const float* x, float* block_sums, Py_ssize_t n,
-                          float x_max, float inv_temp, float keep_from) noexcept nogil:
-    return sm_plain_weights(x, block_sums, n, x_max, inv_temp, keep_from)
-
-
 # The block sums of a large vocabulary on several threads of the matmul pool: each chunk of
 # blocks is summed as in one pass (blocks start at the same tokens), and the total adds the
 # block sums in order, as sm_plain_weights does, so the draw is the same bit for bit.
@@ -79,8 +74,8 @@ cdef void _weights_chunk(const void* arg, Py_ssize_t c) noexcept nogil:
                      job.inv_temp, job.keep_from)
 
 
-cdef double plain_weights_threads(const float* x, float* block_sums, Py_ssize_t n, float x_max,
-                                  float inv_temp, float keep_from, int n_threads) noexcept nogil:
+cdef double plain_weights(const float* x, float* block_sums, Py_ssize_t n, float x_max,
+                          float inv_temp, float keep_from, int n_threads) noexcept nogil:
     cdef _WeightsJob job
     cdef Py_ssize_t b, n_blocks = (n + SAMPLE_BLOCK - 1) // SAMPLE_BLOCK, n_chunks
     cdef double total = 0.0
@@ -467,8 +462,7 @@ cdef class SamplerCore:
             return first_index_of(x, n, x_max)  # greedy; no random number is drawn
         if self._top_k == 0 and self._top_p >= 1.0:
             keep_from = x_max + self._log_min_p
-            total = plain_weights_threads(x, self._block_sums, n, x_max, self._inv_temp, keep_from,
-                                          self._n_threads)
+            total = plain_weights(x, self._block_sums, n, x_max, self._inv_temp, keep_from, self._n_threads)
             return pick_plain(x, self._block_sums, n, x_max, self._inv_temp, keep_from,
                               self._uniform() * total)
 
