@@ -1,6 +1,6 @@
 """smallmind against llama.cpp (llama-cpp-python) on the same GGUF files.
 
-    python benchmarks/compare.py [--quick] [--threads 1,2] [--new-tokens 128]
+    python benchmarks/compare.py [--quick] [--rounds 1] [--threads 1,2] [--new-tokens 128]
                                  [--engines smallmind,llama.cpp] [--json PATH] [--png PATH]
 
 Models: stories260K (llama2.c checkpoint converted to ~/.cache/smallmind/stories260K.gguf by
@@ -15,6 +15,12 @@ Per model, engine and thread count, best of N runs (N=3 with --quick, else 5) of
   tokens banned (logit -inf) so both engines produce exactly that many; decode tok/s =
   (new tokens - 1) / time from the first sampled token to the last, i.e. one forward pass
   and one argmax per token.
+
+With --rounds R, the two engines' workers alternate R times (llama.cpp then smallmind, then
+the other order, ...), each round best of N runs: a machine whose speed drifts (a shared VM)
+then slows both engines alike. The table's rates are the best over all rounds, and each
+ratio column is the median of the rounds' own ratios (smallmind's round against the
+llama.cpp round measured beside it), with their range in the JSON.
 
 Both engines are timed the same way: wall clock (time.perf_counter) around the work, in a
 Python loop. smallmind's figures are its GenerationResult.timings (perf_counter around the
@@ -342,20 +348,57 @@ def run_worker(engine: str, path: Path, threads: list[int], runs: int, n_new: in
     return json.loads(lines[-1])["rows"]
 
 
+def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One row per thread count from the rounds' rows: the best prompt and decode rates over
+    all rounds (with their ids and runs), and each round's own rates kept for the ratios."""
+    merged = []
+    for per_round in zip(*rounds, strict=True):
+        ok = [r for r in per_round if not r.get("skipped")]
+        if not ok:
+            merged.append(per_round[0])
+            continue
+        row = dict(max(ok, key=lambda r: r["decode_tok_per_s"]))
+        best_p = max(ok, key=lambda r: r["prompt_tok_per_s"])
+        for key in ("prompt_tok_per_s", "prompt_tok_per_s_internal"):
+            if key in best_p:
+                row[key] = best_p[key]
+        for key in ("prompt_runs_tok_per_s", "decode_runs_tok_per_s"):
+            row[key] = [x for r in ok for x in r[key]]
+        row["rounds"] = [None if r.get("skipped") else
+                         {"prompt_tok_per_s": r["prompt_tok_per_s"], "decode_tok_per_s": r["decode_tok_per_s"]}
+                         for r in per_round]
+        merged.append(row)
+    return merged
+
+
+def round_ratios(sm: dict | None, lc: dict | None, key: str) -> list[float]:
+    """smallmind's rate over llama.cpp's, per round where both engines measured it."""
+    if not sm or not lc or "rounds" not in sm or "rounds" not in lc:
+        return []
+    return [a[key] / b[key] for a, b in zip(sm["rounds"], lc["rounds"], strict=True) if a and b and b[key] > 0]
+
+
+def _ratio(sm: dict | None, lc: dict | None, key: str) -> float | None:
+    """The median of the rounds' ratios (with one round: the ratio of the two rates)."""
+    ratios = sorted(round_ratios(sm, lc, key))
+    if not ratios:
+        return None
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+
+
+def _range(ratios: list[float]) -> str:
+    return f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+
+
 # -- report ---------------------------------------------------------------------------------
 def _fmt(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
-    if not a or not b or a.get(key) is None or b.get(key) is None:
-        return None
-    return a[key] / b[key]
-
-
 COLUMNS = ["model", "threads", "llama.cpp prompt tok/s", "smallmind prompt tok/s",
            "prompt ratio", "llama.cpp decode tok/s", "smallmind decode tok/s", "decode ratio",
-           "weight MB/token", "smallmind weight GB/s", "% of read", "same greedy ids"]
+           "decode ratio, rounds", "weight MB/token", "smallmind weight GB/s", "% of read", "same greedy ids"]
 
 
 def table_rows(results: list[dict]) -> list[dict]:
@@ -370,6 +413,7 @@ def table_rows(results: list[dict]) -> list[dict]:
             "llama.cpp decode tok/s": lc.get("decode_tok_per_s"),
             "smallmind decode tok/s": sm.get("decode_tok_per_s"),
             "decode ratio": r["decode_ratio"],
+            "decode ratio, rounds": _range(r["decode_round_ratios"]),
             "weight MB/token": r.get("weight_MB_per_token"),
             "smallmind weight GB/s": r.get("weight_GB_per_s"),
             "% of read": r.get("weight_pct_of_read"),
@@ -486,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="best of 3 runs instead of 5")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the engines this many times (ratios: median of the rounds')")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--models", default=None, help="comma list of model names (default: all)")
@@ -501,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in args.threads.split(",") if t]
     if args.new_tokens < 2:
         ap.error("--new-tokens must be at least 2")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args._worker:
         rows = worker(args._worker, args._model, threads, args._runs, args.new_tokens)
         print(json.dumps({"rows": rows}))
@@ -527,13 +575,16 @@ def main(argv: list[str] | None = None) -> int:
         path = paths[name]
         missing = ensure_stories_gguf(path) if name == "stories260K" else \
             (None if path.exists() else f"{path} is missing (python tools/fetch_models.py)")
-        per_engine = {}
-        for engine in engines:
-            if missing:
-                per_engine[engine] = [{"threads": t, "skipped": missing} for t in threads]
-            else:
-                print(f"measuring {engine} on {name} ...", file=sys.stderr, flush=True)
-                per_engine[engine] = run_worker(engine, path, threads, runs, args.new_tokens)
+        rounds: dict[str, list[list[dict]]] = {e: [] for e in engines}
+        for rnd in range(args.rounds):
+            for engine in engines if rnd % 2 == 0 else engines[::-1]:
+                if missing:
+                    rounds[engine].append([{"threads": t, "skipped": missing} for t in threads])
+                    continue
+                print(f"measuring {engine} on {name} (round {rnd + 1} of {args.rounds}) ...",
+                      file=sys.stderr, flush=True)
+                rounds[engine].append(run_worker(engine, path, threads, runs, args.new_tokens))
+        per_engine = {e: merge_rounds(rounds[e]) for e in engines}
         for i, t in enumerate(threads):
             rows = {e: per_engine[e][i] for e in engines}
             lc, sm = rows.get("llama.cpp"), rows.get("smallmind")
@@ -547,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
                 "model": name, "file": str(path), "threads": t, "engines": rows,
                 "prompt_ratio": _ratio(sm, lc, "prompt_tok_per_s"),
                 "decode_ratio": _ratio(sm, lc, "decode_tok_per_s"),
+                "prompt_round_ratios": round_ratios(sm, lc, "prompt_tok_per_s"),
+                "decode_round_ratios": round_ratios(sm, lc, "decode_tok_per_s"),
                 "greedy_agreement": _agreement(lc, sm),
                 "prompt_ids_equal": (lc["prompt_ids"] == sm["prompt_ids"])
                 if lc and sm and "prompt_ids" in lc and "prompt_ids" in sm else None,
@@ -557,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                 if key in row:
                     row[key + "_count"] = len(row.pop(key))
     meta = {
-        "benchmark": "benchmarks/compare.py", "quick": args.quick, "best_of": runs,
+        "benchmark": "benchmarks/compare.py", "quick": args.quick, "best_of": runs, "rounds": args.rounds,
         "prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens,
         "decode_prompt": DECODE_PROMPT, "llama_extra_bufts": extra_bufts,
         "timing": "wall clock (perf_counter) in a Python loop, best of runs; see docstring",

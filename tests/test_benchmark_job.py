@@ -44,3 +44,22 @@ def test_committed_baseline_is_well_formed():
         assert all(isinstance(v, float) and v > 0 for v in ratios.values())
     assert any(name.startswith("kernels/") for name in baseline["isa"]["avx2"])
     assert "seed/kv_cache_vs_reference" in baseline["isa"]["avx2"]
+
+
+def test_compare_rounds_keep_best_rates_and_take_the_median_of_each_rounds_ratio():
+    import compare
+
+    def rows(prompt: float, decode: float) -> list[dict]:
+        return [{"threads": 1, "prompt_tok_per_s": prompt, "decode_tok_per_s": decode,
+                 "prompt_runs_tok_per_s": [prompt], "decode_runs_tok_per_s": [decode]}]
+
+    # the machine slows down in round 2 and speeds up in round 3: both engines alike
+    lc = compare.merge_rounds([rows(100, 40), rows(50, 20), rows(120, 60)])[0]
+    sm = compare.merge_rounds([rows(300, 60), rows(140, 34), rows(330, 84)])[0]
+    assert (sm["prompt_tok_per_s"], sm["decode_tok_per_s"]) == (330, 84)
+    assert sm["decode_runs_tok_per_s"] == [60, 34, 84]
+    assert compare.round_ratios(sm, lc, "decode_tok_per_s") == [1.5, 1.7, 1.4]
+    assert compare._ratio(sm, lc, "decode_tok_per_s") == 1.5
+    assert compare._ratio(sm, lc, "prompt_tok_per_s") == 2.8
+    skipped = [{"threads": 1, "skipped": "not installed"}]
+    assert compare._ratio(sm, compare.merge_rounds([skipped, skipped, skipped])[0], "decode_tok_per_s") is None
