@@ -1,6 +1,7 @@
 """smallmind against llama.cpp (llama-cpp-python) on the same GGUF files.
 
     python benchmarks/compare.py [--quick] [--rounds 1] [--threads 1,2] [--new-tokens 128]
+                                 [--context 0]
                                  [--engines smallmind,llama.cpp] [--json PATH] [--png PATH]
 
 Models: stories260K (llama2.c checkpoint converted to ~/.cache/smallmind/stories260K.gguf by
@@ -14,7 +15,8 @@ Per model, engine and thread count, best of N runs (N=3 with --quick, else 5) of
 * decode: greedy generation of --new-tokens tokens after a short prompt, with end-of-text
   tokens banned (logit -inf) so both engines produce exactly that many; decode tok/s =
   (new tokens - 1) / time from the first sampled token to the last, i.e. one forward pass
-  and one argmax per token.
+  and one argmax per token. With --context N the decode follows an N-token prompt instead
+  (the reference text, repeated as needed): every token then also reads N cached positions.
 
 With --rounds R, the two engines' workers alternate R times (llama.cpp then smallmind, then
 the other order, ...), each round best of N runs: a machine whose speed drifts (a shared VM)
@@ -37,7 +39,8 @@ off there only; ``on``/``off`` force either way, and the table says which ran.
 Effective weight bandwidth: the weight bytes one decoded token reads (every matrix; the token
 embedding only when it is also the output matrix) x smallmind's decode tok/s, and its share of
 this machine's read bandwidth at that thread count, measured in the same run before the models
-(benchmarks/roofline.py's read loop).
+(benchmarks/roofline.py's read loop). Weights only: with --context, the cached keys and
+values each token also reads are not counted.
 
 Prints a markdown table, writes JSON (default benchmarks/results/compare.json) and, when
 matplotlib is importable, a PNG bar chart (default benchmarks/results/compare.png). Rows of
@@ -231,7 +234,8 @@ class LlamaCppRunner:
     def decode_run(self, ids: list[int], n_new: int, gaps: list | None = None) -> dict:
         """Greedy decode; pass a list as ``gaps`` (untimed runs only) to collect top-2 gaps."""
         self.reset()
-        self.decode(ids, 0)
+        for i in range(0, len(ids), 512):  # the batch holds 512 tokens
+            self.decode(ids[i:i + 512], i)
         out = [self.argmax()]
         t_first = time.perf_counter()
         for i in range(n_new - 1):
@@ -249,13 +253,21 @@ class LlamaCppRunner:
                 if perf["t_eval_ms"] > 0 else None}
 
 
-def bench_llama_cpp(path: Path, threads: int, runs: int, n_new: int) -> dict:
+def context_ids(tokenize, long_ids: list[int], context: int) -> list[int]:
+    """The first `context` ids of the reference text repeated as needed, tokenized whole (so
+    a BOS, if the model adds one, comes once)."""
+    text = PROMPT_TEXT_FILE.read_text(encoding="utf-8")
+    return tokenize(text * (context // len(long_ids) + 2))[:context]
+
+
+def bench_llama_cpp(path: Path, threads: int, runs: int, n_new: int, context: int) -> dict:
     import llama_cpp
-    runner = LlamaCppRunner(path, threads)
+    runner = LlamaCppRunner(path, threads, n_ctx=max(512, context + n_new + 8))
     try:
         long_ids = runner.tokenize(PROMPT_TEXT_FILE.read_text(encoding="utf-8"), runner.add_bos)
         prompt_ids = long_ids[:PROMPT_TOKENS]
-        decode_ids = runner.tokenize(DECODE_PROMPT, runner.add_bos)
+        decode_ids = context_ids(lambda t: runner.tokenize(t, runner.add_bos), long_ids, context) \
+            if context else runner.tokenize(DECODE_PROMPT, runner.add_bos)
         runner.prompt_run(prompt_ids)  # warm-up
         runner.decode_run(decode_ids, 8)
         prompt = [runner.prompt_run(prompt_ids) for _ in range(runs)]
@@ -282,14 +294,14 @@ def bench_llama_cpp(path: Path, threads: int, runs: int, n_new: int) -> dict:
 
 
 # -- smallmind ------------------------------------------------------------------------------
-def bench_smallmind(path: Path, threads: int, runs: int, n_new: int) -> dict:
+def bench_smallmind(path: Path, threads: int, runs: int, n_new: int, context: int) -> dict:
     import smallmind
     from smallmind import Engine
-    engine = Engine.load(path, n_threads=threads, n_ctx=512)
+    engine = Engine.load(path, n_threads=threads, n_ctx=max(512, context + n_new + 8))
     tok = engine.tokenizer
     long_ids = tok.encode(PROMPT_TEXT_FILE.read_text(encoding="utf-8"))
     prompt_ids = long_ids[:PROMPT_TOKENS]
-    decode_ids = tok.encode(DECODE_PROMPT)
+    decode_ids = context_ids(tok.encode, long_ids, context) if context else tok.encode(DECODE_PROMPT)
     banned = {int(t): float("-inf") for t in tok.stop_ids()}
 
     def prompt_run() -> dict:
@@ -320,12 +332,12 @@ def bench_smallmind(path: Path, threads: int, runs: int, n_new: int) -> dict:
     }
 
 
-def worker(engine: str, path: Path, threads: list[int], runs: int, n_new: int) -> list[dict]:
+def worker(engine: str, path: Path, threads: list[int], runs: int, n_new: int, context: int) -> list[dict]:
     bench = bench_llama_cpp if engine == "llama.cpp" else bench_smallmind
     rows = []
     for t in threads:
         try:
-            rows.append({"threads": t, **bench(path, t, runs, n_new)})
+            rows.append({"threads": t, **bench(path, t, runs, n_new, context)})
         except ImportError as exc:
             return [{"threads": t, "skipped": f"not installed: {exc}"} for t in threads]
         except Exception as exc:  # report the failure as a row; the other engine still runs
@@ -333,12 +345,12 @@ def worker(engine: str, path: Path, threads: list[int], runs: int, n_new: int) -
     return rows
 
 
-def run_worker(engine: str, path: Path, threads: list[int], runs: int, n_new: int) -> list[dict]:
+def run_worker(engine: str, path: Path, threads: list[int], runs: int, n_new: int, context: int) -> list[dict]:
     """The engine's rows, measured in a child process (separate OpenMP runtime, and a crash
     of one engine does not lose the other's figures)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", engine,
            "--_model", str(path), "--threads", ",".join(map(str, threads)), "--_runs", str(runs),
-           "--new-tokens", str(n_new)]
+           "--new-tokens", str(n_new), "--context", str(context)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -533,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternate the engines this many times (ratios: median of the rounds')")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--context", type=int, default=0,
+                    help="decode after this many prompt tokens (default: a short prompt)")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--models", default=None, help="comma list of model names (default: all)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "compare.json")
@@ -549,8 +563,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--new-tokens must be at least 2")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if args.context < 0:
+        ap.error("--context must be >= 0")
     if args._worker:
-        rows = worker(args._worker, args._model, threads, args._runs, args.new_tokens)
+        rows = worker(args._worker, args._model, threads, args._runs, args.new_tokens, args.context)
         print(json.dumps({"rows": rows}))
         return 0
 
@@ -583,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"measuring {engine} on {name} (round {rnd + 1} of {args.rounds}) ...",
                       file=sys.stderr, flush=True)
-                rounds[engine].append(run_worker(engine, path, threads, runs, args.new_tokens))
+                rounds[engine].append(run_worker(engine, path, threads, runs, args.new_tokens, args.context))
         per_engine = {e: merge_rounds(rounds[e]) for e in engines}
         for i, t in enumerate(threads):
             rows = {e: per_engine[e][i] for e in engines}
@@ -611,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                     row[key + "_count"] = len(row.pop(key))
     meta = {
         "benchmark": "benchmarks/compare.py", "quick": args.quick, "best_of": runs, "rounds": args.rounds,
-        "prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens,
+        "prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens, "decode_context": args.context,
         "decode_prompt": DECODE_PROMPT, "llama_extra_bufts": extra_bufts,
         "timing": "wall clock (perf_counter) in a Python loop, best of runs; see docstring",
         "loadavg_before": load_before, "read_GB_per_s": bandwidth,
