@@ -17,7 +17,9 @@ its ceiling is the rate at which one core (or all cores) can read memory. In one
   the row-interleaved one that Weight repacks them into at load); reported as GB/s of weight bytes and as % of the read bandwidth measured in the
   same process right before that row (so a machine shared with other work skews both
   figures alike). ``--cols`` takes several widths: the float kernels' streams are one row
-  long, so rows of 576 (SmolLM2) and 1536 columns stress them differently.
+  long, so rows of 576 (SmolLM2) and 1536 columns stress them differently. ``isa`` is the
+  path the process allowed (SMALLMIND_ISA); ``kernel`` the family that ran: a repacked
+  weight runs the AVX2 group kernels on every CPU, so its avx512 rows measure those too.
 
 Goal (issue #7): >= 70% of the one-thread bandwidth at 1 thread (K-quants >= 60%), and
 >= 70% of the all-threads bandwidth at all threads. One-thread rows are timed in thread
@@ -96,7 +98,9 @@ def bench_type(name: str, w: _matmul.Weight, x: np.ndarray, isas: list[str], thr
             s = best_time(lambda it, nt=nt: _matmul._bench(w, x, y, nt, it, nt == 1), min_time, repeats)
             gbs = w.nbytes / s / 1e9
             goal = 60 if name in K_QUANTS and nt == 1 else 70
-            rows.append({"type": name, "layout": "repacked" if w.repacked else "plain", "isa": isa, "threads": nt, "shape": f"{w.shape[0]}x{w.shape[1]}",
+            rows.append({"type": name, "layout": "repacked" if w.repacked else "plain", "isa": isa,
+                         "kernel": _matmul._kernel_path(w.type, w.repacked, w.nbytes),
+                         "threads": nt, "shape": f"{w.shape[0]}x{w.shape[1]}",
                          "MB": w.nbytes / 1e6, "ms": s * 1e3, "GB/s": gbs, "read GB/s": ceiling,
                          "% of read": 100 * gbs / ceiling, "goal %": goal,
                          "met": "yes" if 100 * gbs / ceiling >= goal else "no"})
@@ -150,7 +154,7 @@ def main() -> None:
     print()
     for nt, c in ceilings.items():
         print(f"read bandwidth at start, {nt} thread(s): {c['read']:.1f} GB/s")
-    write_report("roofline", rows, ["type", "layout", "isa", "threads", "shape", "MB", "ms", "GB/s", "read GB/s",
+    write_report("roofline", rows, ["type", "layout", "isa", "kernel", "threads", "shape", "MB", "ms", "GB/s", "read GB/s",
                                     "% of read", "goal %", "met"], meta, args.json)
 
 

@@ -429,3 +429,12 @@ def test_kernel_paths_name_every_weight_type():
         # the repacked types run their AVX2 kernels on every ISA (Weight repacks by default)
         expected_path = "avx2-r8" if name in repacked else paths["active"]
         assert path.startswith(expected_path), (name, path)
+
+
+def test_kernel_path_of_one_weight_says_what_runs_on_the_active_isa():
+    active = {1: "avx2", 2: "avx512"}[_matmul._isa()]
+    assert _matmul._kernel_path(int(GGMLType.Q4_K), True) == "avx2-r8"
+    assert _matmul._kernel_path(int(GGMLType.Q4_K), False) == active + ("-vnni" if active == "avx512" else "")
+    small = _matmul._kernel_path(int(GGMLType.F16), False, 1 << 10)
+    big = _matmul._kernel_path(int(GGMLType.F16), False, 1 << 30)
+    assert small == active and big == ("avx2-stream" if active == "avx512" else "avx2")

@@ -449,21 +449,28 @@ def kernel_paths():
     and every supported type maps to the kernel family that runs it (``-r8``: weights
     repacked at load into 8-row interleaved groups, see Weight).
     """
-    active = smm_isa()
-    stream_mib = smm_float_stream_min_bytes / 2 ** 20
     types = {}
     for t in SUPPORTED_TYPES:
         if t == GGMLType.Q8_K:  # an activation format, never a model weight
             continue
-        # every type has AVX2 and AVX-512 kernels; weights loaded now (repack=None) take the
-        # row-interleaved layout and its AVX2 kernels (_matmul_r8.h) when _repack_default().
-        if smm_r8_supported(int(t)) and _repack_default():
-            types[t.name] = "avx2-r8"
-        elif smm_block_elems(int(t)) == 1:  # float matrices over 1 MiB stream on AVX2 (_matmul_impl.h)
-            types[t.name] = ISA_NAMES[active] + ("" if active == 1 else f", avx2-stream over {stream_mib:g} MiB")
-        else:
-            types[t.name] = ISA_NAMES[active] + ("-vnni" if active == 2 else "")
-    return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[active], "types": types}
+        # weights loaded now (repack=None) take the row-interleaved layout when _repack_default()
+        types[t.name] = _kernel_path(int(t), smm_r8_supported(int(t)) and _repack_default())
+    return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[smm_isa()], "types": types}
+
+
+def _kernel_path(int gtype, bint repacked, Py_ssize_t nbytes=-1):
+    """The kernel family that multiplies a weight of this type and layout now; nbytes: the
+    float matrix's size (-1: say what happens past the streaming threshold)."""
+    cdef int active = smm_isa()
+    if repacked:  # repacked weights run the AVX2 group kernels (_matmul_r8.h) on every CPU
+        return "avx2-r8"
+    if smm_block_elems(gtype) == 1:  # float matrices over 1 MiB stream on AVX2 (_matmul_impl.h)
+        if active == 1:
+            return ISA_NAMES[active]
+        if nbytes < 0:
+            return f"{ISA_NAMES[active]}, avx2-stream over {smm_float_stream_min_bytes / 2 ** 20:g} MiB"
+        return "avx2-stream" if nbytes > smm_float_stream_min_bytes else ISA_NAMES[active]
+    return ISA_NAMES[active] + ("-vnni" if active == 2 else "")
 
 
 def _set_isa(int level):
