@@ -72,8 +72,9 @@ cdef class Workspace:
     cdef float* h          # (max_tokens, n_hidden)
     cdef float* h2         # (max_tokens, n_hidden)
     cdef float* logits     # (vocab,) one row of logits
-    cdef HeadPeak* head_peaks  # (ceil(vocab / HEAD_ROWS),) see HEAD_ROWS; entries at piece starts
+    cdef HeadPeak* head_peaks  # (max_segs, ceil(vocab / HEAD_ROWS)) see HEAD_ROWS; entries at piece starts
     cdef char* mm_scratch
+    cdef Py_ssize_t mm_scratch_size  # bytes
     cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim); NULL in a batch's
     cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache
     cdef int* tokens       # (max_tokens,)
