@@ -13,9 +13,10 @@ once (what one batched decode step does), wall time on --threads and CPU time on
 (least distorted by a loaded machine), as rows per second against n = 1. A third splits one
 batched decode step, sampled as the server samples (told each row's peak by the head), into its
 parts (matrix products, attention, the layers' other steps, inputs and head, sampling with the
-per-sequence Python, also per token). A fourth times the head alone on n rows (a batched decode
-step's): finding each row's peak in its units against the one product without peaks, in
-alternation (wall time on --threads, CPU time on one thread). Default model:
+per-sequence Python, also per token). A fourth times a decode step's head and greedy sampling on
+n rows both ways, in alternation: the head finding each row's peak and the samplers told it,
+against one product without peaks and samplers scanning the logits (wall time on --threads, CPU
+time on one thread). Default model:
 SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind (python tools/fetch_models.py). Writes
 benchmarks/results/batch.json.
 """
@@ -38,7 +39,7 @@ import numpy as np  # noqa: E402
 from smallmind import Engine  # noqa: E402
 from smallmind._core._matmul import _bench_sweep  # noqa: E402
 from smallmind.batch import Decoder  # noqa: E402
-from smallmind.sampling import SamplingParams  # noqa: E402
+from smallmind.sampling import Sampler, SamplingParams  # noqa: E402
 from smallmind.session import Session  # noqa: E402
 
 DEFAULT_MODEL = Path.home() / ".cache" / "smallmind" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -149,28 +150,39 @@ def matmul_rates(engine: Engine, sizes: list[int], n_threads: int) -> list[dict]
 
 
 def head_rates(engine: Engine, sizes: list[int], n_threads: int, reps: int = 15) -> list[dict]:
-    """lm_head on n rows of a batch's workspace, with each row's peak (the head's units) and
-    without (one product of the n rows): medians of ``reps`` calls each, alternating, wall time on
+    """A batched decode step's head and greedy sampling (end-of-text banned by logit_bias, as in
+    the decode table) on n rows of a batch's workspace, both ways in alternation: the head finding
+    each row's peak in its units and each row's sampler told it, against one product of the n rows
+    without peaks and samplers scanning the logits. Medians of ``reps`` steps, wall time on
     n_threads and this thread's CPU time on one thread."""
-    model = engine.model
+    model, tok = engine.model, engine.tokenizer
+    no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+    sampler = Sampler(SamplingParams(temperature=0.0, logit_bias=no_end), engine.config.vocab_size)
     rows: list[dict] = []
     for n in sizes:
         row: dict = {"rows": n}
-        for nt, clock, tag in ((n_threads, time.perf_counter, "ms"), (1, time.thread_time, "1-thread CPU ms")):
+        for nt, clock, tag in ((n_threads, time.perf_counter, ""), (1, time.thread_time, " 1-thread CPU")):
             batch = model.new_batch(max_seqs=n, capacity=16, n_threads=nt)
             ws = batch.workspace
             ws.arrays["x"][:n] = np.random.default_rng(0).normal(0, 1, size=(n, engine.config.n_embd))
-            idx, peaks = np.arange(n, dtype=np.intp), np.empty(n, dtype=np.intp)
+            idx, peaks = np.arange(n, dtype=np.intp), np.full(n, -1, dtype=np.intp)
             out = batch._arrays["logits"][:n]
-            times: dict[bool, list[float]] = {True: [], False: []}
-            for _ in range(reps):
-                for with_peaks in (True, False):
+            times: dict[tuple[bool, str], list[float]] = {(k, p): [] for k in (True, False) for p in "hs"}
+            for r in range(reps):
+                for told in ((True, False) if r % 2 else (False, True)):
                     t0 = clock()
-                    model._head(ws, 0, n, nt, out, rows=idx, peaks=peaks if with_peaks else None)
-                    times[with_peaks].append(clock() - t0)
+                    model._head(ws, 0, n, nt, out, rows=idx, peaks=peaks if told else None)
+                    t1 = clock()
+                    for logits, peak in zip(out, peaks if told else [-1] * n, strict=True):
+                        sampler._sample_at(logits, None, int(peak))
+                    t2 = clock()
+                    times[told, "h"].append(t1 - t0)
+                    times[told, "s"].append(t2 - t1)
             batch.close()
-            peak_ms, whole_ms = (statistics.median(times[k]) * 1e3 for k in (True, False))
-            row |= {f"peaks {tag}": peak_ms, f"no peaks {tag}": whole_ms, f"ratio {tag}": peak_ms / whole_ms}
+            med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            row |= {f"head ms{tag}": med[True, "h"], f"sampling ms{tag}": med[True, "s"],
+                    f"without: head ms{tag}": med[False, "h"], f"without: sampling ms{tag}": med[False, "s"],
+                    f"saved ms{tag}": med[False, "h"] + med[False, "s"] - med[True, "h"] - med[True, "s"]}
         rows.append(row)
     return rows
 
@@ -206,11 +218,13 @@ def main() -> None:
           "median wall time\n")
     print(markdown_table(steps, scols))
     head = head_rates(engine, sorted({8} | set(sizes) - {1}), args.threads)  # one row has its peak either way
-    hcols = ["rows", "peaks ms", "no peaks ms", "ratio ms", "peaks 1-thread CPU ms", "no peaks 1-thread CPU ms",
-             "ratio 1-thread CPU ms"]
+    hcols = [c for tag in ("", " 1-thread CPU") for c in (
+        f"head ms{tag}", f"sampling ms{tag}", f"without: head ms{tag}", f"without: sampling ms{tag}",
+        f"saved ms{tag}")]
+    hcols = ["rows"] + hcols
     if head:
-        print("\nThe head on n rows: each row's peak found in its units, against one product without "
-              "peaks (median; ratio = peaks / no peaks)\n")
+        print("\nA decode step's head and greedy sampling of n rows, with each row's peak and without "
+              "(median ms per step; saved = without - with)\n")
         print(markdown_table(head, hcols))
     write_json(args.json, {"name": "batch", "meta": {**machine_info(), "model": args.model,
                                                      "threads": args.threads, "new_tokens": args.new},
