@@ -2,6 +2,7 @@
 sequences against one sequence's Engine.generate, in the same run.
 
     python benchmarks/batch.py [--model FILE] [--threads 2] [--new 64] [--sizes 1,2,4,8,16]
+                               [--step-temperature 0.7] [--skip-matmul]
 
 Every sequence decodes exactly --new tokens (its end-of-sequence tokens are suppressed with
 logit_bias), greedy. A batch's decode time is its wall time less its prompts' prefill time
@@ -10,8 +11,12 @@ the rates from CPU time are shown too (a shared machine distorts them less). A s
 gives the matrix products alone: one pass over every layer matrix of the model for n rows at
 once (what one batched decode step does), wall time on --threads and CPU time on one thread
 (least distorted by a loaded machine), as rows per second against n = 1. A third splits one
-batched decode step, sampled as the server samples, into its parts (matrix products, attention,
-the layers' other steps, inputs and head, sampling with the per-sequence Python). Default model:
+batched decode step, sampled as the server samples (told each row's peak by the head), into its
+parts (matrix products, attention, the layers' other steps, inputs and head, sampling with the
+per-sequence Python, also per token). A fourth times a decode step's head and greedy sampling on
+n rows both ways, in alternation: the head finding each row's peak and the samplers told it,
+against one product without peaks and samplers scanning the logits (wall time on --threads, CPU
+time on one thread). Default model:
 SmolLM2-135M-Instruct Q4_1 from ~/.cache/smallmind (python tools/fetch_models.py). Writes
 benchmarks/results/batch.json.
 """
@@ -34,7 +39,7 @@ import numpy as np  # noqa: E402
 from smallmind import Engine  # noqa: E402
 from smallmind._core._matmul import _bench_sweep  # noqa: E402
 from smallmind.batch import Decoder  # noqa: E402
-from smallmind.sampling import SamplingParams  # noqa: E402
+from smallmind.sampling import Sampler, SamplingParams  # noqa: E402
 from smallmind.session import Session  # noqa: E402
 
 DEFAULT_MODEL = Path.home() / ".cache" / "smallmind" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -71,9 +76,9 @@ def decode_rates(engine: Engine, sizes: list[int], n_new: int) -> list[dict]:
     return rows
 
 
-def step_breakdown(engine: Engine, sizes: list[int], n_steps: int) -> list[dict]:
+def step_breakdown(engine: Engine, sizes: list[int], n_steps: int, temperature: float = 0.7) -> list[dict]:
     """Where one batched decode step of n sequences spends its wall time, as the server runs it
-    (temperature 0.7, end-of-text banned by logit_bias): the layers' matrix products, attention,
+    (``temperature``, end-of-text banned by logit_bias): the layers' matrix products, attention,
     the layers' other steps (norms, rope, KV stores, activation), the rest of the forward pass
     (inputs, output norm and the vocabulary matrix), and sampling with each sequence's Python
     book-keeping. Medians over ``n_steps`` steps after the prompts."""
@@ -83,7 +88,8 @@ def step_breakdown(engine: Engine, sizes: list[int], n_steps: int) -> list[dict]
     no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
     rows = []
     for n in sizes:
-        params = SamplingParams.build(None, max_new_tokens=n_steps + 1, temperature=0.7, logit_bias=no_end)
+        params = SamplingParams.build(None, max_new_tokens=n_steps + 1, temperature=temperature,
+                                      logit_bias=no_end)
         sessions = [Session(engine) for _ in range(n)]
         batch = model.new_batch(max_seqs=n, capacity=engine.n_ctx, n_threads=engine.n_threads)
         timings = np.zeros((len(model.layers), 1 + len(names)))
@@ -94,7 +100,7 @@ def step_breakdown(engine: Engine, sizes: list[int], n_steps: int) -> list[dict]
                 ids = s._encode_prompt(PROMPTS[i % len(PROMPTS)], None)
                 dec = Decoder(engine, SamplingParams.build(params, seed=i), ids, ids, s.capacity)
                 s.tokens.extend(ids)
-                chunk = dec.step(s._forward(ids, None).copy())
+                chunk = dec.step(s._forward(ids, None).copy(), s._peak)
                 decoders.append(dec)
                 last.append(chunk.token if chunk is not None else 0)
             for _ in range(n_steps):
@@ -102,8 +108,8 @@ def step_breakdown(engine: Engine, sizes: list[int], n_steps: int) -> list[dict]
                 fwd = model.forward_batch(batch, [(s._state, [t]) for s, t in zip(sessions, last, strict=True)],
                                           timings=timings)
                 t1 = time.perf_counter()
-                last = [c.token if (c := d.step(row)) is not None else 0
-                        for d, row in zip(decoders, fwd.logits, strict=True)]
+                last = [c.token if (c := d.step(row, int(peak))) is not None else 0
+                        for d, row, peak in zip(decoders, fwd.logits, fwd.peaks, strict=True)]
                 t2 = time.perf_counter()
                 per_step = dict(zip(names, timings[:, 1:].sum(axis=0) / 1e9, strict=True))
                 layers = sum(per_step.values())
@@ -121,7 +127,7 @@ def step_breakdown(engine: Engine, sizes: list[int], n_steps: int) -> list[dict]
         rows.append({"sequences": n, "ms per step": med["step"], "tok/s": n / med["step"] * 1e3,
                      "matmul ms": med["matmul"], "attention ms": med["attention"],
                      "other layer steps ms": med["other"], "inputs + head ms": med["head"],
-                     "sampling + Python ms": med["sample"]})
+                     "sampling + Python ms": med["sample"], "sampling us/token": med["sample"] / n * 1e3})
     return rows
 
 
@@ -143,12 +149,53 @@ def matmul_rates(engine: Engine, sizes: list[int], n_threads: int) -> list[dict]
     return rows
 
 
+def head_rates(engine: Engine, sizes: list[int], n_threads: int, reps: int = 15) -> list[dict]:
+    """A batched decode step's head and greedy sampling (end-of-text banned by logit_bias, as in
+    the decode table) on n rows of a batch's workspace, both ways in alternation: the head finding
+    each row's peak in its units and each row's sampler told it, against one product of the n rows
+    without peaks and samplers scanning the logits. Medians of ``reps`` steps, wall time on
+    n_threads and this thread's CPU time on one thread."""
+    model, tok = engine.model, engine.tokenizer
+    no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+    sampler = Sampler(SamplingParams(temperature=0.0, logit_bias=no_end), engine.config.vocab_size)
+    rows: list[dict] = []
+    for n in sizes:
+        row: dict = {"rows": n}
+        for nt, clock, tag in ((n_threads, time.perf_counter, ""), (1, time.thread_time, " 1-thread CPU")):
+            batch = model.new_batch(max_seqs=n, capacity=16, n_threads=nt)
+            ws = batch.workspace
+            ws.arrays["x"][:n] = np.random.default_rng(0).normal(0, 1, size=(n, engine.config.n_embd))
+            idx, peaks = np.arange(n, dtype=np.intp), np.full(n, -1, dtype=np.intp)
+            out = batch._arrays["logits"][:n]
+            times: dict[tuple[bool, str], list[float]] = {(k, p): [] for k in (True, False) for p in "hs"}
+            for r in range(reps):
+                for told in ((True, False) if r % 2 else (False, True)):
+                    t0 = clock()
+                    model._head(ws, 0, n, nt, out, rows=idx, peaks=peaks if told else None)
+                    t1 = clock()
+                    for logits, peak in zip(out, peaks if told else [-1] * n, strict=True):
+                        sampler._sample_at(logits, None, int(peak))
+                    t2 = clock()
+                    times[told, "h"].append(t1 - t0)
+                    times[told, "s"].append(t2 - t1)
+            batch.close()
+            med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            row |= {f"head ms{tag}": med[True, "h"], f"sampling ms{tag}": med[True, "s"],
+                    f"without: head ms{tag}": med[False, "h"], f"without: sampling ms{tag}": med[False, "s"],
+                    f"saved ms{tag}": med[False, "h"] + med[False, "s"] - med[True, "h"] - med[True, "s"]}
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=64, help="tokens each sequence decodes")
     ap.add_argument("--sizes", default="1,2,4,8,16", help="batch sizes")
+    ap.add_argument("--step-temperature", type=float, default=0.7,
+                    help="temperature of the step breakdown's sampling (0: greedy)")
+    ap.add_argument("--skip-matmul", action="store_true", help="leave out the matrix products' table")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "batch.json"))
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -159,20 +206,32 @@ def main() -> None:
     if args.threads == 1:
         dcols += ["CPU tok/s", "CPU vs one"]
     print(markdown_table(decode, dcols))
-    matmul = matmul_rates(engine, sizes, args.threads)
+    matmul = [] if args.skip_matmul else matmul_rates(engine, sizes, args.threads)
     mcols = ["rows", "ms per pass", "rows/s vs n=1", "1-thread CPU ms", "CPU rows/s vs n=1"]
-    print("\nEvery weight matrix once for n rows (one batched decode step's matrix products)\n")
-    print(markdown_table(matmul, mcols))
-    steps = step_breakdown(engine, sorted({1, 8} | set(sizes)), args.new - 1)
+    if matmul:
+        print("\nEvery weight matrix once for n rows (one batched decode step's matrix products)\n")
+        print(markdown_table(matmul, mcols))
+    steps = step_breakdown(engine, sorted({1, 8} | set(sizes)), args.new - 1, args.step_temperature)
     scols = ["sequences", "ms per step", "tok/s", "matmul ms", "attention ms", "other layer steps ms",
-             "inputs + head ms", "sampling + Python ms"]
-    print("\nOne batched decode step as the server runs it (temperature 0.7), median wall time\n")
+             "inputs + head ms", "sampling + Python ms", "sampling us/token"]
+    print(f"\nOne batched decode step as the server runs it (temperature {args.step_temperature}), "
+          "median wall time\n")
     print(markdown_table(steps, scols))
+    head = head_rates(engine, sorted({8} | set(sizes) - {1}), args.threads)  # one row has its peak either way
+    hcols = [c for tag in ("", " 1-thread CPU") for c in (
+        f"head ms{tag}", f"sampling ms{tag}", f"without: head ms{tag}", f"without: sampling ms{tag}",
+        f"saved ms{tag}")]
+    hcols = ["rows"] + hcols
+    if head:
+        print("\nA decode step's head and greedy sampling of n rows, with each row's peak and without "
+              "(median ms per step; saved = without - with)\n")
+        print(markdown_table(head, hcols))
     write_json(args.json, {"name": "batch", "meta": {**machine_info(), "model": args.model,
                                                      "threads": args.threads, "new_tokens": args.new},
                            "decode": {"columns": dcols, "rows": decode},
                            "matmul": {"columns": mcols, "rows": matmul},
-                           "step": {"columns": scols, "rows": steps}})
+                           "step": {"columns": scols, "rows": steps},
+                           "head": {"columns": hcols, "rows": head}})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ same row alone (``tests/test_batch.py`` checks it).
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,8 +22,8 @@ from ._text import _TextAssembler
 from ._threads import check_threads
 from .errors import NonFiniteError
 from .results import GenerationResult, TokenChunk, _Run
-from .sampling import Sampler, SamplingError, SamplingParams
-from .session import Session, _timings
+from .sampling import Sampler, SamplingParams
+from .session import Session, _masked, _sample_checked, _timings
 from .structured import Grammar, compile_grammar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,8 +42,10 @@ class Decoder:
     ``context`` is every token the sequence's cache holds before the first sample (the
     penalties' history, as :meth:`Session.generate` sees it). ``step(logits)`` returns the
     :class:`TokenChunk` of the sampled token, or None when the sequence ended without one
-    (end of sequence); :attr:`done` tells whether another forward pass is wanted, and
-    :meth:`finish` ends it (held-back text, timings, the result).
+    (end of sequence); ``step(logits, peak)`` is told the head's peak of the row (as
+    :meth:`Session.generate` is, and dropping it where it does); :attr:`done` tells whether
+    another forward pass is wanted, and :meth:`finish` ends it (held-back text, timings, the
+    result).
     """
 
     def __init__(self, engine: Engine, params: SamplingParams, prompt_tokens: list[int],
@@ -69,12 +70,13 @@ class Decoder:
     def prompt_done(self) -> None:
         self.t_prompt = self.t_first = time.perf_counter_ns()
 
-    def step(self, logits: np.ndarray) -> TokenChunk | None:
-        """Sample the next token from ``logits`` (this sequence's last row)."""
+    def step(self, logits: np.ndarray, peak: int = -1) -> TokenChunk | None:
+        """Sample the next token from ``logits`` (this sequence's last row), whose largest
+        logit is first at ``peak`` (the head's ``Forward.peak`` / ``BatchForward.peaks``; -1:
+        not known)."""
         run = self.run
-        if self.constraint is not None:
-            self.constraint.apply(logits)
-        token = _sample_checked(self.sampler, logits, self.history[:self.n_hist])
+        peak = _masked(self.constraint, logits, peak)
+        token = _sample_checked(self.sampler, logits, self.history[:self.n_hist], peak, _check_finite)
         if not run.tokens:
             self.t_first = time.perf_counter_ns()
         if token in self.stop_ids:  # under a constraint, only allowed once it is complete
@@ -117,20 +119,6 @@ class Decoder:
         constraint, self.constraint = self.constraint, None
         if constraint is not None:
             constraint.close()
-
-
-def _sample_checked(sampler: Sampler, logits: np.ndarray, history: np.ndarray) -> int:
-    """``sampler.sample`` with the cheap check of :meth:`Session._sample`: the chosen logit
-    finite and different from its neighbour's, else every logit is looked at."""
-    try:
-        token = sampler.sample(logits, history)
-    except SamplingError:
-        _check_finite(logits)
-        raise
-    value = logits[token]
-    if not math.isfinite(value) or value == logits[token - 1]:
-        _check_finite(logits)
-    return token
 
 
 def _check_finite(logits: np.ndarray) -> None:
@@ -207,14 +195,14 @@ def generate_batch(engine: Engine, prompts: Sequence[str | Sequence[int]],
                 logits = s._forward(ids[i], None)
                 s._check_finite(logits)
                 dec.prompt_done()
-                _advance(running, free, results, i, s, dec, logits)
+                _advance(running, free, results, i, s, dec, logits, s._peak)
             if not running:
                 continue
             fwd = model.forward_batch(batch, [(s._state, [tok]) for _, s, _, tok in running])
             stepped, running[:] = list(running), []
-            for (i, s, dec, tok), logits in zip(stepped, fwd.logits, strict=True):
+            for (i, s, dec, tok), logits, peak in zip(stepped, fwd.logits, fwd.peaks, strict=True):
                 s.tokens.append(tok)
-                _advance(running, free, results, i, s, dec, logits)
+                _advance(running, free, results, i, s, dec, logits, int(peak))
     finally:
         for _, _, dec, _ in running:
             dec.close()
@@ -225,9 +213,10 @@ def generate_batch(engine: Engine, prompts: Sequence[str | Sequence[int]],
 
 
 def _advance(running: list, free: list, results: list, i: int, s: Session, dec: Decoder,
-             logits: np.ndarray) -> None:
-    """Sample sequence i's next token; it runs on, or ends and frees its session."""
-    chunk = None if dec.done else dec.step(logits)
+             logits: np.ndarray, peak: int) -> None:
+    """Sample sequence i's next token (``peak``: its logits' peak); it runs on, or ends and
+    frees its session."""
+    chunk = None if dec.done else dec.step(logits, peak)
     room = s._state.cache.length + 1 <= s._state.cache.capacity
     if chunk is not None and not dec.done and room:
         running.append((i, s, dec, chunk.token))

@@ -18,7 +18,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -35,6 +35,7 @@ from .structured import Grammar, compile_grammar
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
     from .models.base import DecoderModel
+    from .structured.constraint import Constraint
 
 
 class Session:
@@ -268,20 +269,8 @@ class Session:
         return fwd.logits
 
     def _sample(self, sampler: Sampler, logits: np.ndarray, history: np.ndarray, peak: int) -> int:
-        """``sampler.sample`` plus the cheap check for non-finite activations: the chosen
-        token's logit must be finite and differ from its neighbour's (an RMSNorm over an
-        overflowed hidden state makes every logit 0). Only a failed check, or NaN logits the
-        sampler refused, take the slow path that looks at everything and names the layer.
-        ``peak``: the logits' Forward.peak, or -1 (not known, or the logits were changed)."""
-        try:
-            token = sampler._sample_at(logits, history, peak)
-        except SamplingError:
-            self._check_finite(logits)
-            raise
-        value = logits[token]
-        if not math.isfinite(value) or value == logits[token - 1]:
-            self._check_finite(logits)
-        return token
+        """:func:`_sample_checked`, whose slow path names the layer (:meth:`_check_finite`)."""
+        return _sample_checked(sampler, logits, history, peak, self._check_finite)
 
     def _check_finite(self, logits: np.ndarray) -> None:
         """The slow path: every logit finite, and the last hidden state's squared norm
@@ -330,10 +319,7 @@ class Session:
                 if n_hist != len(self.tokens):  # first step, or the cache slid: resync
                     n_hist = min(len(self.tokens), hist.shape[0] - 1)
                     hist[:n_hist] = self.tokens[len(self.tokens) - n_hist:]
-                peak = self._peak
-                if constraint is not None:
-                    constraint.apply(logits)
-                    peak = -1
+                peak = _masked(constraint, logits, self._peak)
                 if profiler is None:
                     token = self._sample(sampler, logits, hist[:n_hist], peak)
                 else:
@@ -383,6 +369,34 @@ class Session:
             if ctx is not None:
                 ctx.__exit__(None, None, None)
                 run.profile = profiler
+
+
+def _masked(constraint: Constraint | None, logits: np.ndarray, peak: int) -> int:
+    """Apply a structured constraint's mask to ``logits`` (in place), if there is one, and
+    return what is still known of their peak (the head's ``Forward.peak``): nothing (-1) once
+    they are masked. The sampler itself drops the peak under penalties and a bias reaching it."""
+    if constraint is None:
+        return peak
+    constraint.apply(logits)
+    return -1
+
+
+def _sample_checked(sampler: Sampler, logits: np.ndarray, history: np.ndarray, peak: int,
+                    check_finite: Callable[[np.ndarray], None]) -> int:
+    """``sampler.sample`` told the logits' ``peak`` (see :func:`_masked`; -1: not known), plus
+    the cheap check for non-finite activations: the chosen token's logit must be finite and
+    differ from its neighbour's (an RMSNorm over an overflowed hidden state makes every logit
+    0). Only a failed check, or NaN logits the sampler refused, take the slow path,
+    ``check_finite(logits)``, which looks at everything and raises NonFiniteError."""
+    try:
+        token = sampler._sample_at(logits, history, peak)
+    except SamplingError:
+        check_finite(logits)
+        raise
+    value = logits[token]
+    if not math.isfinite(value) or value == logits[token - 1]:
+        check_finite(logits)
+    return token
 
 
 def _timings(t_start: int, t_prompt: int, t_first: int, t_end: int, n_prompt: int,

@@ -69,6 +69,7 @@ def test_batched_decode_rows_equal_unbatched(engine):
             fwd = model.forward_batch(batch, [(s, [int(np.argmax(row))]) for s, row in zip(states, logits,
                                                                                           strict=True)])
             assert fwd.logits.shape == (len(prompts), engine.config.vocab_size)
+            assert fwd.peaks.tolist() == [int(np.argmax(row)) for row in fwd.logits]  # the head's
             logits = [row.copy() for row in fwd.logits]
     finally:
         batch.close()
@@ -89,6 +90,7 @@ def test_batched_prompt_segments_equal_unbatched(engine):
         fwd = model.forward_batch(batch, list(zip(states, prompts, strict=True)))
         for i, row in enumerate(fwd.logits):
             np.testing.assert_array_equal(row, alone[i], err_msg=f"sequence {i}")
+        assert fwd.peaks.tolist() == [int(np.argmax(row)) for row in fwd.logits]
         assert [s.cache.length for s in states] == [len(p) for p in prompts]
     finally:
         batch.close()

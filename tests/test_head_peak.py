@@ -26,8 +26,8 @@ VOCAB = 1000  # units of HEAD_ROWS rows of the head's product, the last one shor
 TOKENS = [3, 17, 42, 5]
 
 
-def _model(output: np.ndarray, kind: str, softcap: float = 0.0) -> Llama:
-    config = ModelConfig(arch="llama", vocab_size=VOCAB, n_ctx=16, n_embd=64, n_layer=1, n_head=2,
+def _model(output: np.ndarray, kind: str, softcap: float = 0.0, n_embd: int = 64) -> Llama:
+    config = ModelConfig(arch="llama", vocab_size=VOCAB, n_ctx=16, n_embd=n_embd, n_layer=1, n_head=2,
                          n_hidden=64, bias=False, final_logit_softcap=softcap)
     tensors = random_tensors(config, seed=1, std=0.3)
     tensors["output.weight"] = (q8_0_tensor("output.weight", output) if kind == "q8_0"

@@ -56,8 +56,12 @@ ctypedef void (*range_fn)(const void* arg, Py_ssize_t u0, Py_ssize_t u1) noexcep
 cdef void parallel_ranges(int n_threads, Py_ssize_t n_units, Py_ssize_t min_take, range_fn fn,
                           const void* arg) noexcept nogil
 # Rows [r0, r1) of w as a weight of their own in *out, when its layout allows it (rows of
-# blocks, or the 8-row groups of a repacked weight) and r0 is a multiple of 16: a product with
-# it gives each of those rows bit for bit as the product with w does. Else False.
+# blocks, or the 8-row groups of a repacked weight), r0 is a multiple of 16 and there are at
+# least cut_min_rows(w) rows: a product with it gives each of those rows bit for bit as the
+# product with w does. Else False.
 cdef bint weight_rows(const WeightView* w, Py_ssize_t r0, Py_ssize_t r1, WeightView* out) noexcept nogil
+# The fewest rows of such a cut: 1, but a float weight that streams its rows (a large one) takes
+# another kernel than a small one, whose sums differ: its cuts must be large too.
+cdef Py_ssize_t cut_min_rows(const WeightView* w) noexcept nogil
 # whether the pool's workers spin between jobs (a small job is worth splitting only then)
 cdef bint pool_workers_spin() noexcept nogil

@@ -114,11 +114,19 @@ cdef void parallel_ranges(int n_threads, Py_ssize_t n_units, Py_ssize_t min_take
 cdef bint weight_rows(const WeightView* w, Py_ssize_t r0, Py_ssize_t r1, WeightView* out) noexcept nogil:
     cdef int plain = w.type & ~SMM_R8  # rows of row_bytes, or the 8-row groups of smm_r8_repack
     if r0 < 0 or r1 > w.rows or r0 >= r1 or r0 % 16 or plain >= SMM_R8 \
-            or (plain != w.type and not smm_r8_supported(plain)):
+            or (plain != w.type and not smm_r8_supported(plain)) or r1 - r0 < cut_min_rows(w):
         return False
     out[0] = w[0]
     out.data, out.rows = w.data + r0 * w.row_bytes, r1 - r0
     return True
+
+
+cdef Py_ssize_t cut_min_rows(const WeightView* w) noexcept nogil:
+    # smm_float_small_range: a float matrix of more than smm_float_stream_min_bytes streams its
+    # rows one at a time, a smaller one (a cut of it too) takes the 4-row kernel
+    if smm_family(w.type) != SMM_FAMILY_FLOAT or w.rows * w.row_bytes <= smm_float_stream_min_bytes:
+        return 1
+    return smm_float_stream_min_bytes // w.row_bytes + 1
 
 
 cdef bint pool_workers_spin() noexcept nogil:

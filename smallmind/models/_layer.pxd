@@ -48,10 +48,11 @@ cdef struct RopeTable:
     long long used         # Workspace.rope_uses at the last lookup that found it
 
 
-# The head's product for one position runs in units of HEAD_ROWS rows of logits (vocabulary
-# entries), claimed by the threads in ranges and computed in pieces of up to 64 units; each
-# piece's largest logit and its first index are found right after the piece's product, while
-# its logits are in cache (_head.lm_head), so greedy sampling needs no pass over the logits.
+# The head's product for one position (or the last row of each sequence of a batch) runs in
+# units of HEAD_ROWS rows of logits (vocabulary entries), claimed by the threads in ranges and
+# computed in pieces of up to 64 units; each row's largest logit of a piece and its first index
+# are found right after the piece's product, while its logits are in cache (_head.lm_head), so
+# greedy sampling needs no pass over the logits.
 cdef enum:
     HEAD_ROWS = 64
 
@@ -72,8 +73,9 @@ cdef class Workspace:
     cdef float* h          # (max_tokens, n_hidden)
     cdef float* h2         # (max_tokens, n_hidden)
     cdef float* logits     # (vocab,) one row of logits
-    cdef HeadPeak* head_peaks  # (ceil(vocab / HEAD_ROWS),) see HEAD_ROWS; entries at piece starts
+    cdef HeadPeak* head_peaks  # (max_segs, ceil(vocab / HEAD_ROWS)) see HEAD_ROWS; entries at piece starts
     cdef char* mm_scratch
+    cdef Py_ssize_t mm_scratch_size  # bytes
     cdef float* k_cache    # (n_layer, n_kv_head, capacity, head_dim); NULL in a batch's
     cdef float* v_cache    #   workspace, whose rows attend over each sequence's own cache
     cdef int* tokens       # (max_tokens,)

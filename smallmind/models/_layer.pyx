@@ -183,9 +183,6 @@ cdef class Workspace:
         self.h = _buf(arrays["h"], "h", max_tokens * n_hidden)
         self.h2 = _buf(arrays["h2"], "h2", max_tokens * n_hidden)
         self.logits = _buf(arrays["logits"], "logits", vocab)
-        self.head_peaks = <HeadPeak*> PyMem_Malloc(((vocab + HEAD_ROWS - 1) // HEAD_ROWS) * sizeof(HeadPeak))
-        if self.head_peaks == NULL:
-            raise MemoryError()
         cache_n = n_layer * n_kv_head * capacity * head_dim
         if arrays["k_cache"] is None:
             self.k_cache = self.v_cache = NULL
@@ -195,6 +192,11 @@ cdef class Workspace:
         if max_segs < 1 or max_segs > max_tokens:
             raise ShapeError(f"max_segs must be in [1, max_tokens={max_tokens}], got {max_segs}")
         self.max_segs = max_segs
+        # the head's units of each row it finds the peak of: one row per segment (_head.lm_head)
+        self.head_peaks = <HeadPeak*> PyMem_Malloc(
+            max_segs * ((vocab + HEAD_ROWS - 1) // HEAD_ROWS) * sizeof(HeadPeak))
+        if self.head_peaks == NULL:
+            raise MemoryError()
         self.segs = <Segment*> PyMem_Malloc(max_segs * sizeof(Segment))
         if self.segs == NULL:
             raise MemoryError()
@@ -220,6 +222,7 @@ cdef class Workspace:
         if mm.nbytes < mm_scratch_bytes:
             raise ShapeError("workspace buffer mm_scratch is too small")
         self.mm_scratch = <char*> cnp.PyArray_DATA(mm)
+        self.mm_scratch_size = mm.nbytes
         tok = arrays["tokens"]
         if tok.dtype != np.int32 or tok.size < max_tokens:
             raise ShapeError("workspace buffer tokens: expected int32 of max_tokens")

@@ -69,11 +69,13 @@ class State:
 
 class BatchForward(NamedTuple):
     """What :meth:`DecoderModel.forward_batch` did: each sequence's last-position logits
-    (row i for sequence i, a view of the batch's buffer valid until its next call) and the
-    shifts each sequence's sliding cache made."""
+    (row i for sequence i, a view of the batch's buffer valid until its next call), the
+    shifts each sequence's sliding cache made, and ``peaks[i]``, row i's :attr:`Forward.peak`
+    (intp, a view valid as long as the logits; -1 where not known)."""
 
     logits: np.ndarray
     shifts: tuple[tuple[Shift, ...], ...]
+    peaks: np.ndarray
 
 
 @dataclass
@@ -88,6 +90,7 @@ class BatchState:
     _arrays: dict
     _spans: np.ndarray   # (max_seqs, 2) intp: (n, pos0) of each segment, in row order
     _rows: np.ndarray    # (max_seqs,) intp: each sequence's last row
+    _peaks: np.ndarray   # (max_seqs,) intp: the peak of each sequence's logits
 
     @property
     def capacity(self) -> int:
@@ -207,16 +210,19 @@ class DecoderModel:
             raise ValueError(f"max_seqs must be in [1, max_tokens={max_tokens}], got {max_seqs}")
         pool = default_pool() if pool is None else pool
         ws, arrays = self._workspace(pool, max_tokens, min(int(capacity), self.config.n_ctx),
-                                     max_seqs, None, None, n_logits=max_seqs)
+                                     max_seqs, None, None, n_logits=max_seqs, n_threads=int(n_threads))
         return BatchState(ws, pool, int(n_threads), max_seqs, arrays,
-                          np.zeros((max_seqs, 2), dtype=np.intp), np.zeros(max_seqs, dtype=np.intp))
+                          np.zeros((max_seqs, 2), dtype=np.intp), np.zeros(max_seqs, dtype=np.intp),
+                          np.full(max_seqs, -1, dtype=np.intp))
 
     def _workspace(self, pool: BufferPool, max_tokens: int, capacity: int, max_segs: int,
                    k_cache: np.ndarray | None, v_cache: np.ndarray | None,
-                   n_logits: int | None = None) -> tuple[_layer.Workspace, dict]:
+                   n_logits: int | None = None, n_threads: int = 1) -> tuple[_layer.Workspace, dict]:
         c = self.config
         q_dim, kv_dim = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
-        mm_bytes = max(_layer.scratch_bytes(w, max_tokens) for w in self._matrices())
+        # the layers' products of max_tokens rows, and the head's of a row per segment on each thread
+        mm_bytes = max(max(_layer.scratch_bytes(w, max_tokens) for w in self._matrices()),
+                       _head.scratch_bytes(self.output, max_segs, n_threads))
         arrays: dict[str, np.ndarray | None] = {
             "x": pool.acquire((max_tokens, c.n_embd)),
             "xb": pool.acquire((max_tokens, c.n_embd)),
@@ -294,7 +300,9 @@ class DecoderModel:
         """Run each sequence's ``tokens`` after what its State's cache holds, all sequences'
         rows through the weights together (one pass for the batch) and each attending over
         its own cache. Returns a :class:`BatchForward`: row i of its logits is sequence i's
-        last position. ``on_compute``, if given, is called once the rows are in place, just
+        last position, and ``peaks[i]`` the first index of its largest logit (found by the head
+        while the row's logits were in cache, as :meth:`forward` finds its peak). ``on_compute``,
+        if given, is called once the rows are in place, just
         before the layers run without the GIL: the server hands the last step's events to its
         event loop there, whose work then overlaps the pass instead of taking the GIL from
         this thread's Python in between. ``timings`` ((n_layer, 1 + len(steps)) float64) gets
@@ -344,9 +352,9 @@ class DecoderModel:
                          timings)
         for state, tokens in seqs:
             state.cache.commit(len(tokens))
-        logits = batch._arrays["logits"][:n_seqs]
-        self._head(ws, 0, n_seqs, batch.n_threads, logits, rows=rows[:n_seqs])
-        return BatchForward(logits, tuple(shifts))
+        logits, peaks = batch._arrays["logits"][:n_seqs], batch._peaks[:n_seqs]
+        self._head(ws, 0, n_seqs, batch.n_threads, logits, rows=rows[:n_seqs], peaks=peaks)
+        return BatchForward(logits, tuple(shifts), peaks)
 
     def run_layer(self, i: int, ws: _layer.Workspace, pos0: int, n: int, n_threads: int) -> None:
         """Run layer ``i`` alone on the workspace (the error path uses it to find a bad layer)."""
@@ -355,10 +363,11 @@ class DecoderModel:
     def _embed(self, ws: _layer.Workspace, n: int, pos0: int, row0: int = 0) -> None:
         _layer.embed(self.token_embd, ws, n, pos0, self.position_embd, self.config.embed_scale, row0)
 
-    def _head(self, ws, row0, n_rows, nt, out, profiler=None, rows=None) -> int:
-        """The logits (see _head.lm_head); returns the peak of a single row, else -1."""
+    def _head(self, ws, row0, n_rows, nt, out, profiler=None, rows=None, peaks=None) -> int:
+        """The logits (see _head.lm_head); returns the peak of a single row, else -1, and
+        writes each row's into ``peaks`` if given."""
         args = (self.output, ws, row0, n_rows, nt, self.output_norm_w, self.output_norm_b,
-                self.final_rmsnorm, self.config.final_logit_softcap, out, rows)
+                self.final_rmsnorm, self.config.final_logit_softcap, out, rows, peaks)
         if profiler is None:
             return _head.lm_head(*args)
         with profiler.span("lm_head"):

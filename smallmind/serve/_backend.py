@@ -224,8 +224,9 @@ class Slot:
         n = max(1, min(budget, self._chunk_left))
         return self._pending[:n], self._chunk_packed
 
-    def _after(self, ran: list[int], logits: np.ndarray) -> Emitted | None:
-        """Book the rows that ran; sample from their last row once the prompt is done."""
+    def _after(self, ran: list[int], logits: np.ndarray, peak: int = -1) -> Emitted | None:
+        """Book the rows that ran; sample from their last row (whose largest logit is first at
+        ``peak``, the head's; -1: not known) once the prompt is done."""
         self._session.tokens.extend(ran)
         decoder = self._decoder
         assert decoder is not None
@@ -239,7 +240,7 @@ class Slot:
         # logprobs are those of the raw logits: copied before the sampler's bias, penalties
         # and grammar mask edit the row in place
         row = logits.copy() if k is not None and not decoder.done else None
-        chunk = None if decoder.done else decoder.step(logits)
+        chunk = None if decoder.done else decoder.step(logits, peak)
         token = chunk.token if chunk is not None else None
         logprob: TokenLogprob | None = None
         if row is not None and token is not None and k is not None:
@@ -305,9 +306,9 @@ def run_step(work: Sequence[tuple[Slot, int]],
             for k, *_ in group:
                 out[k] = exc
             continue
-        for (k, slot, ran, _), logits in zip(group, fwd.logits, strict=True):
+        for (k, slot, ran, _), logits, peak in zip(group, fwd.logits, fwd.peaks, strict=True):
             try:
-                out[k] = slot._after(ran, logits)
+                out[k] = slot._after(ran, logits, int(peak))
             except Exception as exc:  # noqa: BLE001
                 out[k] = exc
     return out
