@@ -386,6 +386,18 @@ def test_metadata_errors(tmp_path):
     _expect(tmp_path, build([deep], []), "nested", key="n")
 
 
+def test_string_array_errors_name_the_string_and_its_offset(tmp_path):
+    start = s("t") + struct.pack("<IIQ", VT.ARRAY, VT.STRING, 2)
+    first = struct.pack("<Q", 20) + b"a" * 20
+    blob = build([start + first], [], alignment=1)
+    err = _expect(tmp_path, blob, "string 1 of 2 has no length", key="t")
+    assert err.offset == len(blob)
+    blob = build([start + first + struct.pack("<Q", 2**50) + b"b" * 8], [], alignment=1)
+    err = _expect(tmp_path, blob, "string 1 of 2 claims 1125899906842624 bytes but only 8 remain",
+                  key="t")
+    assert err.offset == len(blob) - 16
+
+
 def test_tensor_info_errors(tmp_path):
     one = np.ones(4, np.float32).tobytes() + b"\0" * 16
     _expect(tmp_path, build([], [tinfo("t", [4], 99, 0)], one), "unknown tensor type id 99",
