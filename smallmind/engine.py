@@ -136,6 +136,7 @@ class Engine:
                                  f"but the model {loaded.config.vocab_size}")
         _check_tokenizer(loaded.tokenizer, path)
         model = build_model(loaded.config, loaded.tensors)
+        loaded.release_pages()
         return cls(model, loaded.tokenizer, n_threads=n_threads, n_ctx=n_ctx,
                    chat_template=loaded.chat_template, source=str(path),
                    metadata=loaded.metadata)

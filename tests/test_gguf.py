@@ -279,6 +279,31 @@ def test_tiny_llama_loads(tmp_path):
     assert model.tokenizer is None
 
 
+def _resident_kb(path: Path) -> int:
+    """Resident kB of this process's maps of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            if "-" in line.split(" ", 1)[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc/self/smaps")
+def test_release_pages_unmaps_the_file_and_views_read_it_again(tmp_path):
+    blob, arrays = tiny_llama()
+    path = write(tmp_path, blob)
+    model = load_gguf(path)
+    assert sum(float(t.data.sum()) for t in model.tensors.values()) and _resident_kb(path) > 0
+    model.release_pages()
+    assert _resident_kb(path) == 0
+    for name, arr in arrays.items():       # the views fault their pages back in, intact
+        assert np.array_equal(model.tensors[name].data, arr)
+    assert _resident_kb(path) > 0
+
+
 def test_f16_bf16_and_quantised_views(tmp_path):
     rng = np.random.default_rng(1)
     f16 = rng.standard_normal((3, 5)).astype(np.float16)

@@ -119,7 +119,7 @@ class VocabTokenizer(Tokenizer):
         # No list of the pieces is kept: the dict holds them in id order (duplicates are
         # refused), which is all that the subclasses' setup and id_to_token need.
         self._pieces: list[str] | None = None
-        self._token_to_id: dict[str, int] = dict(zip(pieces, range(n), strict=True))
+        self._token_to_id: dict[str, int] = {text: i for i, text in enumerate(pieces)}
         if len(self._token_to_id) != n:
             _refuse_duplicate(pieces)
         self.bos_id = _check_id("BOS id", bos_id, n)
