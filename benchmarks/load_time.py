@@ -4,7 +4,7 @@
 
 Each sample runs in a fresh subprocess (nothing cached in-process), with the file read
 through the page cache just before (a warm cache: what a second start of a program sees).
-Imports are not timed, only ``Engine.load(path)`` or ``llama_cpp.Llama(path, n_threads=1,
+Imports are not timed, only ``Engine.load(path)`` (default threads) or ``llama_cpp.Llama(path, n_threads=1,
 verbose=False)``. Samples alternate between the engines, run after run, so that a noisy
 machine disturbs all of them alike; the table shows the best of ``--runs`` and its ratio to
 llama.cpp's best. ``--baseline`` adds another checkout of smallmind (e.g. main, built in
@@ -37,7 +37,7 @@ sys.path.insert(0, sys.argv[2])
 from smallmind import Engine
 import smallmind._core._matmul, smallmind.models._layer  # noqa: F401  (imports are not timed)
 start = time.perf_counter()
-engine = Engine.load(sys.argv[1], n_threads=1)
+engine = Engine.load(sys.argv[1])
 seconds = time.perf_counter() - start
 engine.generate("The capital of France is", max_new_tokens=8, temperature=0)
 rss = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")][0]
