@@ -16,6 +16,7 @@ Writes benchmarks/results/load_time.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -78,7 +79,10 @@ def main() -> None:
     engines: list[tuple[str, str, Path | None]] = [("smallmind", _SMALLMIND, REPO)]
     if args.baseline is not None:
         engines.append((f"baseline ({args.baseline})", _SMALLMIND, args.baseline.resolve()))
-    engines.append(("llama.cpp", _LLAMA_CPP, None))
+    if importlib.util.find_spec("llama_cpp") is not None:
+        engines.append(("llama.cpp", _LLAMA_CPP, None))
+    else:
+        print("llama-cpp-python is not installed: no peer to compare with", file=sys.stderr)
 
     rows = []
     for key in args.models.split(","):
@@ -90,12 +94,12 @@ def main() -> None:
         for _ in range(args.runs):
             for name, script, checkout in engines:
                 samples[name].append(sample(script, path, checkout))
-        peer = min(s["seconds"] for s in samples["llama.cpp"])
+        peer = min(s["seconds"] for s in samples["llama.cpp"]) if "llama.cpp" in samples else None
         for name, _, _ in engines:
             times = sorted(s["seconds"] for s in samples[name])
             rss = [s["rss_mb"] for s in samples[name] if "rss_mb" in s]
             rows.append({"model": path.name, "engine": name, "best_s": times[0],
-                         "median_s": times[len(times) // 2], "vs_llama_cpp": times[0] / peer,
+                         "median_s": times[len(times) // 2], "vs_llama_cpp": times[0] / peer if peer else None,
                          "rss_after_generate_mb": max(rss) if rss else None,
                          "samples_s": [s["seconds"] for s in samples[name]]})
     meta = machine_info()
