@@ -279,6 +279,31 @@ def test_tiny_llama_loads(tmp_path):
     assert model.tokenizer is None
 
 
+def _resident_kb(path: Path) -> int:
+    """Resident kB of this process's maps of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            if "-" in line.split(" ", 1)[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc/self/smaps")
+def test_release_pages_unmaps_the_file_and_views_read_it_again(tmp_path):
+    blob, arrays = tiny_llama()
+    path = write(tmp_path, blob)
+    model = load_gguf(path)
+    assert sum(float(t.data.sum()) for t in model.tensors.values()) and _resident_kb(path) > 0
+    model.release_pages()
+    assert _resident_kb(path) == 0
+    for name, arr in arrays.items():       # the views fault their pages back in, intact
+        assert np.array_equal(model.tensors[name].data, arr)
+    assert _resident_kb(path) > 0
+
+
 def test_f16_bf16_and_quantised_views(tmp_path):
     rng = np.random.default_rng(1)
     f16 = rng.standard_normal((3, 5)).astype(np.float16)
@@ -384,6 +409,18 @@ def test_metadata_errors(tmp_path):
     _expect(tmp_path, build([u32("d", 1), u32("d", 2)], []), "duplicate metadata key", key="d")
     deep = s("n") + struct.pack("<I", VT.ARRAY) + struct.pack("<IQ", VT.ARRAY, 1) * 6 + b"\0" * 32
     _expect(tmp_path, build([deep], []), "nested", key="n")
+
+
+def test_string_array_errors_name_the_string_and_its_offset(tmp_path):
+    start = s("t") + struct.pack("<IIQ", VT.ARRAY, VT.STRING, 2)
+    first = struct.pack("<Q", 20) + b"a" * 20
+    blob = build([start + first], [], alignment=1)
+    err = _expect(tmp_path, blob, "string 1 of 2 has no length", key="t")
+    assert err.offset == len(blob)
+    blob = build([start + first + struct.pack("<Q", 2**50) + b"b" * 8], [], alignment=1)
+    err = _expect(tmp_path, blob, "string 1 of 2 claims 1125899906842624 bytes but only 8 remain",
+                  key="t")
+    assert err.offset == len(blob) - 16
 
 
 def test_tensor_info_errors(tmp_path):

@@ -29,10 +29,11 @@ from smallmind.tokenizers import (
     _merge,
     _pretokenize,
     _unicode_data,
+    _vocab,
     from_gguf_metadata,
 )
 from smallmind.tokenizers.bpe import bytes_to_unicode, merge_by_rank
-from smallmind.tokenizers.sentencepiece import merge_by_score
+from smallmind.tokenizers.sentencepiece import merge_by_score, word_splitter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_FILES = sorted(p.name for p in FIXTURES.glob("tokenizer_*.json"))
@@ -363,6 +364,52 @@ def test_spm_byte_fallback_and_unknown():
     # "▁éa": no piece joins "▁" and "é", and é's two bytes have no tokens -> <unk> twice.
     assert no_bytes.encode("\u00e9a", add_special=False) == [3, 0, 0, 4]
     assert no_bytes.decode([0]) == ""
+
+
+# --------------------------------------------------------------------------------------
+# token bytes: the vectorised blob against llama.cpp's rule applied token by token
+
+# "▁", GPT-2's stand-ins (Ġ, Ċ, é), a character outside GPT-2's table (U+0080), an escaped
+# invalid byte, an astral character and the makings of byte tokens.
+piece_chars = "a \u2581\u0120\u010a\u00e9\u0080\udce9\U0001f600<>0xA4Z"
+
+
+def reference_token_bytes(text: str, attr: int, normal, byte_default) -> bytes:
+    if attr & (_vocab.ATTR_CONTROL | _vocab.ATTR_UNKNOWN):
+        return b""
+    if attr & _vocab.ATTR_USER_DEFINED:
+        return text.encode("utf-8", "surrogateescape")
+    if attr & _vocab.ATTR_NORMAL:
+        return normal(text)
+    if attr & _vocab.ATTR_BYTE:
+        return _vocab._parse_byte_token(text, byte_default(text))
+    return b""
+
+
+def gpt2_bytes(text: str) -> bytes:
+    to_byte = {ch: b for b, ch in enumerate(bytes_to_unicode())}
+    return b"".join(bytes([to_byte[ch]]) if ch in to_byte else ch.encode("utf-8", "surrogateescape")
+                    for ch in text)
+
+
+@given(st.lists(st.text(alphabet=piece_chars, max_size=7), min_size=1, max_size=40, unique=True),
+       st.lists(st.integers(0, 8), min_size=40, max_size=40), st.booleans())
+def test_token_bytes_match_the_rule_token_by_token(pieces, types, bpe):
+    types = types[:len(pieces)]
+    if bpe:
+        tok: Tokenizer = BPETokenizer(pieces, [], types)
+        normal, byte_default = gpt2_bytes, lambda text: b""
+    else:
+        tok = SentencePieceTokenizer(pieces, None, types, bos_id=None, eos_id=None, unk_id=None,
+                                     add_bos=False)
+        normal = lambda text: text.replace("\u2581", " ").encode("utf-8", "surrogateescape")  # noqa: E731
+        byte_default = lambda text: text.encode("utf-8", "surrogateescape")  # noqa: E731
+        named = [p if p else f"[EMPTY_{i}]" for i, p in enumerate(pieces)]
+        assert tok._splitter.pattern == word_splitter(named, "\u2581").pattern
+    expected = [reference_token_bytes(p if p else f"[EMPTY_{i}]", tok._attrs[i], normal, byte_default)
+                for i, p in enumerate(pieces)]
+    assert [tok.token_bytes(i) for i in range(len(pieces))] == expected
+    assert tok.special_ids() == {i for i, b in enumerate(expected) if not b}
 
 
 # --------------------------------------------------------------------------------------

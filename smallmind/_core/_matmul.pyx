@@ -227,44 +227,50 @@ def _repack_default():
     return _REPACK_ENABLED
 
 
-cdef extern from *:
-    """
-    #include <sys/mman.h>
-    #ifndef MADV_PAGEOUT
-    #define MADV_PAGEOUT 21 /* Linux 5.4; older kernels refuse it (EINVAL), harmlessly */
-    #endif
-    """
-    int MADV_PAGEOUT
-
-
 cdef void _drop_pages(const unsigned char* p, Py_ssize_t nbytes) noexcept nogil:
-    """Releases the whole pages of [p, p + nbytes) of a read-only file map, so that a repacked
-    copy replaces the original in the resident set instead of adding to it. Unmapping alone
-    (DONTNEED) left them in the page cache, from where the kernel's fault-around mapped them
-    back in whenever a neighbouring page of a tensor still read from the file faulted (Gemma 3:
-    17 MiB of released Q5_0 pages resident again after one generate): PAGEOUT reclaims the
-    pages only this process maps first (a later read, if any, comes from the file)."""
+    """Unmaps the whole pages of [p, p + nbytes) of a read-only file map, so that a repacked
+    copy replaces the original in the resident set instead of adding to it. The pages stay
+    in the page cache (a second load of the file reads them from memory, not from the disk).
+    They were reclaimed too (MADV_PAGEOUT), which cost more than the repack itself (Gemma 3:
+    0.5-0.9 s of a 1.3 s load, and every load read the file from the disk again), so that the
+    kernel's fault-around could not map them back in when a neighbour faulted; the loader's
+    caller unmaps the whole file map once the model is bound instead
+    (LoadedModel.release_pages)."""
     cdef size_t page = _PAGE
     cdef size_t start = (<size_t>p + page - 1) & ~(page - 1)
     cdef size_t end = (<size_t>p + <size_t>nbytes) & ~(page - 1)
     if end > start:
-        madvise(<void*>start, end - start, MADV_PAGEOUT)
         madvise(<void*>start, end - start, MADV_DONTNEED)
 
 
+cdef struct _RepackJob:
+    int type
+    const unsigned char* src
+    unsigned char* dst
+    Py_ssize_t rows, row_bytes, step, n_full
+    bint drop
+
+
+cdef void _repack_piece(const void* arg, Py_ssize_t piece) noexcept nogil:
+    cdef const _RepackJob* job = <const _RepackJob*>arg
+    cdef Py_ssize_t r0 = piece * job.step
+    cdef Py_ssize_t n = job.step if piece < job.n_full else job.rows - r0
+    smm_r8_repack(job.type, job.src + r0 * job.row_bytes, n, job.row_bytes, job.dst + r0 * job.row_bytes)
+    if job.drop:
+        _drop_pages(job.src + r0 * job.row_bytes, n * job.row_bytes)
+
+
 cdef void _repack(int type, const unsigned char* src, Py_ssize_t rows, Py_ssize_t row_bytes,
-                  unsigned char* dst, bint drop) noexcept nogil:
+                  unsigned char* dst, bint drop, int n_threads) noexcept nogil:
     """smm_r8_repack in pieces of about 4 MB (whole 8-row groups; the last piece takes the
-    tail rows), each piece's source pages dropped right after it when `drop`: the resident
-    set grows by one piece at a time, not by a second copy of the largest matrix (Gemma 3's
-    178 MB embedding)."""
-    cdef Py_ssize_t step = max(8, (4 << 20) // row_bytes // 8 * 8), r0 = 0, n
-    while r0 < rows:
-        n = rows - r0 if rows - r0 < step + 8 else step  # never leave a piece of < 8 rows
-        smm_r8_repack(type, src + r0 * row_bytes, n, row_bytes, dst + r0 * row_bytes)
-        if drop:
-            _drop_pages(src + r0 * row_bytes, n * row_bytes)
-        r0 += n
+    tail rows, never fewer than 8), on up to `n_threads` threads, each piece's source pages
+    dropped right after it when `drop`: the resident set grows by a piece per thread at a
+    time, not by a second copy of the largest matrix (Gemma 3's 178 MB embedding)."""
+    cdef _RepackJob job
+    job.type, job.src, job.dst, job.rows, job.row_bytes, job.drop = type, src, dst, rows, row_bytes, drop
+    job.step = max(8, (4 << 20) // row_bytes // 8 * 8)
+    job.n_full = (rows - 8) // job.step if rows >= job.step + 8 else 0   # pieces of `step` rows
+    parallel_chunks(n_threads, job.n_full + 1, _repack_piece, &job)
 
 
 cdef class Weight:
@@ -278,10 +284,11 @@ cdef class Weight:
     are rewritten into a row-interleaved copy of the same size that the fastest kernels
     read (_matmul_r8.h, K-quants _matmul_rk.h). ``data`` is then that copy, and when the
     original is a read-only file map its pages are released after the one pass that reads
-    them. ``repack=None`` (the default) repacks unless SMALLMIND_REPACK=0 (_repack_default).
+    them. ``repack=None`` (the default) repacks unless SMALLMIND_REPACK=0 (_repack_default),
+    on ``n_threads`` threads.
     """
 
-    def __cinit__(self, int type, shape, data, *, repack=None):
+    def __cinit__(self, int type, shape, data, *, repack=None, int n_threads=1):
         cdef int block = smm_block_elems(type)
         if block == 0:
             supported = ", ".join(t.name for t in SUPPORTED_TYPES)
@@ -316,6 +323,7 @@ cdef class Weight:
         cdef const unsigned char[::1] raw = arr.reshape(-1).view(np.uint8)
         cdef unsigned char[::1] packed
         cdef Py_ssize_t nrows = rows
+        cdef bint drop = False
         self.data = data
         self.shape = (rows, cols)
         self.type = type
@@ -327,7 +335,9 @@ cdef class Weight:
             start = -buf.ctypes.data % 64
             out = buf[start:start + rows * row_bytes]
             packed = out
-            _repack(type, &raw[0], nrows, row_bytes, &packed[0], _file_mapped(arr))
+            drop = _file_mapped(arr)
+            with nogil:
+                _repack(type, &raw[0], nrows, row_bytes, &packed[0], drop, max(n_threads, 1))
             out.flags.writeable = False
             raw = out
             self.data = out.reshape(rows, row_bytes)

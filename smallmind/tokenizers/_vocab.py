@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import TokenizerError
+from ._pieces import DROP, MAPPED, RAW, PieceChars
 from .base import Tokenizer
 
 # GGUF ``tokenizer.ggml.token_type`` values.
@@ -64,6 +65,27 @@ _FIM_STOPS = ("pad", "rep", "sep")
 _ALWAYS_RENDERED_TEXTS = frozenset({"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"})
 
 
+_ATTR_TABLE = np.array([_ATTR_OF_TYPE[t] for t in range(len(_ATTR_OF_TYPE))], dtype=np.uint8)
+
+
+def _attrs_of_types(token_types: Sequence[int] | np.ndarray, n: int) -> bytearray:
+    """Each token's attribute flags from its GGUF type (unknown types: ATTR_UNDEFINED)."""
+    types = np.asarray(token_types[:n])
+    if types.dtype.kind not in "iub":     # floats, huge ints...: int() each, as llama.cpp's cast
+        return bytearray(_ATTR_OF_TYPE.get(int(t), ATTR_UNDEFINED) for t in token_types[:n])
+    types = types.astype(np.int64)
+    known = (types >= 0) & (types < len(_ATTR_TABLE))
+    return bytearray(np.where(known, _ATTR_TABLE[np.where(known, types, 0)], ATTR_UNDEFINED)
+                     .astype(np.uint8).tobytes())
+
+
+def _refuse_duplicate(pieces: list[str]) -> None:
+    first: dict[str, int] = {}
+    for i, text in enumerate(pieces):
+        if first.setdefault(text, i) != i:
+            raise TokenizerError(f"duplicate token {text!r} has ids {first[text]} and {i}")
+
+
 def _check_id(name: str, value: int | None, n_tokens: int) -> int | None:
     if value is None:
         return None
@@ -77,7 +99,7 @@ class VocabTokenizer(Tokenizer):
     """Shared machinery of :class:`SentencePieceTokenizer` and :class:`BPETokenizer`.
 
     Subclasses implement ``_encode_text(fragment, after_special, out)`` for one stretch of
-    plain text and ``_normal_token_bytes(text)`` for a normal token's bytes.
+    plain text and ``_normal_char_map()`` for the characters of a normal token's bytes.
     """
 
     def __init__(self, tokens: Sequence[str], token_types: Sequence[int] | np.ndarray | None = None, *,
@@ -93,15 +115,13 @@ class VocabTokenizer(Tokenizer):
             raise TokenizerError(f"{len(token_types)} token types for {n} tokens")
         self.vocab_size = n
         # llama.cpp renames empty pieces so every text maps to one id.
-        pieces = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        pieces = list(tokens) if all(tokens) else [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         # No list of the pieces is kept: the dict holds them in id order (duplicates are
         # refused), which is all that the subclasses' setup and id_to_token need.
         self._pieces: list[str] | None = None
-        self._token_to_id: dict[str, int] = {}
-        for i, text in enumerate(pieces):
-            if self._token_to_id.setdefault(text, i) != i:
-                raise TokenizerError(f"duplicate token {text!r} has ids "
-                                     f"{self._token_to_id[text]} and {i}")
+        self._token_to_id: dict[str, int] = {text: i for i, text in enumerate(pieces)}
+        if len(self._token_to_id) != n:
+            _refuse_duplicate(pieces)
         self.bos_id = _check_id("BOS id", bos_id, n)
         self.eos_id = _check_id("EOS id", eos_id, n)
         self.unk_id = _check_id("unknown-token id", unk_id, n)
@@ -115,10 +135,7 @@ class VocabTokenizer(Tokenizer):
         self.add_space_prefix = bool(add_space_prefix)
 
         # One byte per token (a list would hold a pointer per token).
-        if token_types is None:
-            attrs = bytearray([ATTR_NORMAL]) * n
-        else:
-            attrs = bytearray(_ATTR_OF_TYPE.get(int(t), ATTR_UNDEFINED) for t in token_types[:n])
+        attrs = bytearray([ATTR_NORMAL]) * n if token_types is None else _attrs_of_types(token_types, n)
         self._attrs = attrs
         self.eot_id = _check_id("end-of-turn id", eot_id, n)
         self.eom_id = _check_id("end-of-message id", eom_id, n)
@@ -126,9 +143,9 @@ class VocabTokenizer(Tokenizer):
                for role, value in (fim_ids or {}).items()}
         self._eog = self._find_end_of_generation(fim, pieces)
 
+        flags = np.frombuffer(bytes(attrs), dtype=np.uint8)
         # Special tokens split out of the text before tokenizing, longest first.
-        specials = [i for i, a in enumerate(attrs)
-                    if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
+        specials = np.flatnonzero(flags & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)).tolist()
         # llama.cpp sorts by UTF-8 length (with an unstable sort: equal lengths may come
         # in another order there, which matters only for overlapping equal-length pieces).
         specials.sort(key=lambda i: -len(pieces[i].encode("utf-8", "surrogateescape")))
@@ -138,17 +155,16 @@ class VocabTokenizer(Tokenizer):
         self._finders = (_SpecialFinder(self._specials_plain), _SpecialFinder(self._specials_all))
         # Every token's bytes in one blob: token i is blob[ends[i]:ends[i + 1]] (262k separate
         # bytes objects would cost Gemma 12 MiB).
-        blob = bytearray()
-        ends = array("I", bytes(4 * (n + 1)))
-        for i in range(n):
-            blob += self._bytes_of(attrs[i], pieces[i])
-            if len(blob) > 0xFFFFFFFF:
-                raise TokenizerError(f"the token texts exceed 4 GiB at token {i}")
-            ends[i + 1] = len(blob)
-        self._blob = bytes(blob)
-        self._ends = ends
+        chars = PieceChars(pieces)
+        blob, ends = self._token_blob(flags, pieces, chars)
+        if ends[-1] > 0xFFFFFFFF:
+            first = int(np.searchsorted(ends, 0xFFFFFFFF, side="right")) - 1
+            raise TokenizerError(f"the token texts exceed 4 GiB at token {first}")
+        self._blob = blob
+        self._ends = array("I", ends.astype(np.uint32).tobytes())
         # Control, unknown and unused tokens render as nothing.
-        self._silent = frozenset(i for i in range(n) if ends[i] == ends[i + 1])
+        self._silent = frozenset(np.flatnonzero(ends[1:] == ends[:-1]).tolist())
+        self._index_pieces(chars)
 
     # ------------------------------------------------------------------ setup
 
@@ -177,8 +193,8 @@ class VocabTokenizer(Tokenizer):
             if fim[role] is None:
                 fim[role] = detect(texts)
         self.fim_ids = fim
-        for i, text in enumerate(pieces):
-            if attrs[i] & ATTR_CONTROL and "unused" in text:
+        for i in np.flatnonzero(np.frombuffer(bytes(attrs), np.uint8) & ATTR_CONTROL).tolist():
+            if "unused" in pieces[i]:
                 attrs[i] |= ATTR_UNUSED
         eog: set[int] = {f for role in _FIM_STOPS if (f := fim[role]) is not None}
         for text in _EOG_TEXTS:
@@ -201,22 +217,29 @@ class VocabTokenizer(Tokenizer):
             attrs[s] = ATTR_NORMAL
         return frozenset(eog)
 
-    def _bytes_of(self, attr: int, text: str) -> bytes:
-        if attr & (ATTR_CONTROL | ATTR_UNKNOWN):
-            return b""
-        if attr & ATTR_USER_DEFINED:
-            return text.encode("utf-8", "surrogateescape")
-        if attr & ATTR_NORMAL:
-            return self._normal_token_bytes(text)
-        if attr & ATTR_BYTE:
-            return self._byte_token_bytes(text)
-        return b""
+    def _token_blob(self, flags: np.ndarray, pieces: list[str],
+                    chars: PieceChars) -> tuple[bytes, np.ndarray]:
+        """Each token's bytes by its attributes: none for control and unknown tokens, a
+        user-defined token's text as is, a normal token's through the subclass's character
+        map, a byte token's byte (:meth:`_byte_token_bytes`), none for anything else."""
+        silent = (flags & (ATTR_CONTROL | ATTR_UNKNOWN)) != 0
+        raw = ~silent & ((flags & ATTR_USER_DEFINED) != 0)
+        normal = ~silent & ~raw & ((flags & ATTR_NORMAL) != 0)
+        byte = ~silent & ~raw & ~normal & ((flags & ATTR_BYTE) != 0)
+        kinds = np.where(raw, RAW, np.where(normal, MAPPED, DROP))
+        given = {i: self._byte_token_bytes(pieces[i]) for i in np.flatnonzero(byte).tolist()}
+        return chars.token_bytes(kinds, self._normal_char_map(), given)
 
-    def _normal_token_bytes(self, text: str) -> bytes:
+    def _normal_char_map(self) -> np.ndarray:
+        """Code point -> code point (uint32) for the characters of normal tokens; those at
+        or past its end are kept."""
         raise NotImplementedError
 
     def _byte_token_bytes(self, text: str) -> bytes:
         return _parse_byte_token(text, b"")
+
+    def _index_pieces(self, chars: PieceChars) -> None:
+        """A subclass's setup that reads every piece's characters (nothing by default)."""
 
     # ------------------------------------------------------------------ public
 

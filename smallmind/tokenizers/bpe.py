@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs
+from ._pieces import escaped_byte
 from ._pretokenize import PreTokenizer, pre_tokenizer
 from ._vocab import VocabTokenizer
 from ._wordcache import encode_words
@@ -37,7 +38,10 @@ def bytes_to_unicode() -> list[str]:
 _BYTE_CHARS = bytes_to_unicode()
 #: For ``str.translate`` on text decoded as Latin-1 (one character per byte).
 _LATIN1_TO_GPT2 = {b: ch for b, ch in enumerate(_BYTE_CHARS)}
-_GPT2_TO_BYTE = {ch: b for b, ch in enumerate(_BYTE_CHARS)}
+#: A normal piece's characters -> the bytes they stand for (as the code points that encode to
+#: them); characters outside the table (not a byte-level piece) are kept as themselves.
+_GPT2_CHAR_TO_BYTE = np.arange(max(map(ord, _BYTE_CHARS)) + 1, dtype=np.uint32)
+_GPT2_CHAR_TO_BYTE[[ord(ch) for ch in _BYTE_CHARS]] = [escaped_byte(b) for b in range(256)]
 
 
 class BPETokenizer(VocabTokenizer):
@@ -75,13 +79,8 @@ class BPETokenizer(VocabTokenizer):
         self._ranks = ranks
         self._cache: dict[str, tuple[int, ...]] = {}
 
-    def _normal_token_bytes(self, text: str) -> bytes:
-        to_byte = _GPT2_TO_BYTE
-        if all(ch in to_byte for ch in text):
-            return bytes(to_byte[ch] for ch in text)
-        # Not a byte-level piece: keep the characters themselves.
-        return b"".join(bytes([to_byte[ch]]) if ch in to_byte
-                        else ch.encode("utf-8", "surrogateescape") for ch in text)
+    def _normal_char_map(self) -> np.ndarray:
+        return _GPT2_CHAR_TO_BYTE
 
     def _encode_text(self, text: str, after_special: bool, out: list[int]) -> None:
         encode_words(self._pre.split(text), self._cache, self._encode_word, out)

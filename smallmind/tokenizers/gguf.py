@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ def _str_list(md: Mapping[str, Any], key: str, required: bool) -> Sequence[str] 
         if required:
             raise TokenizerError(f"GGUF metadata lacks {key}")
         return None
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (list, tuple)) or not all(map(isinstance, value, repeat(str))):
         raise TokenizerError(f"{key} must be an array of strings")
     return value    # the tokenizers copy what they keep
 

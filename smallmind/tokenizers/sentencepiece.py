@@ -22,12 +22,16 @@ import numpy as np
 
 from ..errors import TokenizerError
 from ._merge import merge_pairs
+from ._pieces import PieceChars
 from ._vocab import VocabTokenizer, _parse_byte_token
 from ._wordcache import encode_words
 
 __all__ = ["SentencePieceTokenizer"]
 
 SPACE = "\u2581"
+#: A normal piece's bytes are its text with ``▁`` written as a space.
+_SPACE_TO_BLANK = np.arange(ord(SPACE) + 1, dtype=np.uint32)
+_SPACE_TO_BLANK[ord(SPACE)] = ord(" ")
 _LOWEST_SCORE = -3.4e38
 
 
@@ -58,6 +62,11 @@ def word_splitter(pieces: Iterable[str], space: str) -> re.Pattern[str]:
         while start != -1:
             glue.add(piece[start - 1])
             start = piece.find(space, start + 1)
+    return _word_splitter_of(glue, space)
+
+
+def _word_splitter_of(glue: set[str], space: str) -> re.Pattern[str]:
+    """The splitter of :func:`word_splitter` given the characters that glue to ``space``."""
     space_re = re.escape(space)
     if not glue:
         return re.compile(f"(?={space_re})")
@@ -87,7 +96,6 @@ class SentencePieceTokenizer(VocabTokenizer):
         # up in the whole vocabulary): piece -> id -> rank, with no second dict of pieces.
         self._ranks = _merge_ranks(scores, n)
         self._byte_ids = self._byte_fallback_ids()
-        self._splitter = word_splitter(self._token_to_id, SPACE)    # the pieces, in id order
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def _byte_fallback_ids(self) -> list[int | None]:
@@ -100,8 +108,11 @@ class SentencePieceTokenizer(VocabTokenizer):
             ids.append(token_id if token_id is not None else self.unk_id)
         return ids
 
-    def _normal_token_bytes(self, text: str) -> bytes:
-        return text.replace(SPACE, " ").encode("utf-8", "surrogateescape")
+    def _normal_char_map(self) -> np.ndarray:
+        return _SPACE_TO_BLANK
+
+    def _index_pieces(self, chars: PieceChars) -> None:
+        self._splitter = _word_splitter_of(chars.chars_before(ord(SPACE)), SPACE)
 
     def _byte_token_bytes(self, text: str) -> bytes:
         return _parse_byte_token(text, text.encode("utf-8", "surrogateescape"))
