@@ -228,14 +228,10 @@ def _repack_default():
 
 
 cdef void _drop_pages(const unsigned char* p, Py_ssize_t nbytes) noexcept nogil:
-    """Unmaps the whole pages of [p, p + nbytes) of a read-only file map, so that a repacked
-    copy replaces the original in the resident set instead of adding to it. The pages stay
-    in the page cache (a second load of the file reads them from memory, not from the disk).
-    They were reclaimed too (MADV_PAGEOUT), which cost more than the repack itself (Gemma 3:
-    0.5-0.9 s of a 1.3 s load, and every load read the file from the disk again), so that the
-    kernel's fault-around could not map them back in when a neighbour faulted; the loader's
-    caller unmaps the whole file map once the model is bound instead
-    (LoadedModel.release_pages)."""
+    """Unmaps the whole pages of [p, p + nbytes) of a read-only file map: a repacked copy
+    replaces the original in the resident set. They stay in the page cache (reclaiming them,
+    MADV_PAGEOUT, cost 0.5-0.9 s of Gemma 3's load and evicted the file); what fault-around
+    maps back goes when Engine.load unmaps the whole file (LoadedModel.release_pages)."""
     cdef size_t page = _PAGE
     cdef size_t start = (<size_t>p + page - 1) & ~(page - 1)
     cdef size_t end = (<size_t>p + <size_t>nbytes) & ~(page - 1)
@@ -262,10 +258,9 @@ cdef void _repack_piece(const void* arg, Py_ssize_t piece) noexcept nogil:
 
 cdef void _repack(int type, const unsigned char* src, Py_ssize_t rows, Py_ssize_t row_bytes,
                   unsigned char* dst, bint drop, int n_threads) noexcept nogil:
-    """smm_r8_repack in pieces of about 4 MB (whole 8-row groups; the last piece takes the
-    tail rows, never fewer than 8), on up to `n_threads` threads, each piece's source pages
-    dropped right after it when `drop`: the resident set grows by a piece per thread at a
-    time, not by a second copy of the largest matrix (Gemma 3's 178 MB embedding)."""
+    """smm_r8_repack in pieces of ~4 MB (whole 8-row groups; the last takes the tail rows, at
+    least 8) on up to `n_threads` threads, each piece's source pages dropped right after it when
+    `drop`: the resident set grows by a piece per thread, not by a second copy of the matrix."""
     cdef _RepackJob job
     job.type, job.src, job.dst, job.rows, job.row_bytes, job.drop = type, src, dst, rows, row_bytes, drop
     job.step = max(8, (4 << 20) // row_bytes // 8 * 8)
@@ -477,18 +472,16 @@ def kernel_paths():
 
 
 def _kernel_path(int gtype, bint repacked, Py_ssize_t nbytes=-1):
-    """The kernel family that multiplies a weight of this type and layout now; nbytes: the
-    float matrix's size (-1: say what happens past the streaming threshold)."""
-    cdef int active = smm_isa()
+    """The kernel family that multiplies a weight of this type and layout now (nbytes: a float
+    matrix's size; -1: say what happens past the streaming threshold)."""
+    cdef str active = ISA_NAMES[smm_isa()], stream = "avx2-stream"
     if repacked:  # repacked weights run the AVX2 group kernels (_matmul_r8.h) on every CPU
         return "avx2-r8"
-    if smm_block_elems(gtype) == 1:  # float matrices over 1 MiB stream on AVX2 (_matmul_impl.h)
-        if active == 1:
-            return ISA_NAMES[active]
-        if nbytes < 0:
-            return f"{ISA_NAMES[active]}, avx2-stream over {smm_float_stream_min_bytes / 2 ** 20:g} MiB"
-        return "avx2-stream" if nbytes > smm_float_stream_min_bytes else ISA_NAMES[active]
-    return ISA_NAMES[active] + ("-vnni" if active == 2 else "")
+    if smm_block_elems(gtype) != 1:
+        return active + ("-vnni" if active == "avx512" else "")
+    if active != "avx512" or 0 <= nbytes <= smm_float_stream_min_bytes:  # _matmul_impl.h
+        return active
+    return stream if nbytes > 0 else f"{active}, {stream} over {smm_float_stream_min_bytes / 2 ** 20:g} MiB"
 
 
 def _set_isa(int level):
@@ -516,8 +509,8 @@ cdef void _busy_chunk(const void* arg, Py_ssize_t chunk) noexcept nogil:
 
 
 def _set_float_stream_min_bytes(Py_ssize_t nbytes):
-    """Tests: float matrices above `nbytes` take the one-stream-per-row AVX2 kernel (on every
-    ISA), smaller ones the ISA's 4-row kernel (default 1 MiB). Returns the previous value."""
+    """Tests: float matrices above `nbytes` (default 1 MiB) take the one-stream-per-row AVX2
+    kernel on every ISA, smaller ones the ISA's 4-row kernel. Returns the previous value."""
     global smm_float_stream_min_bytes
     old = smm_float_stream_min_bytes
     smm_float_stream_min_bytes = nbytes
@@ -525,9 +518,8 @@ def _set_float_stream_min_bytes(Py_ssize_t nbytes):
 
 
 def _set_r8_panel(mode):
-    """Tests and benchmarks: repacked products of several activation rows run through
-    unpacked panels always (True), never (False: 8 x 4 tiles) or from the measured sizes
-    (None, the default). Returns the previous mode."""
+    """Tests, benchmarks: repacked products of several rows run through unpacked panels always
+    (True), never (False: 8 x 4 tiles) or from the measured sizes (None). Returns the old mode."""
     global smm_r8_panel_mode
     old = {-1: None, 0: False, 1: True}[smm_r8_panel_mode]
     smm_r8_panel_mode = -1 if mode is None else int(bool(mode))
@@ -577,8 +569,8 @@ def _pool_counters():
 
 
 def _bench_read(buf, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
-    """Seconds for `iters` reads of the 64-byte aligned uint8 array `buf` on n_threads of the
-    matmul thread pool (4 loads in flight per thread): the read bandwidth the kernels can reach."""
+    """Seconds for `iters` reads of the 64-byte aligned uint8 `buf` on n_threads of the pool (4
+    loads in flight per thread): the read bandwidth the kernels can reach."""
     import time
     cdef const unsigned char[::1] b = buf
     cdef Py_ssize_t nbytes = b.shape[0], i
@@ -594,8 +586,7 @@ def _bench_read(buf, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
 
 
 def _matmul_many(list weights, x, int n_threads=1):
-    """[w.matmul(x) for w in weights] through matmul_many (for tests): x is (n, cols) float32,
-    C-contiguous; every weight has `cols` columns."""
+    """[w.matmul(x) for w in weights] through matmul_many (tests); x: (n, cols) float32, C order."""
     cdef Py_ssize_t k, m = len(weights)
     cdef Weight w
     if not 1 <= m <= SMM_MANY_MAX:
@@ -622,8 +613,8 @@ def _matmul_many(list weights, x, int n_threads=1):
 
 
 def _bench_sweep(list weights, Py_ssize_t n, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
-    """Seconds for `iters` passes of n-row products with every weight in turn (a model's
-    forward pass as far as the matmuls go: each weight streams from memory, not cache)."""
+    """Seconds for `iters` passes of n-row products with every weight in turn (a forward pass's
+    matmuls: each weight streams from memory)."""
     import time
     cdef Py_ssize_t k, i, m = len(weights), max_cols = 1, max_rows = 1, max_scratch = 1
     cdef Weight w
@@ -651,11 +642,8 @@ def _bench_sweep(list weights, Py_ssize_t n, int n_threads=1, Py_ssize_t iters=1
 
 
 def _bench(Weight w, x, out, int n_threads=1, Py_ssize_t iters=1, bint cpu_time=False):
-    """Seconds for `iters` back-to-back matmuls through the cdef path (no Python per call).
-
-    cpu_time: measure the calling thread's CPU time instead of wall time (robust on a
-    busy machine, meaningful for n_threads=1 only).
-    """
+    """Seconds for `iters` back-to-back matmuls through the cdef path (no Python per call);
+    cpu_time: the calling thread's CPU time (robust on a busy machine; for n_threads=1 only)."""
     import time
     cdef const float[:, ::1] xv = x
     cdef float[:, ::1] yv = out
