@@ -135,7 +135,7 @@ class Engine:
             raise TokenizerError(f"{path}: the tokenizer has {loaded.tokenizer.vocab_size} tokens "
                                  f"but the model {loaded.config.vocab_size}")
         _check_tokenizer(loaded.tokenizer, path)
-        model = build_model(loaded.config, loaded.tensors, resolve_threads(n_threads, loaded.config))
+        model = build_model(loaded.config, loaded.tensors)
         loaded.release_pages()
         return cls(model, loaded.tokenizer, n_threads=n_threads, n_ctx=n_ctx,
                    chat_template=loaded.chat_template, source=str(path),

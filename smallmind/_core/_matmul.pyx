@@ -239,33 +239,18 @@ cdef void _drop_pages(const unsigned char* p, Py_ssize_t nbytes) noexcept nogil:
         madvise(<void*>start, end - start, MADV_DONTNEED)
 
 
-cdef struct _RepackJob:
-    int type
-    const unsigned char* src
-    unsigned char* dst
-    Py_ssize_t rows, row_bytes, step, n_full
-    bint drop
-
-
-cdef void _repack_piece(const void* arg, Py_ssize_t piece) noexcept nogil:
-    cdef const _RepackJob* job = <const _RepackJob*>arg
-    cdef Py_ssize_t r0 = piece * job.step
-    cdef Py_ssize_t n = job.step if piece < job.n_full else job.rows - r0
-    smm_r8_repack(job.type, job.src + r0 * job.row_bytes, n, job.row_bytes, job.dst + r0 * job.row_bytes)
-    if job.drop:
-        _drop_pages(job.src + r0 * job.row_bytes, n * job.row_bytes)
-
-
 cdef void _repack(int type, const unsigned char* src, Py_ssize_t rows, Py_ssize_t row_bytes,
-                  unsigned char* dst, bint drop, int n_threads) noexcept nogil:
+                  unsigned char* dst, bint drop) noexcept nogil:
     """smm_r8_repack in pieces of ~4 MB (whole 8-row groups; the last takes the tail rows, at
-    least 8) on up to `n_threads` threads, each piece's source pages dropped right after it when
-    `drop`: the resident set grows by a piece per thread, not by a second copy of the matrix."""
-    cdef _RepackJob job
-    job.type, job.src, job.dst, job.rows, job.row_bytes, job.drop = type, src, dst, rows, row_bytes, drop
-    job.step = max(8, (4 << 20) // row_bytes // 8 * 8)
-    job.n_full = (rows - 8) // job.step if rows >= job.step + 8 else 0   # pieces of `step` rows
-    parallel_chunks(n_threads, job.n_full + 1, _repack_piece, &job)
+    least 8), each piece's source pages dropped right after it when `drop`: the resident set
+    grows by a piece at a time, not by a second copy of the largest matrix (Gemma 3's 178 MB)."""
+    cdef Py_ssize_t step = max(8, (4 << 20) // row_bytes // 8 * 8), r0 = 0, n
+    while r0 < rows:
+        n = rows - r0 if rows - r0 < step + 8 else step  # never leave a piece of < 8 rows
+        smm_r8_repack(type, src + r0 * row_bytes, n, row_bytes, dst + r0 * row_bytes)
+        if drop:
+            _drop_pages(src + r0 * row_bytes, n * row_bytes)
+        r0 += n
 
 
 cdef class Weight:
@@ -279,11 +264,10 @@ cdef class Weight:
     are rewritten into a row-interleaved copy of the same size that the fastest kernels
     read (_matmul_r8.h, K-quants _matmul_rk.h). ``data`` is then that copy, and when the
     original is a read-only file map its pages are released after the one pass that reads
-    them. ``repack=None`` (the default) repacks unless SMALLMIND_REPACK=0 (_repack_default),
-    on ``n_threads`` threads.
+    them. ``repack=None`` (the default) repacks unless SMALLMIND_REPACK=0 (_repack_default).
     """
 
-    def __cinit__(self, int type, shape, data, *, repack=None, int n_threads=1):
+    def __cinit__(self, int type, shape, data, *, repack=None):
         cdef int block = smm_block_elems(type)
         if block == 0:
             supported = ", ".join(t.name for t in SUPPORTED_TYPES)
@@ -318,7 +302,6 @@ cdef class Weight:
         cdef const unsigned char[::1] raw = arr.reshape(-1).view(np.uint8)
         cdef unsigned char[::1] packed
         cdef Py_ssize_t nrows = rows
-        cdef bint drop = False
         self.data = data
         self.shape = (rows, cols)
         self.type = type
@@ -330,9 +313,7 @@ cdef class Weight:
             start = -buf.ctypes.data % 64
             out = buf[start:start + rows * row_bytes]
             packed = out
-            drop = _file_mapped(arr)
-            with nogil:
-                _repack(type, &raw[0], nrows, row_bytes, &packed[0], drop, max(n_threads, 1))
+            _repack(type, &raw[0], nrows, row_bytes, &packed[0], _file_mapped(arr))
             out.flags.writeable = False
             raw = out
             self.data = out.reshape(rows, row_bytes)

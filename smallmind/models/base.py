@@ -116,10 +116,9 @@ class DecoderModel:
     steps: _layer.Steps
     final_rmsnorm = True   # the head's norm: RMSNorm (else LayerNorm, with output_norm.bias)
 
-    def __init__(self, config: ModelConfig, tensors: dict[str, TensorData], *, n_threads: int = 1):
+    def __init__(self, config: ModelConfig, tensors: dict[str, TensorData]):
         self.config = config
         self._tensors = tensors
-        self._load_threads = n_threads   # for repacking the weights
         bound = {s.name: self._bind(s, s.name) for s in global_specs(config)}
         # The table says which entries are matrices (Weight) and which vectors (arrays).
         self.token_embd = cast(Weight, bound["token_embd.weight"])
@@ -147,7 +146,7 @@ class DecoderModel:
         t = self._tensor(name)
         if tuple(t.shape) != tuple(shape):
             raise ModelFormatError(f"expected shape {shape}, found {tuple(t.shape)}", key=name)
-        return Weight(int(t.type), tuple(shape), t.data, n_threads=self._load_threads)
+        return Weight(int(t.type), tuple(shape), t.data)
 
     def _vector(self, name: str, n: int, required: bool = True) -> np.ndarray | None:
         if not required and name not in self._tensors:

@@ -29,7 +29,7 @@ class Llama(DecoderModel):
     arch = "llama"
     steps = _llama.LAYER
 
-    def __new__(cls, config, tensors, **kwargs):
+    def __new__(cls, config, tensors):
         # Gemma 3 is a Llama variant: Llama(gemma3 config) builds its subclass (gemma3.py).
         if cls is Llama and config.arch == "gemma3":
             from .gemma3 import Gemma3
