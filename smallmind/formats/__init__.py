@@ -35,6 +35,8 @@ class LoadedModel:
         maps: dict[int, mmap.mmap] = {}
         for tensor in self.tensors.values():
             base = tensor.data
+            if getattr(base, "flags", None) is not None and base.flags.writeable:
+                continue  # a private (copy-on-write) map: unmapping would drop its writes
             while getattr(base, "base", None) is not None:
                 base = base.base
             if isinstance(base, memoryview):
