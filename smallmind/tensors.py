@@ -7,8 +7,10 @@ uint16 for BF16) array of blocks for quantized types, usually a view into a memo
 """
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -69,3 +71,19 @@ class TensorData:
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes)
+
+
+def read_only_file_map(data: Any) -> mmap.mmap | None:
+    """The file map (``mmap.mmap``) that ``data`` (an array, or a memoryview) is a read-only
+    view of, or None: not a map's view, or a writeable one (a private, copy-on-write map,
+    whose written pages dropping them would lose). The pages of a read-only map (ACCESS_READ:
+    MAP_SHARED, PROT_READ) can be unmapped at any time and fault back in from the file."""
+    base = data
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    flags = getattr(data, "flags", None)
+    if not isinstance(base, mmap.mmap) or (flags is not None and flags.writeable):
+        return None
+    return base

@@ -304,6 +304,27 @@ def test_release_pages_unmaps_the_file_and_views_read_it_again(tmp_path):
     assert _resident_kb(path) > 0
 
 
+def test_read_only_file_map_names_the_map_of_read_only_views_only(tmp_path):
+    import mmap
+
+    from smallmind.tensors import read_only_file_map
+
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 64)
+    with open(path, "rb") as fh:
+        shared = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    with open(path, "r+b") as fh:
+        private = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    view = np.frombuffer(shared, dtype=np.uint8)[128:].reshape(-1, 64)[2:]
+    assert read_only_file_map(view) is shared
+    assert read_only_file_map(memoryview(shared)) is shared
+    assert read_only_file_map(np.frombuffer(private, dtype=np.uint8)) is None   # writeable: copy-on-write
+    assert read_only_file_map(np.zeros(8)) is None
+    del view
+    shared.close()
+    private.close()
+
+
 def test_f16_bf16_and_quantised_views(tmp_path):
     rng = np.random.default_rng(1)
     f16 = rng.standard_normal((3, 5)).astype(np.float16)

@@ -28,7 +28,7 @@ import numpy as np
 from posix.mman cimport MADV_DONTNEED, madvise
 
 from smallmind.errors import CPUFeatureError, ShapeError, UnsupportedModelError
-from smallmind.tensors import GGMLType
+from smallmind.tensors import GGMLType, read_only_file_map
 
 cdef extern from "_matmul_impl.h" nogil:
     int smm_block_elems(int type)
@@ -202,17 +202,6 @@ _FLOAT_DTYPES = {
 }
 
 
-def _file_mapped(arr):
-    """Whether arr is a view of a read-only file map (mmap.ACCESS_READ: MAP_SHARED, PROT_READ),
-    whose pages the kernel can drop and fault back in from the file at any time."""
-    base = arr
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    return isinstance(base, mmap.mmap) and not arr.flags.writeable
-
-
 cdef size_t _PAGE = mmap.PAGESIZE
 # SMALLMIND_REPACK=0 keeps every weight in its plain layout (benchmarks compare the two)
 _REPACK_ENABLED = os.environ.get("SMALLMIND_REPACK", "1") != "0"
@@ -313,7 +302,7 @@ cdef class Weight:
             start = -buf.ctypes.data % 64
             out = buf[start:start + rows * row_bytes]
             packed = out
-            _repack(type, &raw[0], nrows, row_bytes, &packed[0], _file_mapped(arr))
+            _repack(type, &raw[0], nrows, row_bytes, &packed[0], read_only_file_map(arr) is not None)
             out.flags.writeable = False
             raw = out
             self.data = out.reshape(rows, row_bytes)

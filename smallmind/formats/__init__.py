@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.config import ModelConfig
-from ..tensors import TensorData
+from ..tensors import TensorData, read_only_file_map
 from ..tokenizers.base import Tokenizer
 
 
@@ -34,15 +34,9 @@ class LoadedModel:
         Gemma 3's file resident."""
         maps: dict[int, mmap.mmap] = {}
         for tensor in self.tensors.values():
-            base = tensor.data
-            if getattr(base, "flags", None) is not None and base.flags.writeable:
-                continue  # a private (copy-on-write) map: unmapping would drop its writes
-            while getattr(base, "base", None) is not None:
-                base = base.base
-            if isinstance(base, memoryview):
-                base = base.obj
-            if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-                maps[id(base)] = base
+            mapping = read_only_file_map(tensor.data)
+            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+                maps[id(mapping)] = mapping
         for mapping in maps.values():
             mapping.madvise(mmap.MADV_DONTNEED)
 
