@@ -1,6 +1,6 @@
 """Load latency: ``Engine.load`` of a GGUF file against llama.cpp's load of the same file.
 
-    python benchmarks/load_time.py [--runs 7] [--models gemma,smollm2] [--baseline PATH]
+    python benchmarks/load_time.py [--runs 7] [--models NAMES] [--baseline PATH]
 
 Each sample runs in a fresh subprocess (nothing cached in-process), with the file read
 through the page cache just before (a warm cache: what a second start of a program sees).
@@ -18,19 +18,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from _report import machine_info, write_report
+from compare import REPO, present_models
 
-REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("SMALLMIND_CACHE", Path.home() / ".cache" / "smallmind"))
-MODELS = {
-    "gemma": "gemma-3-270m-q4_k_m.gguf",
-    "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
-}
+DEFAULT_MODELS = "Gemma 3 270M Q4_K_M,SmolLM2-135M-Instruct Q4_1"
 
 _SMALLMIND = r"""
 import json, sys, time
@@ -71,7 +66,7 @@ def sample(script: str, path: Path, checkout: Path | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="samples per engine and model (best kept)")
-    parser.add_argument("--models", default="gemma,smollm2", help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="comma list of compare.py model names")
     parser.add_argument("--baseline", type=Path, help="another smallmind checkout, built in place")
     parser.add_argument("--json", type=Path, help="output path (default benchmarks/results/load_time.json)")
     args = parser.parse_args()
@@ -84,12 +79,8 @@ def main() -> None:
     else:
         print("llama-cpp-python is not installed: no peer to compare with", file=sys.stderr)
 
-    rows = []
-    for key in args.models.split(","):
-        path = CACHE / MODELS[key]
-        if not path.exists():
-            print(f"skipping {key}: {path} is missing (python tools/fetch_models.py)", file=sys.stderr)
-            continue
+    rows: list[dict] = []
+    for _, path in present_models(args.models, rows):
         samples: dict[str, list[dict]] = {name: [] for name, _, _ in engines}
         for _ in range(args.runs):
             for name, script, checkout in engines:
