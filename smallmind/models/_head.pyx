@@ -99,7 +99,7 @@ def lm_head(Weight output, Workspace ws, Py_ssize_t row0, Py_ssize_t n_rows, int
         raise ShapeError("several rows of logits need an `out` array")
     cdef bint by_units = (n_rows == 1 or peaks is not None) and n_packed == 0 \
         and n_rows <= ws.max_segs and weight_rows(&output.view, 0, output.view.rows, &whole)
-    if by_units and matmul_scratch_bytes(&output.view, n_rows) + 64 > _HEAD_SCRATCH:
+    if by_units and not _fits_stack(&output.view, n_rows):
         stride = _slot_bytes(&output.view, n_rows)  # more than a stack holds: slots of mm_scratch
         n_slots = min(ws.mm_scratch_size // stride, <Py_ssize_t>_MAX_SLOTS)
         by_units = n_slots > 0
@@ -127,9 +127,14 @@ def lm_head(Weight output, Workspace ws, Py_ssize_t row0, Py_ssize_t n_rows, int
 def scratch_bytes(Weight output, Py_ssize_t n_rows, int n_threads) -> int:
     """Bytes of a workspace's mm_scratch that lm_head's product by units of n_rows rows uses on
     n_threads lanes (0 when a lane's stack holds their activations)."""
-    if n_rows < 1 or matmul_scratch_bytes(&output.view, n_rows) + 64 <= _HEAD_SCRATCH:
+    if n_rows < 1 or _fits_stack(&output.view, n_rows):
         return 0
     return _slot_bytes(&output.view, n_rows) * min(max(n_threads, 1), <int>_MAX_SLOTS)
+
+
+cdef inline bint _fits_stack(const WeightView* w, Py_ssize_t n_rows) noexcept nogil:
+    """Whether the activations of n_rows rows, quantised for w, fit a lane's stack buffer."""
+    return matmul_scratch_bytes(w, n_rows) + 64 <= _HEAD_SCRATCH
 
 
 cdef Py_ssize_t _slot_bytes(const WeightView* w, Py_ssize_t n_rows) noexcept nogil:
