@@ -49,9 +49,14 @@ PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", 
            "Roses are red,", "The quick brown fox", "Breaking news:", "To whom it may concern,"]
 
 
-def decode_rates(engine: Engine, sizes: list[int], n_new: int) -> list[dict]:
+def end_banned(engine: Engine) -> dict[int, float]:
+    """A logit bias that keeps every sequence from ending (its end-of-text tokens at -100)."""
     tok = engine.tokenizer
-    no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+    return {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+
+
+def decode_rates(engine: Engine, sizes: list[int], n_new: int) -> list[dict]:
+    no_end = end_banned(engine)
     sampling = dict(max_new_tokens=n_new, temperature=0.0, logit_bias=no_end)
     engine.generate(PROMPTS[0], **sampling)  # warm up
     c0 = time.thread_time()
@@ -82,10 +87,9 @@ def step_breakdown(engine: Engine, sizes: list[int], n_steps: int, temperature: 
     the layers' other steps (norms, rope, KV stores, activation), the rest of the forward pass
     (inputs, output norm and the vocabulary matrix), and sampling with each sequence's Python
     book-keeping. Medians over ``n_steps`` steps after the prompts."""
-    tok = engine.tokenizer
     model = engine.model
     names = model.steps.names
-    no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+    no_end = end_banned(engine)
     rows = []
     for n in sizes:
         params = SamplingParams.build(None, max_new_tokens=n_steps + 1, temperature=temperature,
@@ -155,8 +159,8 @@ def head_rates(engine: Engine, sizes: list[int], n_threads: int, reps: int = 15)
     each row's peak in its units and each row's sampler told it, against one product of the n rows
     without peaks and samplers scanning the logits. Medians of ``reps`` steps, wall time on
     n_threads and this thread's CPU time on one thread."""
-    model, tok = engine.model, engine.tokenizer
-    no_end = {t: -100.0 for t in (tok.stop_ids() if tok is not None else ())}
+    model = engine.model
+    no_end = end_banned(engine)
     sampler = Sampler(SamplingParams(temperature=0.0, logit_bias=no_end), engine.config.vocab_size)
     rows: list[dict] = []
     for n in sizes:
