@@ -1,6 +1,7 @@
 """Matmul kernel throughput: GB/s of weight bytes and GFLOPS, per storage type and shape.
 
     python benchmarks/matmul.py [--quick] [--types Q4_1,Q8_0] [--isa avx2|avx512]
+                                [--vnni none|emulated|avx512-vnni|avx-vnni]
                                 [--threads 1,2] [--ns 1,64] [--json PATH]
 
 * per type and shape (rows x cols = out x in features): y = W x through the cdef path
@@ -11,6 +12,11 @@
   reported as matmul-only tokens/s;
 * f32: small matvecs against np.dot (Python-level and cdef-level), and 512^3 against
   numpy's BLAS.
+
+--vnni sets the vpdpbusd form of the repacked kernels' tiles of several activation rows
+(default: the CPU's own; see _matmul.kernel_paths): on a CPU with AVX512-VNNI or AVX-VNNI,
+`--types Q4_1,Q5_0,Q8_0 --ns 4,64,256 --no-sweep --no-numpy` run with --vnni none and
+without it measures what vpdpbusd buys for batches and prompts.
 
 Each figure is the best of several repeats. Single-threaded figures use the thread's CPU
 time (robust when other processes share the cores), 2-thread figures wall time (they
@@ -178,6 +184,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter timings")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--isa", choices=["avx2", "avx512"], default=None)
+    ap.add_argument("--vnni", choices=["none", "emulated", "avx512-vnni", "avx-vnni"], default=None)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--ns", default="1,64")
     ap.add_argument("--no-numpy", action="store_true")
@@ -187,12 +194,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.isa:
         _matmul._set_isa({"avx2": 1, "avx512": 2}[args.isa])
+    if args.vnni:
+        _matmul._set_vnni({name or "none": form for form, name in _matmul.VNNI_NAMES.items()}[args.vnni])
     isa = {1: "avx2", 2: "avx512"}[_matmul._isa()]
     min_time, repeats = (0.05, 3) if args.quick else (0.2, 5)
     threads = [int(t) for t in args.threads.split(",")]
     ns = [int(n) for n in args.ns.split(",")]
     rng = np.random.default_rng(0)
-    meta = machine_info() | {"kernels": isa, "repeats": repeats,
+    meta = machine_info() | {"kernels": isa, "vnni": _matmul.VNNI_NAMES[_matmul._vnni()], "repeats": repeats,
                              "timing": "thread CPU time for 1 thread, wall time otherwise; best of repeats"}
     rows = bench_types(args.types.split(","), ns, threads, min_time, repeats, rng, not args.no_numpy)
     if not args.no_sweep:

@@ -185,6 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         paths = kernel_paths()
         print(json.dumps(paths, indent=2) if args.json else
               f"CPU: {paths['cpu']}, active: {paths['active']} (SMALLMIND_ISA=avx2 forces AVX2)\n"
+              f"vpdpbusd for batches and prompts of repacked weights: {paths['vnni'] or 'none'}\n"
               + "\n".join(f"{name:5} {path}" for name, path in paths["types"].items()))
         return 0
     from ._bench import format_table, run_seed_workload

@@ -65,3 +65,14 @@ def r8_panel():
     old = _matmul._set_r8_panel(None)
     yield _matmul._set_r8_panel
     _matmul._set_r8_panel(old)
+
+
+@pytest.fixture
+def vnni():
+    """Sets the vpdpbusd form of the repacked kernels (_matmul._set_vnni) for the test, then
+    restores it."""
+    from smallmind._core import _matmul
+
+    old = _matmul._vnni()
+    yield _matmul._set_vnni
+    _matmul._set_vnni(old)

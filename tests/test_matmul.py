@@ -401,6 +401,7 @@ def test_isa_env_forces_avx2_for_every_type():
     level, paths = child.stdout.split(" ", 1)
     assert level == "1"
     assert "avx512" not in paths and "'Q4_1': 'avx2-r8'" in paths and "'Q4_K': 'avx2-r8'" in paths
+    assert "'vnni': None" in paths  # no vpdpbusd either: plain AVX2 to measure on any CPU
 
 
 def test_isa_env_avx512_runs_or_is_refused():
@@ -422,6 +423,7 @@ def test_kernel_paths_name_every_weight_type():
     paths = _matmul.kernel_paths()
     assert paths["cpu"] == {1: "avx2", 2: "avx512"}[_matmul._detected_isa()]
     assert paths["active"] == {1: "avx2", 2: "avx512"}[_matmul._isa()]
+    assert paths["vnni"] == {0: None, 1: "avx512-vnni", 2: "avx-vnni", 3: "emulated"}[_matmul._vnni()]
     expected = {t.name for t in _matmul.SUPPORTED_TYPES} - {"Q8_K"}
     assert set(paths["types"]) == expected
     repacked = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"} if _matmul._repack_default() else set()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from test_matmul import check_product, isa, make_weight, random_activations  # noqa: F401
 
 from smallmind._core import _matmul
+from smallmind.errors import CPUFeatureError
 from smallmind.tensors import BLOCK_LAYOUT, GGMLType
 
 R8_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
@@ -70,6 +71,45 @@ def test_panels_match_tiles_and_single_rows_bit_for_bit(r8_panel, name, rows, bl
     np.testing.assert_array_equal(results[True][0], alone)
     check_product(name, w32, mag, x, results[True][0], bias=bias)
     check_product(name, w32, mag, x, results[True][2], base=base)
+
+
+# vpdpbusd forms to check against maddubs: emulated (any CPU) and the CPU's own, if it has one
+VNNI_FORMS = [3] + ([_matmul._vnni_detected()] if _matmul._vnni_detected() else [])
+
+
+@settings(suppress_health_check=FIXTURE_OK)
+@given(name=st.sampled_from(R8_TYPES), rows=st.integers(8, 40),
+       blocks=st.sampled_from([1, 2, 9, 33]), n=st.integers(2, 40), panel=st.booleans(),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_vnni_tiles_match_maddubs_bit_for_bit(vnni, r8_panel, name, rows, blocks, n, panel, seed):
+    """Tiles and panels of several activation rows with vpdpbusd (emulated here on any CPU, and
+    the CPU's own form where it has one) give the maddubs kernels' outputs bit for bit (the
+    integer sums are exact either way), on 1 and 2 threads, tiles and panels; and the
+    reference's."""
+    rng = np.random.default_rng(seed)
+    cols = BLOCK_LAYOUT[GGMLType[name]][0] * blocks
+    w, w32, mag = make_weight(name, rows, cols, rng)
+    x = random_activations(n, cols, rng)
+    r8_panel(panel)
+    vnni(0)
+    expected = [w.matmul(x, n_threads=t) for t in (1, 2)]
+    for form in VNNI_FORMS:
+        vnni(form)
+        for t, y in zip((1, 2), expected, strict=True):
+            np.testing.assert_array_equal(w.matmul(x, n_threads=t), y, err_msg=f"form {form}, {t} threads")
+    check_product(name, w32, mag, x, expected[0])
+
+
+def test_vnni_forms_are_checked(vnni):
+    """_set_vnni refuses an unknown form, and a form this CPU lacks, with a clear error."""
+    with pytest.raises(ValueError, match="mode"):
+        vnni(7)
+    for form in (1, 2):
+        if form != _matmul._vnni_detected() and not (form == 1 and _matmul._detected_isa() == 2):
+            with pytest.raises(CPUFeatureError, match="vpdpbusd"):
+                vnni(form)
+    assert vnni(3) in (0, 1, 2, 3) and _matmul._vnni() == 3
+    assert _matmul.kernel_paths()["vnni"] == "emulated"
 
 
 @pytest.mark.parametrize("name", R8_TYPES)

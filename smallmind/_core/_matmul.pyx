@@ -38,6 +38,9 @@ cdef extern from "_matmul_impl.h" nogil:
     int smm_isa()
     int smm_set_isa(int level)
     int smm_isa_detected
+    int smm_vnni_active
+    int smm_vnni_detected
+    int smm_set_vnni(int mode)
     unsigned long long smm_read_bandwidth(const unsigned char* p, Py_ssize_t nbytes, int n_threads)
     Py_ssize_t smm_scratch_bytes(int type, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n)
     void smm_matmul(int type, const unsigned char* w, Py_ssize_t rows, Py_ssize_t cols,
@@ -73,6 +76,8 @@ SUPPORTED_TYPES = tuple(t for t in GGMLType if smm_block_elems(int(t)) > 0)
 smm_isa()  # probe the CPU once at import, not inside the first threaded call
 
 ISA_NAMES = {1: "avx2", 2: "avx512"}
+# the vpdpbusd forms of the repacked kernels' tiles of several activation rows (_simd_dispatch.h)
+VNNI_NAMES = {0: None, 1: "avx512-vnni", 2: "avx-vnni", 3: "emulated"}
 
 
 def _check_isa_request():
@@ -427,10 +432,12 @@ def _detected_isa():
 def kernel_paths():
     """Which instruction-set path multiplies each weight type in this process.
 
-    ``{"cpu": "avx512", "active": "avx2", "types": {"Q4_1": "avx2-r8", ...}}``: ``cpu`` is
-    the best path the CPU has, ``active`` the one in use (lowered by SMALLMIND_ISA=avx2),
-    and every supported type maps to the kernel family that runs it (``-r8``: weights
-    repacked at load into 8-row interleaved groups, see Weight).
+    ``{"cpu": "avx512", "active": "avx2", "vnni": None, "types": {"Q4_1": "avx2-r8", ...}}``:
+    ``cpu`` is the best path the CPU has, ``active`` the one in use (lowered by
+    SMALLMIND_ISA=avx2), ``vnni`` the vpdpbusd form ("avx512-vnni", "avx-vnni" or None) the
+    repacked kernels use for several activation rows at once (batches, prompts; also off under
+    SMALLMIND_ISA=avx2), and every supported type maps to the kernel family that runs it
+    (``-r8``: weights repacked at load into 8-row interleaved groups, see Weight).
     """
     types = {}
     for t in SUPPORTED_TYPES:
@@ -438,7 +445,8 @@ def kernel_paths():
             continue
         # weights loaded now (repack=None) take the row-interleaved layout when _repack_default()
         types[t.name] = _kernel_path(int(t), smm_r8_supported(int(t)) and _repack_default())
-    return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[smm_isa()], "types": types}
+    return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[smm_isa()], "vnni": VNNI_NAMES[_vnni()],
+            "types": types}
 
 
 def _kernel_path(int gtype, bint repacked, Py_ssize_t nbytes=-1):
@@ -452,6 +460,30 @@ def _kernel_path(int gtype, bint repacked, Py_ssize_t nbytes=-1):
     if active != "avx512" or 0 <= nbytes <= smm_float_stream_min_bytes:  # _matmul_impl.h
         return active
     return stream if nbytes > 0 else f"{active}, {stream} over {smm_float_stream_min_bytes / 2 ** 20:g} MiB"
+
+
+def _vnni():
+    """The vpdpbusd form in use: 0 none, 1 AVX512-VNNI (EVEX), 2 AVX-VNNI (VEX), 3 emulated."""
+    smm_isa()
+    return smm_vnni_active
+
+
+def _vnni_detected():
+    """The vpdpbusd form this CPU has (1 or 2, see _vnni), 0 for none."""
+    smm_isa()
+    return smm_vnni_detected
+
+
+def _set_vnni(int mode):
+    """Tests, benchmarks: the repacked kernels' tiles of several activation rows use vpdpbusd in
+    form `mode` (see _vnni; 3, emulated from AVX2 operations, runs on any CPU). Returns the
+    previous form; CPUFeatureError for a form this CPU lacks. Not thread-safe against matmuls."""
+    old = _vnni()
+    if mode not in VNNI_NAMES:
+        raise ValueError(f"mode must be one of {sorted(VNNI_NAMES)}, got {mode}")
+    if smm_set_vnni(mode) != mode:
+        raise CPUFeatureError(f"this CPU has no {VNNI_NAMES[mode]} (vpdpbusd) instruction")
+    return old
 
 
 def _set_isa(int level):

@@ -17,6 +17,7 @@
 #define SMALLMIND_MATMUL_AVX2_H
 
 #include "_quant.h"
+#include "_simd_dispatch.h"
 
 #define SMM_INLINE static inline __attribute__((always_inline))
 
@@ -340,6 +341,39 @@ SMM_INLINE __m256i smm_ksub_avx2(const int type, const uint8_t* b, const int s)
  * cost a store and a load per product (with the other changes of that commit, K-quant
  * tiles of n >= 4 rows ran 1.1-1.3x faster on Zen 3, n = 1 1.1-1.25x). */
 #define SMM_PIN(v) __asm__("" : "+x"(v))
+
+/*
+ * acc + in each 32-bit lane the sum of its 4 products of unsigned bytes of u and signed bytes
+ * of s: vpdpbusd, in the form V (SMM_VNNI_EVEX, _VEX or _EMULATED, _simd_dispatch.h). One
+ * instruction for maddubs + madd + add, and exact (no int16 step to saturate), so a kernel
+ * gives the same integer sums with it as with maddubs. Inline assembly, not the intrinsics:
+ * those need the VNNI target in every function that inlines them, and the kernels are
+ * compiled once for AVX2 and only reach this with V != NONE when smm_vnni_active says the
+ * CPU has the instruction. EMULATED forms the same sums from AVX2 operations (slower),
+ * so that tests run the VNNI kernels' code paths on any CPU.
+ */
+SMM_INLINE __m256i smm_dpbusd(const int V, __m256i acc, __m256i u, __m256i s)
+{
+    if (V == SMM_VNNI_EVEX) {
+        __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    } else if (V == SMM_VNNI_VEX) {
+        __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    } else { /* even and odd bytes widened to int16 (u zero-, s sign-extended), then madd */
+        const __m256i ue = _mm256_and_si256(u, _mm256_set1_epi16(0x00FF)), uo = _mm256_srli_epi16(u, 8);
+        const __m256i se = _mm256_srai_epi16(_mm256_slli_epi16(s, 8), 8), so = _mm256_srai_epi16(s, 8);
+        acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(ue, se), _mm256_madd_epi16(uo, so)));
+    }
+    return acc;
+}
+
+/* Calls CALL(V) with the VNNI form `mode` as a compile-time constant. */
+#define SMM_VNNI_SWITCH(mode, CALL)                         \
+    switch (mode) {                                         \
+    case SMM_VNNI_EVEX: CALL(SMM_VNNI_EVEX); break;         \
+    case SMM_VNNI_VEX: CALL(SMM_VNNI_VEX); break;           \
+    case SMM_VNNI_EMULATED: CALL(SMM_VNNI_EMULATED); break; \
+    default: CALL(SMM_VNNI_NONE); break;                    \
+    }
 
 /* A block's integer sums (one activation row, one weight row) into the running float sums:
  * d * dx * sums, less the mins against the activation's sums per 32 (xs) for Q4_K/Q5_K. */

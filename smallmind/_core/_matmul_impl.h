@@ -56,6 +56,7 @@ typedef struct {
     int accumulate;
     uint8_t* scratch; /* 64-byte aligned */
     int isa;
+    int vnni; /* smm_vnni_active when the job was made (SMM_VNNI_*) */
     ptrdiff_t gemm_t0; /* float GEMM: first activation row of the packed block */
 } smm_job;
 
@@ -423,6 +424,7 @@ static void smm_matmul_kernel(int packed, int type, const uint8_t* w, ptrdiff_t 
     j.bias = bias;
     j.accumulate = accumulate;
     j.isa = smm_isa();
+    j.vnni = smm_vnni_active;
     j.gemm_t0 = 0;
 
     int nt = n_threads;
@@ -562,6 +564,7 @@ static void smm_matmul_many(int count, const smm_target* t, ptrdiff_t cols, cons
         j->ldy = t[i].ldy;
         j->scratch = act;
         j->isa = isa;
+        j->vnni = smm_vnni_active;
         elems += t[i].rows * cols;
     }
     int nt = n_threads > 1 && elems >= SMM_MIN_PARALLEL_ELEMS ? n_threads : 1;

@@ -75,8 +75,8 @@ SMM_INLINE void smm_r8_unpack(const int type, const uint8_t* g, ptrdiff_t b0, pt
  * G unpacked groups (p[g * SMM_R8P_KB + i] is group g's block b0 + i) x C activation rows,
  * blocks [b0, b0 + nbk): acc[g][c] (lane r = row 8g + r) carries the running sums in and out.
  */
-SMM_INLINE void smm_r8_panel_tile(const int type, const int G, const int C, const smm_r8_unpacked* p, ptrdiff_t b0,
-                                  ptrdiff_t nbk, const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
+SMM_INLINE void smm_r8_panel_tile(const int type, const int V, const int G, const int C, const smm_r8_unpacked* p,
+                                  ptrdiff_t b0, ptrdiff_t nbk, const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
                                   __m256 acc[SMM_R8P_GROUPS][SMM_R8P_C])
 {
     const int has_min = smm_r8_has_min(type), five = smm_r8_five(type);
@@ -92,7 +92,8 @@ SMM_INLINE void smm_r8_panel_tile(const int type, const int G, const int C, cons
     for (ptrdiff_t i = 0; i < nbk; i++) {
         const ptrdiff_t b = b0 + i;
         __m256i s16[SMM_R8P_GROUPS][SMM_R8P_C], isum[SMM_R8P_GROUPS][SMM_R8P_C];
-        /* 4-bit codes: one int16 sum of the 8 chunks; 5-bit: one per 4 chunks, each widened */
+        /* 4-bit codes: one int16 sum of the 8 chunks; 5-bit: one per 4 chunks, each widened.
+         * With vpdpbusd (V): one int32 chain of the 8 chunks, G x C >= 4 chains in flight */
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
 #pragma GCC unroll 8
@@ -100,6 +101,11 @@ SMM_INLINE void smm_r8_panel_tile(const int type, const int G, const int C, cons
                 const __m256i x = smm_r8_xchunk(&a[c], b, k);
 #pragma GCC unroll 8
                 for (int g = 0; g < G; g++) {
+                    if (V) {
+                        isum[g][c] = smm_dpbusd(V, k ? isum[g][c] : _mm256_setzero_si256(), p[g * SMM_R8P_KB + i].q[k], x);
+                        SMM_PIN(isum[g][c]);
+                        continue;
+                    }
                     const __m256i prod = _mm256_maddubs_epi16(p[g * SMM_R8P_KB + i].q[k], x);
                     s16[g][c] = k % 4 == 0 && (k == 0 || five) ? prod : _mm256_add_epi16(s16[g][c], prod);
                     SMM_PIN(s16[g][c]);
@@ -112,8 +118,11 @@ SMM_INLINE void smm_r8_panel_tile(const int type, const int G, const int C, cons
             const __m256 dx = _mm256_broadcast_ss(a[c].d + b);
 #pragma GCC unroll 8
             for (int g = 0; g < G; g++) {
-                const __m256i wide = _mm256_madd_epi16(s16[g][c], ones);
-                __m256i is = five ? _mm256_add_epi32(isum[g][c], wide) : wide;
+                __m256i is = isum[g][c];
+                if (!V) {
+                    const __m256i wide = _mm256_madd_epi16(s16[g][c], ones);
+                    is = five ? _mm256_add_epi32(isum[g][c], wide) : wide;
+                }
                 /* codes stored with an offset: sum((q - o) x) = sum(q x) - o sum(x) */
                 if (type == SMM_Q4_0) is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * a[c].sumq[b]));
                 if (type == SMM_Q5_0) is = _mm256_sub_epi32(is, _mm256_set1_epi32(16 * a[c].sumq[b]));
@@ -135,21 +144,30 @@ SMM_INLINE void smm_r8_panel_tile(const int type, const int G, const int C, cons
         for (int g = 0; g < G; g++) acc[g][c] = sum[g][c];
 }
 
-static void smm_r8_panel_tile_any(int type, int G, int C, const smm_r8_unpacked* p, ptrdiff_t b0, ptrdiff_t nbk,
-                                  const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
+static void smm_r8_panel_tile_any(int type, int vnni, int G, int C, const smm_r8_unpacked* p, ptrdiff_t b0,
+                                  ptrdiff_t nbk, const uint8_t* act, ptrdiff_t astride, ptrdiff_t cols,
                                   __m256 acc[SMM_R8P_GROUPS][SMM_R8P_C])
 {
-#define SMM_R8P_CASES(T)                                                                                     \
-    if (G == 1 && C == 1) smm_r8_panel_tile(T, 1, 1, p, b0, nbk, act, astride, cols, acc);                  \
-    else if (G == 1) smm_r8_panel_tile(T, 1, SMM_R8P_C, p, b0, nbk, act, astride, cols, acc);               \
-    else if (C == 1) smm_r8_panel_tile(T, SMM_R8P_GROUPS, 1, p, b0, nbk, act, astride, cols, acc);          \
-    else smm_r8_panel_tile(T, SMM_R8P_GROUPS, SMM_R8P_C, p, b0, nbk, act, astride, cols, acc);
+    /* vpdpbusd only with C = 4 (G x C >= 4 chains); the 1-row tails stay on maddubs */
+#define SMM_R8P_CASES(T, V)                                                                                    \
+    if (G == 1 && C == 1) smm_r8_panel_tile(T, 0, 1, 1, p, b0, nbk, act, astride, cols, acc);                 \
+    else if (G == 1) smm_r8_panel_tile(T, V, 1, SMM_R8P_C, p, b0, nbk, act, astride, cols, acc);              \
+    else if (C == 1) smm_r8_panel_tile(T, 0, SMM_R8P_GROUPS, 1, p, b0, nbk, act, astride, cols, acc);         \
+    else smm_r8_panel_tile(T, V, SMM_R8P_GROUPS, SMM_R8P_C, p, b0, nbk, act, astride, cols, acc);
+#define SMM_R8P_Q40(V) SMM_R8P_CASES(SMM_Q4_0, V)
+#define SMM_R8P_Q41(V) SMM_R8P_CASES(SMM_Q4_1, V)
+#define SMM_R8P_Q50(V) SMM_R8P_CASES(SMM_Q5_0, V)
+#define SMM_R8P_Q51(V) SMM_R8P_CASES(SMM_Q5_1, V)
     switch (type) {
-    case SMM_Q4_0: SMM_R8P_CASES(SMM_Q4_0) break;
-    case SMM_Q4_1: SMM_R8P_CASES(SMM_Q4_1) break;
-    case SMM_Q5_0: SMM_R8P_CASES(SMM_Q5_0) break;
-    default: SMM_R8P_CASES(SMM_Q5_1) break;
+    case SMM_Q4_0: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q40) break;
+    case SMM_Q4_1: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q41) break;
+    case SMM_Q5_0: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q50) break;
+    default: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q51) break;
     }
+#undef SMM_R8P_Q40
+#undef SMM_R8P_Q41
+#undef SMM_R8P_Q50
+#undef SMM_R8P_Q51
 #undef SMM_R8P_CASES
 }
 
@@ -194,7 +212,7 @@ static void smm_r8_panel_rows(const smm_job* j, int type, ptrdiff_t r0, ptrdiff_
                 __m256 acc[SMM_R8P_GROUPS][SMM_R8P_C];
                 for (int c = 0; c < C; c++)
                     for (int g = 0; g < G; g++) acc[g][c] = b0 ? part[t + c][g] : _mm256_setzero_ps();
-                smm_r8_panel_tile_any(type, G, C, panel, b0, nbk, act + t * astride, astride, j->cols, acc);
+                smm_r8_panel_tile_any(type, j->vnni, G, C, panel, b0, nbk, act + t * astride, astride, j->cols, acc);
                 for (int g = 0; g < G; g++) {
                     __m256 v[SMM_R8P_C];
                     for (int c = 0; c < C; c++) part[t + c][g] = v[c] = acc[g][c];
@@ -267,7 +285,7 @@ static void smm_r8_groups(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const ui
         for (ptrdiff_t t = 0; t < j->n; t += 4) {
             const int C = (int)(j->n - t < 4 ? j->n - t : 4);
             __m256 out[4];
-            smm_r8_tile_any(type, C, j->w + r * j->row_bytes, j->cols / 32, act + t * astride, astride, j->cols, out);
+            smm_r8_tile_any(type, C, j->vnni, j->w + r * j->row_bytes, j->cols / 32, act + t * astride, astride, j->cols, out);
             smm_r8_store(j, out, C, r, t);
         }
     }

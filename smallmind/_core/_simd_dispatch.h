@@ -26,6 +26,27 @@
 static int smm_isa_detected = 0;
 static int smm_isa_active = 0;
 
+/* The vpdpbusd (u8 x s8 dot of 4 bytes into int32 lanes) the repacked kernels use for
+ * several activation rows, on 256-bit vectors (smm_dpbusd, _matmul_avx2.h): EVEX-encoded
+ * with AVX512-VNNI + VL (Ice Lake, Sapphire Rapids, Zen 4/5), VEX-encoded with AVX-VNNI
+ * (Alder Lake and later Intel cores, Zen 5), or none. EMULATED computes the same sums from
+ * AVX2 operations: tests run the VNNI kernels' code paths with it on any CPU. */
+#define SMM_VNNI_NONE 0
+#define SMM_VNNI_EVEX 1
+#define SMM_VNNI_VEX 2
+#define SMM_VNNI_EMULATED 3
+static int smm_vnni_detected = 0;
+static int smm_vnni_active = 0;
+
+static int smm_detect_vnni(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avxvnni")) return SMM_VNNI_VEX; /* the shorter encoding */
+    /* avx512* also checks that the OS saves the AVX-512 state the EVEX form touches */
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) return SMM_VNNI_EVEX;
+    return SMM_VNNI_NONE;
+}
+
 static int smm_detect_isa(void)
 {
     __builtin_cpu_init();
@@ -58,6 +79,10 @@ static inline int smm_isa(void)
         int want = smm_isa_requested();
         smm_isa_detected = smm_detect_isa();
         smm_isa_active = want > 0 && want < smm_isa_detected ? want : smm_isa_detected;
+        /* SMALLMIND_ISA=avx2 means plain AVX2 everywhere, VNNI included, so that the AVX2
+         * kernels can be measured on any CPU */
+        smm_vnni_detected = smm_detect_vnni();
+        smm_vnni_active = want == SMM_ISA_AVX2 ? SMM_VNNI_NONE : smm_vnni_detected;
     }
     return smm_isa_active;
 }
@@ -69,7 +94,20 @@ static int smm_set_isa(int level)
     if (level < SMM_ISA_AVX2) level = SMM_ISA_AVX2;
     if (level > smm_isa_detected) level = smm_isa_detected;
     smm_isa_active = level;
+    smm_vnni_active = level < smm_isa_detected ? SMM_VNNI_NONE : smm_vnni_detected;
     return level;
+}
+
+/* Tests, benchmarks: use vpdpbusd in the given form (EMULATED on any CPU; the others only
+ * where detected, else refused). Returns the form now active, -1 when refused. */
+static int smm_set_vnni(int mode)
+{
+    smm_isa();
+    if (mode != SMM_VNNI_NONE && mode != SMM_VNNI_EMULATED && mode != smm_vnni_detected &&
+        !(mode == SMM_VNNI_EVEX && smm_isa_detected == SMM_ISA_AVX512))
+        return -1;
+    smm_vnni_active = mode;
+    return mode;
 }
 
 #endif

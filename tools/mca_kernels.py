@@ -1,0 +1,91 @@
+"""Static cycle estimates of the repacked kernels with and without vpdpbusd, per CPU model.
+
+    python tools/mca_kernels.py [--cpus znver4,sapphirerapids,alderlake,icelake-server]
+                                [--llvm-mca llvm-mca-19]
+
+For CPUs this machine is not: it compiles one block of each kernel (a Q4_1 and a Q5_0 panel
+slice of 2 groups x 4 activation rows, 4-row Q8_0 and Q4_1 tiles; _matmul_r8.h,
+_matmul_r8panel.h) as the package does (gcc -O3 -mavx2 -mfma -mf16c), with maddubs and with
+VEX vpdpbusd, and asks llvm-mca (LLVM's machine-code analyser; Debian: apt install llvm-19)
+for the cycles per block in a steady loop on each CPU's scheduling model. A model, not a
+measurement: it knows ports, latencies and the front end, not caches or memory. Decoding
+streams from memory; these estimates are for batches and prompts, which are compute-bound.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parent.parent / "smallmind" / "_core"
+CFLAGS = ["-O3", "-g0", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-Wno-unused-function",
+          "-fno-asynchronous-unwind-tables"]
+# kernel -> the call of one block (V: the vpdpbusd form)
+KERNELS = {
+    "Q4_1 panel 2x4": "smm_r8_panel_tile(SMM_Q4_1, V, 2, 4, p, 0, 1, act, 1024, 1024, acc)",
+    "Q5_0 panel 2x4": "smm_r8_panel_tile(SMM_Q5_0, V, 2, 4, p, 0, 1, act, 1024, 1024, acc)",
+    "Q8_0 tile x4": "smm_r8_tile(SMM_Q8_0, V, 4, g, 1, act, 1024, 1024, out)",
+    "Q4_1 tile x4": "smm_r8_tile(SMM_Q4_1, V, 4, g, 1, act, 1024, 1024, out)",
+}
+FORMS = {"maddubs": "SMM_VNNI_NONE", "vpdpbusd": "SMM_VNNI_VEX"}
+
+
+def source() -> str:
+    lines = ['#include "_matmul_impl.h"']
+    for i, call in enumerate(KERNELS.values()):
+        for form, v in FORMS.items():
+            lines.append(f"__attribute__((noinline)) void k{i}_{form}(const smm_r8_unpacked* p, "
+                         "const uint8_t* g, const uint8_t* act, __m256 acc[SMM_R8P_GROUPS][SMM_R8P_C], "
+                         f"__m256 out[4]) {{ const int V = {v}; {call}; }}")
+    return "\n".join(lines) + "\n"
+
+
+def bodies(asm: str) -> dict[str, str]:
+    """Each wrapper's instructions (directives, labels and the return dropped)."""
+    out = {}
+    for name in re.findall(r"^(k\d+_\w+):$", asm, re.M):
+        body = re.search(rf"^{name}:\n(.*?)^\t\.size\t{name}", asm, re.S | re.M).group(1)
+        out[name] = "\n".join(ln for ln in body.splitlines()
+                              if ln.startswith("\t") and not ln.startswith("\t.") and "ret" not in ln) + "\n"
+    return out
+
+
+def cycles(mca: str, cpu: str, body: str, tmp: Path) -> float:
+    path = tmp / "body.s"
+    path.write_text(body)
+    iterations = 200
+    run = subprocess.run([mca, f"-mcpu={cpu}", "-mattr=+avxvnni", f"-iterations={iterations}", str(path)],
+                         capture_output=True, text=True, check=True)
+    return int(re.search(r"Total Cycles:\s+(\d+)", run.stdout).group(1)) / iterations
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpus", default="znver4,sapphirerapids,alderlake,icelake-server,znver3")
+    ap.add_argument("--llvm-mca", default="llvm-mca-19")
+    ap.add_argument("--cc", default="gcc")
+    args = ap.parse_args()
+    cpus = args.cpus.split(",")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        (tmp / "k.c").write_text(source())
+        compile_cmd = [args.cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "k.c"), "-o", str(tmp / "k.s")]
+        subprocess.run(compile_cmd, check=True)
+        code = bodies((tmp / "k.s").read_text())
+        print("cycles per block, maddubs / vpdpbusd (llvm-mca model estimates, not measurements)\n")
+        print("| kernel | " + " | ".join(cpus) + " |")
+        print("|---" * (len(cpus) + 1) + "|")
+        for i, name in enumerate(KERNELS):
+            cells = []
+            for cpu in cpus:
+                old, new = (cycles(args.llvm_mca, cpu, code[f"k{i}_{form}"], tmp) for form in FORMS)
+                cells.append(f"{old:.0f} / {new:.0f} = {old / new:.2f}x")
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
