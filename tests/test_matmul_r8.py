@@ -74,7 +74,7 @@ def test_panels_match_tiles_and_single_rows_bit_for_bit(r8_panel, name, rows, bl
 
 
 # vpdpbusd forms to check against maddubs: emulated (any CPU) and the CPU's own, if it has one
-VNNI_FORMS = [3] + ([_matmul._vnni_detected()] if _matmul._vnni_detected() else [])
+VNNI_FORMS = [3] + ([_matmul._vnni(detected=True)] if _matmul._vnni(detected=True) else [])
 
 
 @settings(suppress_health_check=FIXTURE_OK)
@@ -105,7 +105,7 @@ def test_vnni_forms_are_checked(vnni):
     with pytest.raises(ValueError, match="mode"):
         vnni(7)
     for form in (1, 2):
-        if form != _matmul._vnni_detected() and not (form == 1 and _matmul._detected_isa() == 2):
+        if form != _matmul._vnni(detected=True) and not (form == 1 and _matmul._detected_isa() == 2):
             with pytest.raises(CPUFeatureError, match="vpdpbusd"):
                 vnni(form)
     assert vnni(3) in (0, 1, 2, 3) and _matmul._vnni() == 3

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 from posix.mman cimport MADV_DONTNEED, madvise
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from smallmind.errors import CPUFeatureError, ShapeError, UnsupportedModelError
 from smallmind.tensors import GGMLType, read_only_file_map
@@ -76,7 +77,6 @@ SUPPORTED_TYPES = tuple(t for t in GGMLType if smm_block_elems(int(t)) > 0)
 smm_isa()  # probe the CPU once at import, not inside the first threaded call
 
 ISA_NAMES = {1: "avx2", 2: "avx512"}
-# the vpdpbusd forms of the repacked kernels' tiles of several activation rows (_simd_dispatch.h)
 VNNI_NAMES = {0: None, 1: "avx512-vnni", 2: "avx-vnni", 3: "emulated"}
 
 
@@ -433,11 +433,10 @@ def kernel_paths():
     """Which instruction-set path multiplies each weight type in this process.
 
     ``{"cpu": "avx512", "active": "avx2", "vnni": None, "types": {"Q4_1": "avx2-r8", ...}}``:
-    ``cpu`` is the best path the CPU has, ``active`` the one in use (lowered by
-    SMALLMIND_ISA=avx2), ``vnni`` the vpdpbusd form ("avx512-vnni", "avx-vnni" or None) the
-    repacked kernels use for several activation rows at once (batches, prompts; also off under
-    SMALLMIND_ISA=avx2), and every supported type maps to the kernel family that runs it
-    (``-r8``: weights repacked at load into 8-row interleaved groups, see Weight).
+    ``cpu`` is the best path the CPU has, ``active`` the one in use (SMALLMIND_ISA=avx2 lowers
+    it, and turns vnni off), ``vnni`` the vpdpbusd form of repacked batches and prompts (see
+    _vnni), and every supported type maps to the kernel family that runs it (``-r8``: weights
+    repacked at load into 8-row interleaved groups, see Weight).
     """
     types = {}
     for t in SUPPORTED_TYPES:
@@ -445,8 +444,8 @@ def kernel_paths():
             continue
         # weights loaded now (repack=None) take the row-interleaved layout when _repack_default()
         types[t.name] = _kernel_path(int(t), smm_r8_supported(int(t)) and _repack_default())
-    return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[smm_isa()], "vnni": VNNI_NAMES[_vnni()],
-            "types": types}
+    return {"cpu": ISA_NAMES[_detected_isa()], "active": ISA_NAMES[smm_isa()],
+            "vnni": VNNI_NAMES[smm_vnni_active], "types": types}
 
 
 def _kernel_path(int gtype, bint repacked, Py_ssize_t nbytes=-1):
@@ -462,22 +461,15 @@ def _kernel_path(int gtype, bint repacked, Py_ssize_t nbytes=-1):
     return stream if nbytes > 0 else f"{active}, {stream} over {smm_float_stream_min_bytes / 2 ** 20:g} MiB"
 
 
-def _vnni():
-    """The vpdpbusd form in use: 0 none, 1 AVX512-VNNI (EVEX), 2 AVX-VNNI (VEX), 3 emulated."""
-    smm_isa()
-    return smm_vnni_active
-
-
-def _vnni_detected():
-    """The vpdpbusd form this CPU has (1 or 2, see _vnni), 0 for none."""
-    smm_isa()
-    return smm_vnni_detected
+def _vnni(bint detected=False):
+    """The vpdpbusd form the repacked kernels' tiles of several activation rows use (detected: the
+    CPU's own): 0 none, 1 AVX512-VNNI (EVEX), 2 AVX-VNNI (VEX), 3 emulated by AVX2 (tests)."""
+    return smm_vnni_detected if detected else smm_vnni_active
 
 
 def _set_vnni(int mode):
-    """Tests, benchmarks: the repacked kernels' tiles of several activation rows use vpdpbusd in
-    form `mode` (see _vnni; 3, emulated from AVX2 operations, runs on any CPU). Returns the
-    previous form; CPUFeatureError for a form this CPU lacks. Not thread-safe against matmuls."""
+    """Tests, benchmarks: use vpdpbusd form `mode` (see _vnni); returns the previous one,
+    CPUFeatureError for a form this CPU lacks. Not thread-safe against matmuls."""
     old = _vnni()
     if mode not in VNNI_NAMES:
         raise ValueError(f"mode must be one of {sorted(VNNI_NAMES)}, got {mode}")
@@ -492,21 +484,15 @@ def _set_isa(int level):
     return smm_set_isa(level)
 
 
-cdef extern from "<time.h>" nogil:
-    """
-    static inline long long smm_bench_now_ns(void)
-    {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    }
-    """
-    long long smm_bench_now_ns()
+cdef long long _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec
 
 
 cdef void _busy_chunk(const void* arg, Py_ssize_t chunk) noexcept nogil:
-    cdef long long end = smm_bench_now_ns() + (<const long long*>arg)[0]
-    while smm_bench_now_ns() < end:
+    cdef long long end = _now_ns() + (<const long long*>arg)[0]
+    while _now_ns() < end:
         pass
 
 
