@@ -6,10 +6,11 @@
 For CPUs this machine is not: it compiles one block of each kernel (a Q4_1 and a Q5_0 panel
 slice of 2 groups x 4 activation rows, 4-row Q8_0 and Q4_1 tiles; _matmul_r8.h,
 _matmul_r8panel.h) as the package does (gcc -O3 -mavx2 -mfma -mf16c), with maddubs and with
-VEX vpdpbusd, and asks llvm-mca (LLVM's machine-code analyser; Debian: apt install llvm-19)
-for the cycles per block in a steady loop on each CPU's scheduling model. A model, not a
-measurement: it knows ports, latencies and the front end, not caches or memory. Decoding
-streams from memory; these estimates are for batches and prompts, which are compute-bound.
+VEX vpdpbusd (or the AVX2 stand-in that tests run, --form emulated), and asks llvm-mca
+(LLVM's machine-code analyser; Debian: apt install llvm-19) for the cycles per block in a
+steady loop on each CPU's scheduling model. A model, not a measurement: it knows ports,
+latencies and the front end, not caches or memory. Decoding streams from memory; these
+estimates are for batches and prompts, which are compute-bound.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ KERNELS = {
     "Q8_0 tile x4": "smm_r8_tile(SMM_Q8_0, V, 4, g, 1, act, 1024, 1024, out)",
     "Q4_1 tile x4": "smm_r8_tile(SMM_Q4_1, V, 4, g, 1, act, 1024, 1024, out)",
 }
-FORMS = {"maddubs": "SMM_VNNI_NONE", "vpdpbusd": "SMM_VNNI_VEX"}
+FORMS = {"maddubs": "SMM_VNNI_NONE", "vpdpbusd": "SMM_VNNI_VEX", "emulated": "SMM_VNNI_EMULATED"}
 
 
 def source() -> str:
@@ -64,24 +65,27 @@ def cycles(mca: str, cpu: str, body: str, tmp: Path) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpus", default="znver4,sapphirerapids,alderlake,icelake-server,znver3")
+    ap.add_argument("--cpus", default="znver4,sapphirerapids,alderlake,icelake-server")
+    ap.add_argument("--form", choices=["vpdpbusd", "emulated"], default="vpdpbusd",
+                    help="emulated: the AVX2 stand-in, which runs here too, to set the model's "
+                         "estimate beside a measurement (benchmarks/matmul.py --vnni emulated)")
     ap.add_argument("--llvm-mca", default="llvm-mca-19")
     ap.add_argument("--cc", default="gcc")
     args = ap.parse_args()
-    cpus = args.cpus.split(",")
+    cpus, mca = args.cpus.split(","), args.llvm_mca
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         (tmp / "k.c").write_text(source())
         compile_cmd = [args.cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "k.c"), "-o", str(tmp / "k.s")]
         subprocess.run(compile_cmd, check=True)
         code = bodies((tmp / "k.s").read_text())
-        print("cycles per block, maddubs / vpdpbusd (llvm-mca model estimates, not measurements)\n")
+        print(f"cycles per block, maddubs / {args.form} (llvm-mca model estimates, not measurements)\n")
         print("| kernel | " + " | ".join(cpus) + " |")
         print("|---" * (len(cpus) + 1) + "|")
         for i, name in enumerate(KERNELS):
             cells = []
             for cpu in cpus:
-                old, new = (cycles(args.llvm_mca, cpu, code[f"k{i}_{form}"], tmp) for form in FORMS)
+                old, new = (cycles(mca, cpu, code[f"k{i}_{f}"], tmp) for f in ("maddubs", args.form))
                 cells.append(f"{old:.0f} / {new:.0f} = {old / new:.2f}x")
             print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
