@@ -31,6 +31,9 @@ KERNELS = {
     "Q8_0 tile x4": "smm_r8_tile(SMM_Q8_0, V, 4, g, 1, act, 1024, 1024, out)",
     "Q4_1 tile x4": "smm_r8_tile(SMM_Q4_1, V, 4, g, 1, act, 1024, 1024, out)",
 }
+# --measure: the type and activation rows of a product that runs each kernel (1536 x 576)
+MEASURE = {"Q4_1 panel 2x4": ("Q4_1", 64), "Q5_0 panel 2x4": ("Q5_0", 64), "Q8_0 tile x4": ("Q8_0", 4),
+           "Q4_1 tile x4": ("Q4_1", 4)}
 FORMS = {"maddubs": "SMM_VNNI_NONE", "vpdpbusd": "SMM_VNNI_VEX", "emulated": "SMM_VNNI_EMULATED"}
 
 
@@ -63,12 +66,48 @@ def cycles(mca: str, cpu: str, body: str, tmp: Path) -> float:
     return int(re.search(r"Total Cycles:\s+(\d+)", run.stdout).group(1)) / iterations
 
 
+def measured_ratio(name: str, rounds: int = 7) -> str:
+    """Time of the product with maddubs over its time with the emulated vpdpbusd (as the model's
+    cycles), measured here (one
+    thread, thread CPU time, best of 5 per form, the forms alternated): median (range)."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    sys.path[:0] = [str(CORE.parent.parent), str(CORE.parent.parent / "tests")]
+    from test_matmul import make_weight
+
+    from smallmind._core import _matmul
+    gtype, n = MEASURE[name]
+    rng = np.random.default_rng(1)
+    w = make_weight(gtype, 1536, 576, rng)[0]
+    x = rng.standard_normal((n, 576)).astype(np.float32)
+    ratios = []
+    for _ in range(rounds):
+        best = {}
+        for form in (0, 3):
+            _matmul._set_vnni(form)
+            times = []
+            for _ in range(5):
+                t = time.thread_time()
+                for _ in range(max(1, 2000 // n)):
+                    w.matmul(x)
+                times.append(time.thread_time() - t)
+            best[form] = min(times)
+        ratios.append(best[0] / best[3])
+    _matmul._set_vnni(0)
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpus", default="znver4,sapphirerapids,alderlake,icelake-server")
     ap.add_argument("--form", choices=["vpdpbusd", "emulated"], default="vpdpbusd",
                     help="emulated: the AVX2 stand-in, which runs here too, to set the model's "
-                         "estimate beside a measurement (benchmarks/matmul.py --vnni emulated)")
+                         "estimate beside a measurement (--measure)")
+    ap.add_argument("--measure", action="store_true",
+                    help="with --form emulated: also time both forms here and add the measured ratio")
     ap.add_argument("--llvm-mca", default="llvm-mca-19")
     ap.add_argument("--cc", default="gcc")
     args = ap.parse_args()
@@ -79,14 +118,18 @@ def main() -> int:
         compile_cmd = [args.cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "k.c"), "-o", str(tmp / "k.s")]
         subprocess.run(compile_cmd, check=True)
         code = bodies((tmp / "k.s").read_text())
-        print(f"cycles per block, maddubs / {args.form} (llvm-mca model estimates, not measurements)\n")
-        print("| kernel | " + " | ".join(cpus) + " |")
-        print("|---" * (len(cpus) + 1) + "|")
+        measure = args.measure and args.form == "emulated"
+        print(f"cycles per block, maddubs / {args.form}: llvm-mca model estimates"
+              + ("; measured here: time with maddubs / time emulated\n" if measure else "\n"))
+        print("| kernel | " + " | ".join(cpus) + (" | measured here |" if measure else " |"))
+        print("|---" * (len(cpus) + 1 + measure) + "|")
         for i, name in enumerate(KERNELS):
             cells = []
             for cpu in cpus:
                 old, new = (cycles(mca, cpu, code[f"k{i}_{f}"], tmp) for f in ("maddubs", args.form))
                 cells.append(f"{old:.0f} / {new:.0f} = {old / new:.2f}x")
+            if measure:
+                cells.append(measured_ratio(name))
             print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
