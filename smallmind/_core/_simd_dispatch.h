@@ -94,7 +94,9 @@ static int smm_set_isa(int level)
     if (level < SMM_ISA_AVX2) level = SMM_ISA_AVX2;
     if (level > smm_isa_detected) level = smm_isa_detected;
     smm_isa_active = level;
-    smm_vnni_active = level < smm_isa_detected ? SMM_VNNI_NONE : smm_vnni_detected;
+    /* below the CPU's best, or under SMALLMIND_ISA=avx2: plain AVX2, as at start-up */
+    const int plain = level < smm_isa_detected || smm_isa_requested() == SMM_ISA_AVX2;
+    smm_vnni_active = plain ? SMM_VNNI_NONE : smm_vnni_detected;
     return level;
 }
 
