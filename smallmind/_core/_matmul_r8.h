@@ -42,8 +42,9 @@
  * (AVX512-VNNI or AVX-VNNI, smm_dpbusd), tiles and panels of 2 or more activation rows use
  * it for maddubs + madd + add, still on 256-bit vectors: the same layout, the same integer
  * sums, so the same outputs bit for bit. llvm-mca 19 (Sapphire Rapids, Alder Lake, Ice
- * Lake server and Zen 4 models) puts a Q4_1 / Q5_0 panel slice at 1.24-1.45x fewer cycles
- * per block and a 4-row Q8_0 tile at 1.37-1.45x; for the K-quants (_matmul_rk.h), whose
+ * Lake server and Zen 4 models) puts a Q4_1 / Q5_0 panel slice at 1.24-1.48x fewer cycles
+ * per block and a 4-row Q8_0 tile at 1.37-1.45x (estimates: tools/mca_kernels.py, and
+ * BENCHMARKS.md on how they compare with a measurement); for the K-quants (_matmul_rk.h), whose
  * sub-block scales then need a vpmulld, it found 0.96-1.24x, so they keep maddubs. A single
  * row (decoding) keeps maddubs too: its one chain would wait on vpdpbusd's latency.
  */

@@ -102,7 +102,8 @@ SMM_INLINE void smm_r8_panel_tile(const int type, const int V, const int G, cons
 #pragma GCC unroll 8
                 for (int g = 0; g < G; g++) {
                     if (V) {
-                        isum[g][c] = smm_dpbusd(V, k ? isum[g][c] : _mm256_setzero_si256(), p[g * SMM_R8P_KB + i].q[k], x);
+                        const __m256i from = k ? isum[g][c] : _mm256_setzero_si256();
+                        isum[g][c] = smm_dpbusd(V, from, p[g * SMM_R8P_KB + i].q[k], x);
                         SMM_PIN(isum[g][c]);
                         continue;
                     }
@@ -285,7 +286,8 @@ static void smm_r8_groups(const smm_job* j, ptrdiff_t r0, ptrdiff_t r1, const ui
         for (ptrdiff_t t = 0; t < j->n; t += 4) {
             const int C = (int)(j->n - t < 4 ? j->n - t : 4);
             __m256 out[4];
-            smm_r8_tile_any(type, C, j->vnni, j->w + r * j->row_bytes, j->cols / 32, act + t * astride, astride, j->cols, out);
+            smm_r8_tile_any(type, C, j->vnni, j->w + r * j->row_bytes, j->cols / 32, act + t * astride, astride,
+                            j->cols, out);
             smm_r8_store(j, out, C, r, t);
         }
     }
