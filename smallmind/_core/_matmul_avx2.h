@@ -366,13 +366,13 @@ SMM_INLINE __m256i smm_dpbusd(const int V, __m256i acc, __m256i u, __m256i s)
     return acc;
 }
 
-/* Calls CALL(V) with the VNNI form `mode` as a compile-time constant. */
-#define SMM_VNNI_SWITCH(mode, CALL)                         \
-    switch (mode) {                                         \
-    case SMM_VNNI_EVEX: CALL(SMM_VNNI_EVEX); break;         \
-    case SMM_VNNI_VEX: CALL(SMM_VNNI_VEX); break;           \
-    case SMM_VNNI_EMULATED: CALL(SMM_VNNI_EMULATED); break; \
-    default: CALL(SMM_VNNI_NONE); break;                    \
+/* Calls CALL(T, V) with the VNNI form `mode` as the compile-time constant V. */
+#define SMM_VNNI_SWITCH(mode, CALL, T)                         \
+    switch (mode) {                                            \
+    case SMM_VNNI_EVEX: CALL(T, SMM_VNNI_EVEX); break;         \
+    case SMM_VNNI_VEX: CALL(T, SMM_VNNI_VEX); break;           \
+    case SMM_VNNI_EMULATED: CALL(T, SMM_VNNI_EMULATED); break; \
+    default: CALL(T, SMM_VNNI_NONE); break;                    \
     }
 
 /* A block's integer sums (one activation row, one weight row) into the running float sums:

@@ -299,23 +299,13 @@ static void smm_r8_tile_any(int type, int C, int vnni, const uint8_t* g, ptrdiff
     case 2: smm_r8_tile(T, V, 2, g, nb, act, astride, cols, out); break;   \
     default: smm_r8_tile(T, 0, 1, g, nb, act, astride, cols, out); break;  \
     }
-#define SMM_R8_Q40(V) SMM_R8_CASES(SMM_Q4_0, V)
-#define SMM_R8_Q41(V) SMM_R8_CASES(SMM_Q4_1, V)
-#define SMM_R8_Q50(V) SMM_R8_CASES(SMM_Q5_0, V)
-#define SMM_R8_Q51(V) SMM_R8_CASES(SMM_Q5_1, V)
-#define SMM_R8_Q80(V) SMM_R8_CASES(SMM_Q8_0, V)
     switch (type) {
-    case SMM_Q4_0: SMM_VNNI_SWITCH(vnni, SMM_R8_Q40) break;
-    case SMM_Q4_1: SMM_VNNI_SWITCH(vnni, SMM_R8_Q41) break;
-    case SMM_Q5_0: SMM_VNNI_SWITCH(vnni, SMM_R8_Q50) break;
-    case SMM_Q5_1: SMM_VNNI_SWITCH(vnni, SMM_R8_Q51) break;
-    default: SMM_VNNI_SWITCH(vnni, SMM_R8_Q80) break;
+    case SMM_Q4_0: SMM_VNNI_SWITCH(vnni, SMM_R8_CASES, SMM_Q4_0) break;
+    case SMM_Q4_1: SMM_VNNI_SWITCH(vnni, SMM_R8_CASES, SMM_Q4_1) break;
+    case SMM_Q5_0: SMM_VNNI_SWITCH(vnni, SMM_R8_CASES, SMM_Q5_0) break;
+    case SMM_Q5_1: SMM_VNNI_SWITCH(vnni, SMM_R8_CASES, SMM_Q5_1) break;
+    default: SMM_VNNI_SWITCH(vnni, SMM_R8_CASES, SMM_Q8_0) break;
     }
-#undef SMM_R8_Q40
-#undef SMM_R8_Q41
-#undef SMM_R8_Q50
-#undef SMM_R8_Q51
-#undef SMM_R8_Q80
 #undef SMM_R8_CASES
 }
 

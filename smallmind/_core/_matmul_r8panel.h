@@ -155,20 +155,12 @@ static void smm_r8_panel_tile_any(int type, int vnni, int G, int C, const smm_r8
     else if (G == 1) smm_r8_panel_tile(T, V, 1, SMM_R8P_C, p, b0, nbk, act, astride, cols, acc);              \
     else if (C == 1) smm_r8_panel_tile(T, 0, SMM_R8P_GROUPS, 1, p, b0, nbk, act, astride, cols, acc);         \
     else smm_r8_panel_tile(T, V, SMM_R8P_GROUPS, SMM_R8P_C, p, b0, nbk, act, astride, cols, acc);
-#define SMM_R8P_Q40(V) SMM_R8P_CASES(SMM_Q4_0, V)
-#define SMM_R8P_Q41(V) SMM_R8P_CASES(SMM_Q4_1, V)
-#define SMM_R8P_Q50(V) SMM_R8P_CASES(SMM_Q5_0, V)
-#define SMM_R8P_Q51(V) SMM_R8P_CASES(SMM_Q5_1, V)
     switch (type) {
-    case SMM_Q4_0: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q40) break;
-    case SMM_Q4_1: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q41) break;
-    case SMM_Q5_0: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q50) break;
-    default: SMM_VNNI_SWITCH(vnni, SMM_R8P_Q51) break;
+    case SMM_Q4_0: SMM_VNNI_SWITCH(vnni, SMM_R8P_CASES, SMM_Q4_0) break;
+    case SMM_Q4_1: SMM_VNNI_SWITCH(vnni, SMM_R8P_CASES, SMM_Q4_1) break;
+    case SMM_Q5_0: SMM_VNNI_SWITCH(vnni, SMM_R8P_CASES, SMM_Q5_0) break;
+    default: SMM_VNNI_SWITCH(vnni, SMM_R8P_CASES, SMM_Q5_1) break;
     }
-#undef SMM_R8P_Q40
-#undef SMM_R8P_Q41
-#undef SMM_R8P_Q50
-#undef SMM_R8P_Q51
 #undef SMM_R8P_CASES
 }
 
