@@ -82,10 +82,9 @@ VNNI_FORMS = [3] + ([_matmul._vnni(detected=True)] if _matmul._vnni(detected=Tru
        blocks=st.sampled_from([1, 2, 9, 33]), n=st.integers(2, 40), panel=st.booleans(),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_vnni_tiles_match_maddubs_bit_for_bit(vnni, r8_panel, name, rows, blocks, n, panel, seed):
-    """Tiles and panels of several activation rows with vpdpbusd (emulated here on any CPU, and
-    the CPU's own form where it has one) give the maddubs kernels' outputs bit for bit (the
-    integer sums are exact either way), on 1 and 2 threads, tiles and panels; and the
-    reference's."""
+    """Tiles and panels of several activation rows with vpdpbusd (emulated on any CPU, and the
+    CPU's own form where it has one) give the maddubs kernels' outputs bit for bit, the integer
+    sums being exact either way; and those agree with the reference."""
     rng = np.random.default_rng(seed)
     cols = BLOCK_LAYOUT[GGMLType[name]][0] * blocks
     w, w32, mag = make_weight(name, rows, cols, rng)
