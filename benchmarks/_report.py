@@ -59,6 +59,8 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "threads_env": {k: os.environ.get(k) for k in
                         ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        # the kernel switches a run was made under (benchmarks/issue7.sh sets them)
+        "smallmind_env": {k: os.environ.get(k) for k in ("SMALLMIND_ISA", "SMALLMIND_REPACK")},
     }
     if "numpy" in sys.modules:
         info["numpy"] = sys.modules["numpy"].__version__
