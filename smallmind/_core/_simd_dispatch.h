@@ -11,6 +11,7 @@
 #ifndef SMALLMIND_SIMD_DISPATCH_H
 #define SMALLMIND_SIMD_DISPATCH_H
 
+#include <cpuid.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,8 +41,11 @@ static int smm_vnni_active = 0;
 
 static int smm_detect_vnni(void)
 {
+    /* AVX-VNNI is CPUID.(EAX=7, ECX=1):EAX bit 4 (read directly: __builtin_cpu_supports knows
+     * "avxvnni" only from GCC 11 on); it uses the ymm state the AVX2 kernels need anyway */
+    unsigned int a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1)) return SMM_VNNI_VEX; /* the shorter form */
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avxvnni")) return SMM_VNNI_VEX; /* the shorter encoding */
     /* avx512* also checks that the OS saves the AVX-512 state the EVEX form touches */
     if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) return SMM_VNNI_EVEX;
     return SMM_VNNI_NONE;
