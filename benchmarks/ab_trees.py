@@ -31,14 +31,15 @@ DEFAULT_MODELS = "SmolLM2-135M-Instruct Q4_1,Gemma 3 270M Q4_K_M"
 CHILD = r"""
 import sys
 from smallmind import Engine
-path, threads, prompt_file, prompt_tokens, decode_prompt, context = sys.argv[1:7]
+path, threads, prompt_file, prompt_tokens, decode_prompt, context, benchmarks = sys.argv[1:8]
 engine = Engine.load(path, n_threads=int(threads))
 eos = engine.tokenizer.eos_id
 bias = {eos: float("-inf")} if eos is not None else None
-text = open(prompt_file, encoding="utf-8").read()
-ids = engine.tokenizer.encode(text)
-if int(context):
-    decode_prompt = engine.tokenizer.encode(text * (int(context) // len(ids) + 2))[:int(context)]
+ids = engine.tokenizer.encode(open(prompt_file, encoding="utf-8").read())
+if int(context):  # compare.py --context's prompt (this script's compare.py, whichever tree runs)
+    sys.path.insert(0, benchmarks)
+    from compare import context_ids
+    decode_prompt = context_ids(engine.tokenizer.encode, ids, int(context))
 ids = ids[:int(prompt_tokens)]
 new = 64 if int(context) else 128
 decode = max(engine.generate(decode_prompt, max_new_tokens=new, temperature=0, logit_bias=bias)
@@ -52,7 +53,8 @@ print(decode, prompt)
 def run_child(tree: Path, model: Path, threads: int, context: int) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     out = subprocess.run([sys.executable, "-c", CHILD, str(model), str(threads), str(PROMPT_TEXT_FILE),
-                          str(PROMPT_TOKENS), DECODE_PROMPT, str(context)], cwd=tree, env=env,
+                          str(PROMPT_TOKENS), DECODE_PROMPT, str(context), str(Path(__file__).resolve().parent)],
+                         cwd=tree, env=env,
                          capture_output=True, text=True, check=True)
     decode, prompt = out.stdout.split()
     return float(decode), float(prompt)

@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -392,11 +393,8 @@ def round_ratios(sm: dict | None, lc: dict | None, key: str) -> list[float]:
 
 def _ratio(sm: dict | None, lc: dict | None, key: str) -> float | None:
     """The median of the rounds' ratios (with one round: the ratio of the two rates)."""
-    ratios = sorted(round_ratios(sm, lc, key))
-    if not ratios:
-        return None
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    ratios = round_ratios(sm, lc, key)
+    return statistics.median(ratios) if ratios else None
 
 
 def _range(ratios: list[float]) -> str:
