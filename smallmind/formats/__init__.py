@@ -32,10 +32,12 @@ class LoadedModel:
         pages back in. Binding unmaps each repacked piece as it goes, but the kernel maps the
         neighbours of every faulting page back (64 KiB around it), which left 2-3 MiB of
         Gemma 3's file resident."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
         maps: dict[int, mmap.mmap] = {}
         for tensor in self.tensors.values():
             mapping = read_only_file_map(tensor.data)
-            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            if mapping is not None:
                 maps[id(mapping)] = mapping
         for mapping in maps.values():
             mapping.madvise(mmap.MADV_DONTNEED)
