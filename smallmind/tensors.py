@@ -83,7 +83,8 @@ def read_only_file_map(data: Any) -> mmap.mmap | None:
         base = base.base
     if isinstance(base, memoryview):
         base = base.obj
-    flags = getattr(data, "flags", None)
-    if not isinstance(base, mmap.mmap) or (flags is not None and flags.writeable):
-        return None
-    return base
+    if isinstance(data, memoryview):
+        writeable = not data.readonly
+    else:  # an array's own flag (anything else: assumed writeable, so never dropped)
+        writeable = getattr(getattr(data, "flags", None), "writeable", True)
+    return base if isinstance(base, mmap.mmap) and not writeable else None

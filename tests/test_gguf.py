@@ -319,6 +319,7 @@ def test_read_only_file_map_names_the_map_of_read_only_views_only(tmp_path):
     assert read_only_file_map(view) is shared
     assert read_only_file_map(memoryview(shared)) is shared
     assert read_only_file_map(np.frombuffer(private, dtype=np.uint8)) is None   # writeable: copy-on-write
+    assert read_only_file_map(memoryview(private)) is None
     assert read_only_file_map(np.zeros(8)) is None
     del view
     shared.close()
