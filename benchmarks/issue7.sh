@@ -9,6 +9,7 @@
 # gets the AVX-512 and plain-layout rows too); run it on an otherwise idle machine.
 #   1. roofline: every weight type's matrix-vector rate against the read bandwidth, on every
 #      instruction-set path this CPU has (plain layouts too where there is AVX-512);
+#      and in L2 (one thread): the kernels' compute ceiling, i.e. their headroom over memory;
 #   2. compare.py against llama.cpp, engines alternated (decode, prompt, % of bandwidth), by
 #      default and with SMALLMIND_ISA=avx2 (plain AVX2, no vpdpbusd) where the CPU has more;
 #      with SMALLMIND_REPACK=0 where it has AVX-512 (its plain-layout kernels);
@@ -40,6 +41,8 @@ run() {  # run NAME COMMAND...: the command's output into NAME.txt, its exit sta
 plain=()
 [ "$cpu" = avx512 ] && plain=(--plain)
 run roofline python benchmarks/roofline.py --quick --threads 1,2 "${plain[@]}" --json "$out/roofline.json"
+# The same kernels on a matrix that stays in L2: their compute ceiling, as headroom over memory.
+run roofline_l2 python benchmarks/roofline.py --quick --threads 1 --mb 0.375 --json "$out/roofline_l2.json"
 run compare python benchmarks/compare.py --quick --rounds 3 --models "$models" --threads 1,2 \
     --json "$out/compare.json"
 if [ "$cpu" = avx512 ] || [ -n "$vnni" ]; then

@@ -21,6 +21,12 @@ its ceiling is the rate at which one core (or all cores) can read memory. In one
   path the process allowed (SMALLMIND_ISA); ``kernel`` the family that ran: a repacked
   weight runs the AVX2 group kernels on every CPU, so its avx512 rows measure those too.
 
+With ``--mb`` under the L2 (``--mb 0.375 --threads 1``), the matrix stays in cache across the
+repeats: the rate is then the kernel's own compute ceiling on this core, and ``% of read`` its
+headroom over the memory: how much faster a CPU's memory could get, relative to its compute,
+before the kernel rather than the memory limits decoding. (Float rows under 1 MiB take the
+in-cache float kernels, not the streaming ones.)
+
 Goal (issue #7): >= 70% of the one-thread bandwidth at 1 thread (K-quants >= 60%), and
 >= 70% of the all-threads bandwidth at all threads. One-thread rows are timed in thread
 CPU time (robust when other processes share the cores), all-thread rows in wall time.

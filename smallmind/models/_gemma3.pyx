@@ -23,15 +23,15 @@ from smallmind._core._elementwise cimport add
 from smallmind._core._gelu cimport geglu
 from smallmind._core._norm cimport rmsnorm
 from smallmind.models._layer cimport (Call, Layer, Step, Workspace, attention, kv_store, matmul_rows,
-                                      rmsnorm_rows, steps_table)
+                                      over_rows, rmsnorm_rows, steps_table)
 from smallmind.models._llama cimport attn_norm, ffn_matmul, ffn_norm, qkv_matmul, rope_qk
 
 
-cdef void qk_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+cdef void _qk_norm(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     cdef Py_ssize_t t, hh, hd = ws.head_dim
     cdef float* q
     cdef float* k
-    for t in range(c.n):
+    for t in range(r0, r1):
         q = ws.q + t * ws.ldqkv
         k = ws.k + t * ws.ldqkv
         for hh in range(ws.n_head):
@@ -40,26 +40,45 @@ cdef void qk_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
             rmsnorm(k + hh * hd, L.k_norm_w, k + hh * hd, hd, ws.norm_eps)
 
 
+cdef void qk_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
+    over_rows(ws, L, c, _qk_norm, 2 * (ws.n_head + ws.n_kv_head) * ws.head_dim)
+
+
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
     matmul_rows(c, &L.wo.view, ws.att, ws.q_dim, ws.xb, ws.n_embd, NULL, False, ws.mm_scratch)
 
 
+cdef void _post_attn_norm(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t d = ws.n_embd
+    rmsnorm_rows(ws.xb + r0 * d, L.post_attn_norm_w, ws.xb + r0 * d, r1 - r0, d, ws.norm_eps)
+    add(ws.x + r0 * d, ws.xb + r0 * d, ws.x + r0 * d, (r1 - r0) * d)
+
+
 cdef void post_attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    rmsnorm_rows(ws.xb, L.post_attn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
-    add(ws.x, ws.xb, ws.x, c.n * ws.n_embd)
+    over_rows(ws, L, c, _post_attn_norm, 3 * ws.n_embd)
+
+
+cdef void _activation(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t d = ws.n_hidden
+    geglu(ws.h + r0 * d, ws.h2 + r0 * d, ws.h + r0 * d, (r1 - r0) * d)
 
 
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    geglu(ws.h, ws.h2, ws.h, c.n * ws.n_hidden)
+    over_rows(ws, L, c, _activation, 3 * ws.n_hidden)
 
 
 cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
     matmul_rows(c, &L.w_down.view, ws.h, ws.n_hidden, ws.xb, ws.n_embd, NULL, False, ws.mm_scratch)
 
 
+cdef void _post_ffn_norm(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t d = ws.n_embd
+    rmsnorm_rows(ws.xb + r0 * d, L.post_ffn_norm_w, ws.xb + r0 * d, r1 - r0, d, ws.norm_eps)
+    add(ws.x + r0 * d, ws.xb + r0 * d, ws.x + r0 * d, (r1 - r0) * d)
+
+
 cdef void post_ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    rmsnorm_rows(ws.xb, L.post_ffn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
-    add(ws.x, ws.xb, ws.x, c.n * ws.n_embd)
+    over_rows(ws, L, c, _post_ffn_norm, 3 * ws.n_embd)
 
 
 cdef Step[13] _STEPS = [attn_norm, qkv_matmul, qk_norm, rope_qk, kv_store, attention, out_matmul,

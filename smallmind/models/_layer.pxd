@@ -84,6 +84,7 @@ cdef class Workspace:
     cdef float* rope_buf             #   in this one allocation
     cdef int rope_n_slots       # how many of them to use (1: one table, rebuilt whenever the
     cdef long long rope_uses    #   frequencies change); rope_uses counts lookups (LRU order)
+    cdef RopeTable* rope_now    # the table rope_segments turns the running call's rows by
     cdef long long n_calls     # calls run (run_layers, run_batch) so far
     cdef readonly Py_ssize_t max_tokens, n_embd, n_hidden, q_dim, kv_dim, ldqkv, vocab
     cdef readonly Py_ssize_t capacity, n_layer, max_segs
@@ -138,14 +139,23 @@ cdef const float* _vec(object arr, str name, Py_ssize_t n) except? NULL
 cdef float* _buf(object arr, str name, Py_ssize_t n) except NULL
 
 
+# A step's work on rows [r0, r1) of the call, for steps whose rows are independent (norms,
+# activations): see over_rows.
+ctypedef void (*RowStep)(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+
+# fn over the call's n rows: a call of many rows (a prompt, a large batch) shares them out over
+# the thread pool in ranges; a small one (decoding) runs them here in one piece. row_floats: the
+# floats a row of the step reads and writes (what sizes a worthwhile piece). The result is the
+# same either way: each row is computed alone.
+cdef void over_rows(Workspace ws, Layer L, const Call* c, RowStep fn, Py_ssize_t row_floats) noexcept nogil
+
+
 # Steps every architecture shares.
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil
-# Rotate the q and k heads of segment `seg`'s rows by their positions (the layer's rotary
-# frequencies), with the workspace's angle tables.
-cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil
-# rope_segment for every segment of the call; the angles of a call of several segments are
-# computed once per call, not once per segment and layer.
+# Rotate the q and k heads of each segment's rows by their positions (the layer's rotary
+# frequencies), with the workspace's angle tables; the angles of a call of several segments
+# are computed once per call, not once per segment and layer.
 cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil
 # x += Wo att and x += Wdown h, with the layer's biases if any (GPT-2 and Llama).
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil

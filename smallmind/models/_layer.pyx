@@ -39,7 +39,8 @@ cdef extern from "<time.h>" nogil:
 from smallmind._core._attention cimport (attention as attention_kernel, attention_single_threaded,
                                          rope_angles, rope_rotate)
 from smallmind._core._elementwise cimport add, scale
-from smallmind._core._matmul cimport Weight, get_row, matmul_scratch_bytes, packed_min_rows, parallel_chunks
+from smallmind._core._matmul cimport (Weight, get_row, matmul_scratch_bytes, packed_min_rows, parallel_chunks,
+                                      parallel_ranges)
 
 from smallmind.errors import ShapeError
 
@@ -325,6 +326,44 @@ cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil:
                        hd * sizeof(float))
 
 
+# Row steps (over_rows) of fewer floats than this run on the calling thread alone: handing
+# work to the pool costs about a microsecond, a norm or an activation gets through a few
+# floats per nanosecond. Prompts are far above it (Gemma 3's activation: 128 rows x 2048), a
+# decoded token far below. Tests lower it (_set_rows_split_min) to split tiny models' calls.
+cdef Py_ssize_t _rows_split_min = 32768
+
+
+def _set_rows_split_min(Py_ssize_t floats):
+    """Tests: the smallest call (rows x floats per row) whose row steps use the pool; returns
+    the previous value."""
+    global _rows_split_min
+    if floats < 1:
+        raise ValueError(f"floats must be >= 1, got {floats}")
+    old, _rows_split_min = _rows_split_min, floats
+    return old
+
+
+cdef struct _RowsJob:
+    void* ws
+    void* layer
+    RowStep fn
+
+
+cdef void _rows_range(const void* arg, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef const _RowsJob* job = <const _RowsJob*>arg
+    job.fn(<Workspace>job.ws, <Layer>job.layer, r0, r1)
+
+
+cdef void over_rows(Workspace ws, Layer L, const Call* c, RowStep fn, Py_ssize_t row_floats) noexcept nogil:
+    cdef _RowsJob job
+    if c.n_threads < 2 or c.n * row_floats < _rows_split_min:
+        fn(ws, L, 0, c.n)
+        return
+    job.ws, job.layer, job.fn = <void*>ws, <void*>L, fn
+    # pieces of at least a quarter of the threshold, so a claim stays cheap beside its work
+    parallel_ranges(c.n_threads, c.n, max(1, _rows_split_min // 4 // row_floats), _rows_range, &job)
+
+
 cdef RopeTable* _rope_table(Workspace ws, Layer L, const Segment* seg, long long call) noexcept nogil:
     """The table of L's frequencies for segment `seg`'s positions (call < 0), or for every
     segment of call `call` at its own rows; NULL if none holds them yet (the least recently
@@ -357,18 +396,22 @@ cdef RopeTable* _rope_fill(Workspace ws, Layer L, long long call) noexcept nogil
     return t
 
 
-cdef void rope_segment(Workspace ws, Layer L, const Segment* seg) noexcept nogil:
-    cdef RopeTable* t
-    if L.n_rot == 0:
-        return
-    t = _rope_table(ws, L, seg, -1)
+cdef RopeTable* _segment_table(Workspace ws, Layer L, const Segment* seg) noexcept nogil:
+    """The angles of segment `seg`'s positions, row i at row i (looked up, or computed now)."""
+    cdef RopeTable* t = _rope_table(ws, L, seg, -1)
     if t == NULL:
         t = _rope_fill(ws, L, -1)
         rope_angles(t.cs, t.sn, seg.n, L.n_rot, seg.pos0, L.inv_freq)
         t.rows, t.pos0 = seg.n, seg.pos0
+    return t
+
+
+cdef void _rope_rows(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Rows [r0, r1) of the call, by the angles at the same rows of ws.rope_now."""
+    cdef Py_ssize_t half = L.n_rot // 2
     # k follows q in each row, so one pass turns the n_head query and n_kv_head key heads.
-    rope_rotate(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, ws.n_head + ws.n_kv_head, ws.head_dim,
-                L.n_rot, t.cs, t.sn, L.neox)
+    rope_rotate(ws.q + r0 * ws.ldqkv, r1 - r0, ws.ldqkv, ws.n_head + ws.n_kv_head, ws.head_dim,
+                L.n_rot, ws.rope_now.cs + r0 * half, ws.rope_now.sn + r0 * half, L.neox)
 
 
 cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -380,22 +423,23 @@ cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil:
     cdef const Segment* seg
     cdef RopeTable* t
     cdef int i
-    if c.n_segs == 1 or L.n_rot == 0:
-        for i in range(c.n_segs):
-            rope_segment(ws, L, &c.segs[i])
+    if L.n_rot == 0:
         return
-    t = _rope_table(ws, L, NULL, ws.n_calls)
-    if t == NULL:
-        t = _rope_fill(ws, L, ws.n_calls)
-        for i in range(c.n_segs):
-            seg = &c.segs[i]
-            rope_angles(t.cs + seg.row0 * half, t.sn + seg.row0 * half, seg.n, L.n_rot, seg.pos0,
-                        L.inv_freq)
-        t.rows = 0  # the table holds no one segment's angles from row 0
-    for i in range(c.n_segs):
-        seg = &c.segs[i]
-        rope_rotate(ws.q + seg.row0 * ws.ldqkv, seg.n, ws.ldqkv, ws.n_head + ws.n_kv_head, ws.head_dim,
-                    L.n_rot, t.cs + seg.row0 * half, t.sn + seg.row0 * half, L.neox)
+    if c.n_segs == 1:
+        t = _segment_table(ws, L, &c.segs[0])
+    else:
+        t = _rope_table(ws, L, NULL, ws.n_calls)
+        if t == NULL:
+            t = _rope_fill(ws, L, ws.n_calls)
+            for i in range(c.n_segs):
+                seg = &c.segs[i]
+                rope_angles(t.cs + seg.row0 * half, t.sn + seg.row0 * half, seg.n, L.n_rot, seg.pos0,
+                            L.inv_freq)
+            t.rows = 0  # the table holds no one segment's angles from row 0
+    # The segments tile the call's rows from row 0 (_run), so either table holds the angles of
+    # call row r at its row r, and the rows turn independently: a prompt's are shared out.
+    ws.rope_now = t
+    over_rows(ws, L, c, _rope_rows, 2 * (ws.n_head + ws.n_kv_head) * ws.head_dim)
 
 
 cdef extern from *:

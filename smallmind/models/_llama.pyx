@@ -14,18 +14,24 @@ SwiGLU MLP; no biases):
     x += Wdown h                            down_matmul
 
 Each step runs on all n rows at once (n = 1 when decoding one sequence; rope, kv_store and
-attention per sequence when a batch runs several); ``LAYER`` is the table that
+attention per sequence when a batch runs several); the norms and the activation share a call's
+rows out over the thread pool when there are many (``over_rows``). ``LAYER`` is the table that
 ``_layer.run_layers`` runs for every layer.
 """
 from smallmind._core._elementwise cimport swiglu
 from smallmind._core._matmul cimport WeightView
 from smallmind.models._layer cimport (Step, attention, down_matmul, kv_store, matmul_rows,
-                                      matmul_rows_many, out_matmul, rmsnorm_rows, rope_segments,
-                                      steps_table)
+                                      matmul_rows_many, out_matmul, over_rows, rmsnorm_rows,
+                                      rope_segments, steps_table)
+
+
+cdef void _attn_norm(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t d = ws.n_embd
+    rmsnorm_rows(ws.x + r0 * d, L.attn_norm_w, ws.xb + r0 * d, r1 - r0, d, ws.norm_eps)
 
 
 cdef void attn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    rmsnorm_rows(ws.x, L.attn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+    over_rows(ws, L, c, _attn_norm, 2 * ws.n_embd)
 
 
 cdef void qkv_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -43,8 +49,13 @@ cdef void rope_qk(Workspace ws, Layer L, const Call* c) noexcept nogil:
     rope_segments(ws, L, c)  # each sequence's rows at its own positions
 
 
+cdef void _ffn_norm(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t d = ws.n_embd
+    rmsnorm_rows(ws.x + r0 * d, L.ffn_norm_w, ws.xb + r0 * d, r1 - r0, d, ws.norm_eps)
+
+
 cdef void ffn_norm(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    rmsnorm_rows(ws.x, L.ffn_norm_w, ws.xb, c.n, ws.n_embd, ws.norm_eps)
+    over_rows(ws, L, c, _ffn_norm, 2 * ws.n_embd)
 
 
 cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
@@ -57,8 +68,13 @@ cdef void ffn_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil:
     matmul_rows_many(c, 2, w, ws.xb, ws.n_embd, y, ld, ws.mm_scratch)
 
 
+cdef void _activation(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t d = ws.n_hidden
+    swiglu(ws.h + r0 * d, ws.h2 + r0 * d, ws.h + r0 * d, (r1 - r0) * d)
+
+
 cdef void activation(Workspace ws, Layer L, const Call* c) noexcept nogil:
-    swiglu(ws.h, ws.h2, ws.h, c.n * ws.n_hidden)
+    over_rows(ws, L, c, _activation, 3 * ws.n_hidden)
 
 
 cdef Step[10] _STEPS = [attn_norm, qkv_matmul, rope_qk, kv_store, attention, out_matmul, ffn_norm,
