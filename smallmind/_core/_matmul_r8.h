@@ -8,14 +8,16 @@
  * Zen 3. Here 8 consecutive weight rows are rewritten, once when the Weight is built, so
  * that each block index b holds the 8 rows' blocks side by side:
  *
- *   f16 d[8] | f16 m[8] (Q4_1, Q5_1) | u32 qh[8] (Q5_0, Q5_1) | codes
+ *   f16 d[8] | f16 m[8] (Q4_1, Q5_1) | codes
  *
- * codes: 32-byte vectors, 4 bytes per row (row r in 32-bit lane r). Q4_0/Q4_1/Q5_0/Q5_1:
- * 4 vectors, vector k = bytes 4k..4k+3 of each row's qs: its low nibbles are elements
- * 4k..4k+3 ("chunk" k), its high nibbles elements 16+4k..16+4k+3 (chunk k+4). Q8_0: 8
- * vectors, vector j = elements 4j..4j+3. Q5 fifth bits are regrouped per row so that bit j
- * of byte i is the fifth bit of element 4j+i: chunk j's fifth bits are then one shift and
- * one and of the qh vector. A group of 8 rows takes exactly the bytes of the 8 plain rows,
+ * codes: 32-byte vectors, 4 bytes per row (row r in 32-bit lane r). Q4_0/Q4_1: 4 vectors,
+ * vector k = bytes 4k..4k+3 of each row's qs: its low nibbles are elements 4k..4k+3
+ * ("chunk" k), its high nibbles elements 16+4k..16+4k+3 (chunk k+4). Q8_0: 8 vectors,
+ * vector j = elements 4j..4j+3. Q5_0/Q5_1: the 8 chunks' 5-bit codes as one octet of
+ * Q5_K's (_matmul_rk.h, P0..P4, 160 bytes): chunks 0-4 take one and each, 5-7 five to
+ * eight operations, 23 for the block where a plane of fifth bits beside 4-bit codes took 36
+ * (loop of one row x 8 rows, llvm-mca 19: 17.1 -> 14.1 cycles a block on Zen 3 and Zen 4,
+ * 19.8 -> 15.8 on Sapphire Rapids and Skylake). A group of 8 rows takes exactly the bytes of the 8 plain rows,
  * so row r of a repacked weight still starts its group at (r & ~7) * row_bytes; rows past
  * the last whole group stay in the plain layout (and run the plain AVX2 kernel).
  *
@@ -30,7 +32,7 @@
  * fma for 8 rows (scale = the 8 rows' d, one cvtph, times the activation's d), the mins
  * one mul by the activation's block sum (and an add) and the offsets of Q4_0/Q5_0 one
  * subtraction of 8 (16) x the activation's code sum from the int32 lanes. Instructions
- * per block and 8 rows (decoding): Q4_1 ~48 (6 per row, was ~11), Q5 ~60, Q8_0 ~60.
+ * per block and 8 rows (decoding): Q4_1 ~57, Q5 ~70, Q8_0 ~60 (each row's share was ~11).
  *
  * A tile is 8 rows x C activation rows (C <= 4; an unpacked weight chunk serves C
  * activations). Every (row, activation row) pair runs the same float operations in the
@@ -69,18 +71,25 @@ static inline int smm_r8_five(int type) { return type == SMM_Q5_0 || type == SMM
 static inline int smm_plain_qs(int type) { return type == SMM_Q8_0 || type == SMM_Q4_0 ? 2 : type == SMM_Q5_1 ? 8 : type == SMM_Q5_0 ? 6 : 4; }
 static inline int smm_plain_qh(int type) { return type == SMM_Q5_1 ? 4 : 2; }
 /* Byte offset of the codes in a repacked block (after d, m and qh of the 8 rows). */
-static inline int smm_r8_qs(int type) { return 16 + 16 * smm_r8_has_min(type) + 32 * smm_r8_five(type); }
+static inline int smm_r8_qs(int type) { return 16 + 16 * smm_r8_has_min(type); }
 
-/* Fifth bits of one row: element e = 4j + i moves from bit e to bit 8i + j. */
-static inline uint32_t smm_r8_qh_regroup(uint32_t qh, int inverse)
+/* Q5_0/Q5_1: a plain block's 32 5-bit codes (element order) to q (to_plain = 0) or from q.
+ * Element e has its low 4 bits in nibble e / 16 of qs[e % 16], its fifth in bit e of qh. */
+static void smm_r8_q5_plain_codes(int type, uint8_t* blk, uint8_t q[32], int to_plain)
 {
-    uint32_t out = 0;
+    uint8_t *qs = blk + smm_plain_qs(type), *qhp = blk + smm_plain_qh(type);
+    uint32_t qh;
+    memcpy(&qh, qhp, 4);
+    if (to_plain) qh = 0;
     for (int e = 0; e < 32; e++) {
-        const int to = 8 * (e % 4) + e / 4;
-        if (inverse) out |= ((qh >> to) & 1u) << e;
-        else out |= ((qh >> e) & 1u) << to;
+        if (to_plain) {
+            if (e < 16) qs[e] = (uint8_t)((q[e] & 15) | (q[e + 16] & 15) << 4);
+            qh |= (uint32_t)(q[e] >> 4 & 1) << e;
+        } else {
+            q[e] = (uint8_t)((qs[e % 16] >> 4 * (e / 16) & 15) | (qh >> e & 1) << 4);
+        }
     }
-    return out;
+    if (to_plain) memcpy(qhp, &qh, 4);
 }
 
 /* Copies block `b` of row r (0..7) between the plain layout (`plain`, one block) and the
@@ -93,12 +102,12 @@ static void smm_r8_move_block(int type, uint8_t* rb, uint8_t* plain, int r, int 
     }
     smm_move_bytes(rb + 2 * r, plain, 2, to_plain);
     if (smm_r8_has_min(type)) smm_move_bytes(rb + 16 + 2 * r, plain + 2, 2, to_plain);
-    if (smm_r8_five(type)) {
-        uint8_t* qh = rb + smm_r8_qs(type) - 32 + 4 * r;
-        uint32_t v;
-        memcpy(&v, to_plain ? qh : plain + smm_plain_qh(type), 4);
-        v = smm_r8_qh_regroup(v, to_plain);
-        memcpy(to_plain ? plain + smm_plain_qh(type) : qh, &v, 4);
+    if (smm_r8_five(type)) { /* the 32 codes of the row into (out of) the block's octet */
+        uint8_t q[32];
+        if (!to_plain) smm_r8_q5_plain_codes(type, plain, q, 0);
+        smm_octet_move(rb + smm_r8_qs(type), r, q, to_plain);
+        if (to_plain) smm_r8_q5_plain_codes(type, plain, q, 1);
+        return;
     }
     const int chunks = type == SMM_Q8_0 ? 8 : 4;
     for (int k = 0; k < chunks; k++)
@@ -141,13 +150,6 @@ static void smm_r8_get_row(int type, const uint8_t* w, ptrdiff_t rows, ptrdiff_t
 SMM_INLINE __m256i smm_r8_xchunk(const smm_act32* a, ptrdiff_t b, int j)
 {
     return _mm256_set1_epi32((int)smm_ld32((const uint8_t*)a->q + 32 * b + 4 * j));
-}
-
-/* Fifth bits of chunk j (bit j of each byte of the regrouped qh) moved to bit 4. */
-SMM_INLINE __m256i smm_r8_fifth(__m256i qh, const int j)
-{
-    const __m256i v = j <= 4 ? _mm256_slli_epi32(qh, 4 - j) : _mm256_srli_epi32(qh, j - 4);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
 /*
@@ -209,12 +211,9 @@ SMM_INLINE void smm_r8_tile(const int type, const int V, const int C, const uint
 #pragma GCC unroll 4
                 for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], odd[c]);
         } else {
-            /* 4-bit codes: one int16 sum of the 8 chunks; 5-bit: the low nibbles' chunks
-             * (0-3) and the high ones' (4-7) each summed and widened (pairs of sums of 8
-             * chunks could overflow), one pass over the codes per half */
+            /* 4-bit codes: one int16 sum of the 8 chunks; 5-bit: chunks 0-3 and 4-7 each
+             * summed and widened (pairs of sums of 8 chunks could overflow) */
             __m256i s16[4], odd[4]; /* with V: chunks 0-3 summed in isum, 4-7 in odd */
-            __m256i qh = _mm256_setzero_si256();
-            if (five) qh = _mm256_loadu_si256((const __m256i*)(blk + qs - 32));
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) isum[c] = odd[c] = _mm256_setzero_si256();
 #pragma GCC unroll 2
@@ -224,9 +223,14 @@ SMM_INLINE void smm_r8_tile(const int type, const int V, const int C, const uint
                 for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
 #pragma GCC unroll 4
                 for (int k = 0; k < 4; k++) {
-                    const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * k));
-                    __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                    if (five) lo = _mm256_or_si256(half ? hi : lo, smm_r8_fifth(qh, k + 4 * half));
+                    __m256i lo, hi = _mm256_setzero_si256();
+                    if (five) {
+                        lo = smm_octet_code(blk + qs, k + 4 * half);
+                    } else {
+                        const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * k));
+                        lo = _mm256_and_si256(raw, m4);
+                        hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                    }
 #pragma GCC unroll 4
                     for (int c = 0; c < C; c++) {
                         const __m256i xl = smm_r8_xchunk(&a[c], b, k + 4 * half);

@@ -52,18 +52,16 @@ SMM_INLINE void smm_r8_unpack(const int type, const uint8_t* g, ptrdiff_t b0, pt
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (ptrdiff_t i = 0; i < nbk; i++) {
         const uint8_t* blk = g + (b0 + i) * gbb;
-        __m256i qh = _mm256_setzero_si256();
-        if (five) qh = _mm256_loadu_si256((const __m256i*)(blk + qs - 32));
+        if (five) {
 #pragma GCC unroll 8
-        for (int k = 0; k < 4; k++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * k));
-            __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            if (five) {
-                lo = _mm256_or_si256(lo, smm_r8_fifth(qh, k));
-                hi = _mm256_or_si256(hi, smm_r8_fifth(qh, k + 4));
+            for (int j = 0; j < 8; j++) out[i].q[j] = smm_octet_code(blk + qs, j);
+        } else {
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * k));
+                out[i].q[k] = _mm256_and_si256(raw, m4);
+                out[i].q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
             }
-            out[i].q[k] = lo;
-            out[i].q[k + 4] = hi;
         }
         out[i].d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
         out[i].m = smm_r8_has_min(type) ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)))

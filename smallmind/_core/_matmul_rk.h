@@ -21,7 +21,7 @@
  * sub-block o (code vector 8o + m holds its elements 4m..4m+3): bytewise, P0..P4 = A..E |
  * (F & 7, F >> 3, G & 7, G >> 3, H & 7) << 5, and bit 7 of P1 and P3 = bits 3 and 4 of H, so
  * that A-E take one and, F and G five operations, H eight (2.9 per vector; the 4-bit codes
- * with a plane of fifth bits took 4.4).
+ * with a plane of fifth bits took 4.4). The repacked Q5_0/Q5_1 blocks hold one such octet.
  * Q6_K's 6-bit codes are in 16 triplets of vectors X | Y | Z (96 bytes) for 4 code vectors
  * A, B, C, D: X = A | C >> 4 << 6, Y = B | D >> 4 << 6, Z = (C & 15) | D << 4, bytewise, so
  * that A and B take one and, C and D four or five operations (2.75 per vector; a split into
@@ -165,28 +165,35 @@ static void smm_q5_plain_codes(uint8_t* blk, uint8_t q[256], int to_plain)
         }
 }
 
+/* One octet (160 bytes at p, the 5-bit codes of 8 rows x 32 elements; see the layout above):
+ * row r's 32 codes, element order in q (member m, byte b = q[4m + b]), to it (to_plain = 0)
+ * or from it. Shared by Q5_K (8 octets a block) and the repacked Q5_0/Q5_1 (_matmul_r8.h). */
+static void smm_octet_move(uint8_t* p, int r, uint8_t* q, int to_plain)
+{
+    for (int b = 0; b < 4; b++) {
+        uint8_t* x = p + 4 * r + b; /* P_j = x[32 j] */
+        uint8_t* c = q + b;         /* member m = c[4 m] */
+        if (to_plain) {
+            for (int m = 0; m < 5; m++) c[4 * m] = x[32 * m] & 31;
+            c[20] = (uint8_t)((x[0] >> 5) | (x[32] >> 5 & 3) << 3);
+            c[24] = (uint8_t)((x[64] >> 5) | (x[96] >> 5 & 3) << 3);
+            c[28] = (uint8_t)((x[128] >> 5) | (x[32] >> 7) << 3 | (x[96] >> 7) << 4);
+        } else {
+            x[0] = (uint8_t)(c[0] | (c[20] & 7) << 5);
+            x[32] = (uint8_t)(c[4] | (c[20] >> 3) << 5 | (c[28] >> 3 & 1) << 7);
+            x[64] = (uint8_t)(c[8] | (c[24] & 7) << 5);
+            x[96] = (uint8_t)(c[12] | (c[24] >> 3) << 5 | (c[28] >> 4) << 7);
+            x[128] = (uint8_t)(c[16] | (c[28] & 7) << 5);
+        }
+    }
+}
+
 /* Q5_K: the codes of row r between a plain block and the octets of a group block. */
 static void smm_rk_q5_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
 {
     uint8_t q[256];
     if (!to_plain) smm_q5_plain_codes(plain, q, 0);
-    for (int o = 0; o < 8; o++)
-        for (int b = 0; b < 4; b++) {
-            uint8_t* p = gb + smm_rk_codes(SMM_Q5_K) + 160 * o + 4 * r + b; /* P_j = p[32 j] */
-            uint8_t* c = q + 32 * o + b;                                    /* member m = c[4 m] */
-            if (to_plain) {
-                for (int m = 0; m < 5; m++) c[4 * m] = p[32 * m] & 31;
-                c[20] = (uint8_t)((p[0] >> 5) | (p[32] >> 5 & 3) << 3);
-                c[24] = (uint8_t)((p[64] >> 5) | (p[96] >> 5 & 3) << 3);
-                c[28] = (uint8_t)((p[128] >> 5) | (p[32] >> 7) << 3 | (p[96] >> 7) << 4);
-            } else {
-                p[0] = (uint8_t)(c[0] | (c[20] & 7) << 5);
-                p[32] = (uint8_t)(c[4] | (c[20] >> 3) << 5 | (c[28] >> 3 & 1) << 7);
-                p[64] = (uint8_t)(c[8] | (c[24] & 7) << 5);
-                p[96] = (uint8_t)(c[12] | (c[24] >> 3) << 5 | (c[28] >> 4) << 7);
-                p[128] = (uint8_t)(c[16] | (c[28] & 7) << 5);
-            }
-        }
+    for (int o = 0; o < 8; o++) smm_octet_move(gb + smm_rk_codes(SMM_Q5_K) + 160 * o, r, q + 32 * o, to_plain);
     if (to_plain) smm_q5_plain_codes(plain, q, 1);
 }
 
@@ -269,12 +276,10 @@ SMM_INLINE __m256i smm_rk_q4(const uint8_t* gb, const int p, const int k, const 
     return _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
 }
 
-/* Q5_K code vector i (octet i / 8, member m = i % 8) as bytes: A-E (m < 5) are the low 5 bits
- * of P0-P4, F, G and H gathered from their top 3 bits (see the layout above). */
-SMM_INLINE __m256i smm_rk_q5(const uint8_t* gb, const int i)
+/* Member m (0..7) of the octet at o as bytes: A-E (m < 5) are the low 5 bits of P0-P4, F, G
+ * and H gathered from their top 3 bits (see the layout above). */
+SMM_INLINE __m256i smm_octet_code(const uint8_t* o, const int m)
 {
-    const uint8_t* o = gb + smm_rk_codes(SMM_Q5_K) + 160 * (i / 8);
-    const int m = i % 8;
 #define SMM_RK_P(j) _mm256_loadu_si256((const __m256i*)(o + 32 * (j)))
 #define SMM_RK_BITS(v, shift, mask) _mm256_and_si256(_mm256_srli_epi16(v, shift), _mm256_set1_epi8(mask))
     if (m < 5) return _mm256_and_si256(SMM_RK_P(m), _mm256_set1_epi8(0x1F));
@@ -283,6 +288,12 @@ SMM_INLINE __m256i smm_rk_q5(const uint8_t* gb, const int i)
                            _mm256_or_si256(SMM_RK_BITS(SMM_RK_P(1), 4, 0x08), SMM_RK_BITS(SMM_RK_P(3), 3, 0x10)));
 #undef SMM_RK_BITS
 #undef SMM_RK_P
+}
+
+/* Q5_K code vector i (octet i / 8, member i % 8). */
+SMM_INLINE __m256i smm_rk_q5(const uint8_t* gb, const int i)
+{
+    return smm_octet_code(gb + smm_rk_codes(SMM_Q5_K) + 160 * (i / 8), i % 8);
 }
 
 /* Q6_K code vector i as bytes: A and B (i % 4 = 0, 1) are the low 6 bits of X and Y, C and D
