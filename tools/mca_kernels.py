@@ -1,7 +1,7 @@
 """Static cycle estimates of the repacked kernels with and without vpdpbusd, per CPU model.
 
     python tools/mca_kernels.py [--cpus znver4,sapphirerapids,alderlake,icelake-server]
-                                [--llvm-mca llvm-mca-19]
+                                [--llvm-mca llvm-mca-19] [--decode]
 
 For CPUs this machine is not: it compiles one block of each kernel (a Q4_1 and a Q5_0 panel
 slice of 2 groups x 4 activation rows, 4-row Q8_0 and Q4_1 tiles; _matmul_r8.h,
@@ -11,6 +11,11 @@ VEX vpdpbusd (or the AVX2 stand-in that tests run, --form emulated), and asks ll
 steady loop on each CPU's scheduling model. A model, not a measurement: it knows ports,
 latencies and the front end, not caches or memory. Decoding streams from memory; these
 estimates are for batches and prompts, which are compute-bound.
+
+--decode instead models the one-row kernels that decoding runs (every repacked type, one
+activation row): the steady loop over a group's blocks, in cycles per block (8 rows x 32
+elements, 8 rows x 256 for the K-quants) and bytes of weights per cycle, the kernel's compute
+ceiling on each CPU (times the clock: GB/s it cannot exceed, whatever the memory).
 """
 from __future__ import annotations
 
@@ -35,6 +40,11 @@ KERNELS = {
 MEASURE = {"Q4_1 panel 2x4": ("Q4_1", 64), "Q5_0 panel 2x4": ("Q5_0", 64), "Q8_0 tile x4": ("Q8_0", 4),
            "Q4_1 tile x4": ("Q4_1", 4)}
 FORMS = {"maddubs": "SMM_VNNI_NONE", "vpdpbusd": "SMM_VNNI_VEX", "emulated": "SMM_VNNI_EMULATED"}
+# --decode: type -> (bytes of a group block, the call over nb blocks of one activation row)
+DECODE = {t: (bb, f"smm_r8_tile(SMM_{t}, 0, 1, g, nb, act, 1024, 1024, acc)")
+          for t, bb in (("Q4_0", 144), ("Q4_1", 160), ("Q5_0", 176), ("Q5_1", 192), ("Q8_0", 272))}
+DECODE |= {t: (bb, f"smm_rk_tile(SMM_{t}, 1, 0, 0, g, 0, nb, act, 1024, 1024, acc)")
+           for t, bb in (("Q4_K", 1152), ("Q5_K", 1408), ("Q6_K", 1680))}
 
 
 def source() -> str:
@@ -55,6 +65,23 @@ def bodies(asm: str) -> dict[str, str]:
         out[name] = "\n".join(ln for ln in body.splitlines()
                               if ln.startswith("\t") and not ln.startswith("\t.") and "ret" not in ln) + "\n"
     return out
+
+
+def decode_source() -> str:
+    lines = ['#include "_matmul_impl.h"']
+    for t, (_, call) in DECODE.items():
+        lines.append(f"__attribute__((noinline)) void d_{t}(const uint8_t* g, ptrdiff_t nb, "
+                     f"const uint8_t* act, __m256 acc[4]) {{ {call}; }}")
+    return "\n".join(lines) + "\n"
+
+
+def loop_body(asm: str, name: str) -> str:
+    """The instructions of the longest loop (a label that a later jump goes back to) in `name`."""
+    body = re.search(rf"^{name}:\n(.*?)^\t\.size\t{name}", asm, re.S | re.M).group(1)
+    loops = [m.group(1) for lab in re.findall(r"^(\.L\d+):", body, re.M)
+             if (m := re.search(rf"^{re.escape(lab)}:\n(.*?)^\tj\w+\t{re.escape(lab)}\n", body, re.S | re.M))]
+    return "\n".join(ln for ln in max(loops, key=len).splitlines()
+                     if ln.startswith("\t") and not ln.startswith("\t.")) + "\n"
 
 
 def cycles(mca: str, cpu: str, body: str, tmp: Path) -> float:
@@ -110,10 +137,25 @@ def main() -> int:
                     help="with --form emulated: also time both forms here and add the measured ratio")
     ap.add_argument("--llvm-mca", default="llvm-mca-19")
     ap.add_argument("--cc", default="gcc")
+    ap.add_argument("--decode", action="store_true", help="the one-row (decoding) kernels' loops instead")
     args = ap.parse_args()
     cpus, mca = args.cpus.split(","), args.llvm_mca
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.decode:
+            (tmp / "d.c").write_text(decode_source())
+            subprocess.run([args.cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "d.c"), "-o", str(tmp / "d.s")],
+                           check=True)
+            asm = (tmp / "d.s").read_text()
+            print("one activation row: cycles per group block (bytes of weights per cycle); "
+                  "llvm-mca model estimates\n")
+            print("| type | instructions | " + " | ".join(cpus) + " |")
+            print("|---" * (len(cpus) + 2) + "|")
+            for t, (nbytes, _) in DECODE.items():
+                body = loop_body(asm, f"d_{t}")
+                cells = [f"{c:.1f} ({nbytes / c:.1f})" for c in (cycles(mca, cpu, body, tmp) for cpu in cpus)]
+                print(f"| {t} | {body.count(chr(10))} | " + " | ".join(cells) + " |")
+            return 0
         (tmp / "k.c").write_text(source())
         compile_cmd = [args.cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "k.c"), "-o", str(tmp / "k.s")]
         subprocess.run(compile_cmd, check=True)
