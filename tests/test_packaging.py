@@ -65,7 +65,8 @@ def test_sdist_holds_cython_sources_and_model(tmp_path):
     for stem in ("_gelu", "_attention", "_pool", "_matmul", "_norm"):
         assert any(n.endswith(f"smallmind/_core/{stem}.pyx") for n in names), stem
         assert any(n.endswith(f"smallmind/_core/{stem}.pxd") for n in names) or stem == "_pool", stem
-    for source in ("_layer.pyx", "_layer.pxd", "_gpt2.pyx", "_llama.pyx", "_llama.pxd", "_gemma3.pyx"):
+    for source in ("_layer.pyx", "_layer.pxd", "_gpt2.pyx", "_llama.pyx", "_llama.pxd", "_gemma3.pyx",
+                   "_rope_step.pyx", "_rope_step.pxd"):
         assert any(n.endswith(f"smallmind/models/{source}") for n in names), source
     assert any(n.endswith("smallmind/py.typed") for n in names)
     assert any(n.endswith("smallmind/data/default.gguf") for n in names)

@@ -153,10 +153,7 @@ cdef void over_rows(Workspace ws, Layer L, const Call* c, RowStep fn, Py_ssize_t
 # Steps every architecture shares.
 cdef void kv_store(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void attention(Workspace ws, Layer L, const Call* c) noexcept nogil
-# Rotate the q and k heads of each segment's rows by their positions (the layer's rotary
-# frequencies), with the workspace's angle tables; the angles of a call of several segments
-# are computed once per call, not once per segment and layer.
-cdef void rope_segments(Workspace ws, Layer L, const Call* c) noexcept nogil
+# (rope_segments: _rope_step.pxd)
 # x += Wo att and x += Wdown h, with the layer's biases if any (GPT-2 and Llama).
 cdef void out_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil
 cdef void down_matmul(Workspace ws, Layer L, const Call* c) noexcept nogil

@@ -21,8 +21,8 @@ rows out over the thread pool when there are many (``over_rows``). ``LAYER`` is 
 from smallmind._core._elementwise cimport swiglu
 from smallmind._core._matmul cimport WeightView
 from smallmind.models._layer cimport (Step, attention, down_matmul, kv_store, matmul_rows,
-                                      matmul_rows_many, out_matmul, over_rows, rmsnorm_rows,
-                                      rope_segments, steps_table)
+                                      matmul_rows_many, out_matmul, over_rows, rmsnorm_rows, steps_table)
+from smallmind.models._rope_step cimport rope_segments
 
 
 cdef void _attn_norm(Workspace ws, Layer L, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
