@@ -16,9 +16,9 @@
  * vector j = elements 4j..4j+3. Q5_0/Q5_1: the 8 chunks' 5-bit codes as one octet of
  * Q5_K's (_matmul_rk.h, P0..P4, 160 bytes): chunks 0-4 take one and each, 5-7 five to
  * eight operations, 23 for the block where a plane of fifth bits beside 4-bit codes took 36
- * (loop of one row x 8 rows, llvm-mca 19: 17.1 -> 14.1 cycles a block on Zen 3 and Zen 4,
- * 19.8 -> 15.8 on Sapphire Rapids and Skylake). A group of 8 rows takes exactly the bytes of the 8 plain rows,
- * so row r of a repacked weight still starts its group at (r & ~7) * row_bytes; rows past
+ * (the one-row loop, llvm-mca 19: 17.1 -> 14.1 cycles a block on Zen 3 and Zen 4, 19.8 ->
+ * 15.8 on Sapphire Rapids and Skylake). A group of 8 rows takes exactly the bytes of the 8
+ * plain rows, so row r of a repacked weight still starts its group at (r & ~7) * row_bytes; rows past
  * the last whole group stay in the plain layout (and run the plain AVX2 kernel).
  *
  * Per block and chunk, the activation's 4 codes are broadcast to all 8 lanes and one
@@ -32,7 +32,8 @@
  * fma for 8 rows (scale = the 8 rows' d, one cvtph, times the activation's d), the mins
  * one mul by the activation's block sum (and an add) and the offsets of Q4_0/Q5_0 one
  * subtraction of 8 (16) x the activation's code sum from the int32 lanes. Instructions
- * per block and 8 rows (decoding): Q4_1 ~57, Q5 ~70, Q8_0 ~60 (each row's share was ~11).
+ * per block and 8 rows (decoding; python tools/mca_kernels.py --decode): Q4_0/Q4_1 ~57, Q5
+ * and Q8_0 ~70, 7-9 per row where the plain kernels spent ~11.
  *
  * A tile is 8 rows x C activation rows (C <= 4; an unpacked weight chunk serves C
  * activations). Every (row, activation row) pair runs the same float operations in the
@@ -70,7 +71,7 @@ static inline int smm_r8_five(int type) { return type == SMM_Q5_0 || type == SMM
 /* Byte offsets in a plain block: the first code byte, the fifth bits. */
 static inline int smm_plain_qs(int type) { return type == SMM_Q8_0 || type == SMM_Q4_0 ? 2 : type == SMM_Q5_1 ? 8 : type == SMM_Q5_0 ? 6 : 4; }
 static inline int smm_plain_qh(int type) { return type == SMM_Q5_1 ? 4 : 2; }
-/* Byte offset of the codes in a repacked block (after d, m and qh of the 8 rows). */
+/* Byte offset of the codes in a repacked block (after d and m of the 8 rows). */
 static inline int smm_r8_qs(int type) { return 16 + 16 * smm_r8_has_min(type); }
 
 /* Q5_0/Q5_1: a plain block's 32 5-bit codes (element order) to q (to_plain = 0) or from q.

@@ -193,7 +193,8 @@ static void smm_rk_q5_move(uint8_t* gb, int r, uint8_t* plain, int to_plain)
 {
     uint8_t q[256];
     if (!to_plain) smm_q5_plain_codes(plain, q, 0);
-    for (int o = 0; o < 8; o++) smm_octet_move(gb + smm_rk_codes(SMM_Q5_K) + 160 * o, r, q + 32 * o, to_plain);
+    for (int o = 0; o < 8; o++)
+        smm_octet_move(gb + smm_rk_codes(SMM_Q5_K) + 160 * o, r, q + 32 * o, to_plain);
     if (to_plain) smm_q5_plain_codes(plain, q, 1);
 }
 
