@@ -57,14 +57,26 @@ def source() -> str:
     return "\n".join(lines) + "\n"
 
 
+def compile_asm(cc: str, source_text: str, tmp: Path) -> str:
+    """`source_text` compiled as the package compiles the kernels, as assembly."""
+    (tmp / "k.c").write_text(source_text)
+    subprocess.run([cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "k.c"), "-o", str(tmp / "k.s")], check=True)
+    return (tmp / "k.s").read_text()
+
+
+def function_text(asm: str, name: str) -> str:
+    return re.search(rf"^{name}:\n(.*?)^\t\.size\t{name}", asm, re.S | re.M).group(1)
+
+
+def instructions(text: str) -> str:
+    """The instruction lines of `text` (labels, directives and the return dropped)."""
+    return "\n".join(ln for ln in text.splitlines()
+                     if ln.startswith("\t") and not ln.startswith("\t.") and "ret" not in ln) + "\n"
+
+
 def bodies(asm: str) -> dict[str, str]:
-    """Each wrapper's instructions (directives, labels and the return dropped)."""
-    out = {}
-    for name in re.findall(r"^(k\d+_\w+):$", asm, re.M):
-        body = re.search(rf"^{name}:\n(.*?)^\t\.size\t{name}", asm, re.S | re.M).group(1)
-        out[name] = "\n".join(ln for ln in body.splitlines()
-                              if ln.startswith("\t") and not ln.startswith("\t.") and "ret" not in ln) + "\n"
-    return out
+    """Each wrapper's instructions."""
+    return {name: instructions(function_text(asm, name)) for name in re.findall(r"^(k\d+_\w+):$", asm, re.M)}
 
 
 def decode_source() -> str:
@@ -77,11 +89,10 @@ def decode_source() -> str:
 
 def loop_body(asm: str, name: str) -> str:
     """The instructions of the longest loop (a label that a later jump goes back to) in `name`."""
-    body = re.search(rf"^{name}:\n(.*?)^\t\.size\t{name}", asm, re.S | re.M).group(1)
+    body = function_text(asm, name)
     loops = [m.group(1) for lab in re.findall(r"^(\.L\d+):", body, re.M)
              if (m := re.search(rf"^{re.escape(lab)}:\n(.*?)^\tj\w+\t{re.escape(lab)}\n", body, re.S | re.M))]
-    return "\n".join(ln for ln in max(loops, key=len).splitlines()
-                     if ln.startswith("\t") and not ln.startswith("\t.")) + "\n"
+    return instructions(max(loops, key=len))
 
 
 def cycles(mca: str, cpu: str, body: str, tmp: Path) -> float:
@@ -143,10 +154,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.decode:
-            (tmp / "d.c").write_text(decode_source())
-            subprocess.run([args.cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "d.c"), "-o", str(tmp / "d.s")],
-                           check=True)
-            asm = (tmp / "d.s").read_text()
+            asm = compile_asm(args.cc, decode_source(), tmp)
             print("one activation row: cycles per group block (bytes of weights per cycle); "
                   "llvm-mca model estimates\n")
             print("| type | instructions | " + " | ".join(cpus) + " |")
@@ -156,10 +164,7 @@ def main() -> int:
                 cells = [f"{c:.1f} ({nbytes / c:.1f})" for c in (cycles(mca, cpu, body, tmp) for cpu in cpus)]
                 print(f"| {t} | {body.count(chr(10))} | " + " | ".join(cells) + " |")
             return 0
-        (tmp / "k.c").write_text(source())
-        compile_cmd = [args.cc, *CFLAGS, f"-I{CORE}", "-S", str(tmp / "k.c"), "-o", str(tmp / "k.s")]
-        subprocess.run(compile_cmd, check=True)
-        code = bodies((tmp / "k.s").read_text())
+        code = bodies(compile_asm(args.cc, source(), tmp))
         measure = args.measure and args.form == "emulated"
         print(f"cycles per block, maddubs / {args.form}: llvm-mca model estimates"
               + ("; measured here: time with maddubs / time emulated\n" if measure else "\n"))
